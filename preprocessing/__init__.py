@@ -1,0 +1,1 @@
+"""Raw data -> cached tensors: one module per source (T1 MRI first)."""

@@ -1,0 +1,1 @@
+"""Cached-tensor datasets, manifests, splits and the embedded demo cohorts."""

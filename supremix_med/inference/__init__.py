@@ -1,0 +1,1 @@
+"""Prediction on new scans, written to CSV with QC columns."""

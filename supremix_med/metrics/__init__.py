@@ -1,0 +1,1 @@
+"""Regression metrics (MAE, MSE, GM, Pearson, Spearman), shot-wise metrics, brain-age-gap bias correction."""
