@@ -11,6 +11,7 @@ import fnmatch
 import json
 import os
 import re
+import shlex
 import shutil
 import stat
 import subprocess
@@ -22,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
 DOCKERIGNORE = ROOT / ".dockerignore"
+README = ROOT / "docker" / "README.md"
 BASH = shutil.which("bash")
 
 pytestmark = pytest.mark.skipif(BASH is None, reason="bash is not installed")
@@ -70,7 +72,12 @@ def run_entrypoint(
         **env,
     }
     return subprocess.run(
-        [BASH, str(ENTRYPOINT), *args], env=environ, capture_output=True, text=True, timeout=30
+        [BASH, str(ENTRYPOINT), *args],
+        env=environ,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
 
 
@@ -341,3 +348,46 @@ def test_dockerignore_keeps_local_state_out(path: str) -> None:
 )
 def test_dockerignore_keeps_the_project_in(path: str) -> None:
     assert not is_ignored(path, dockerignore_patterns())
+
+
+# --------------------------------------------------------------------------------------------------
+# docker/README.md
+
+
+IMAGE_TAG = re.compile(r"supremix-med:(\d[\w.]*)")
+
+
+def readme_container_arguments() -> list[list[str]]:
+    """The arguments each ``docker run`` / ``apptainer run|exec`` command of the README gives the image."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", README.read_text(), re.DOTALL):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            if "..." in words:  # an option shown on its own, not a whole command
+                continue
+            if words[:2] == ["docker", "run"]:
+                image = next(i for i, word in enumerate(words) if IMAGE_TAG.fullmatch(word))
+                commands.append(words[image + 1 :])
+            elif words[:2] in (["apptainer", "run"], ["apptainer", "exec"]):
+                arguments = words[words.index("supremix.sif") + 1 :]
+                if words[1] == "exec":
+                    assert arguments[0] == "supremix-entrypoint", line
+                    arguments = arguments[1:]
+                commands.append(arguments)
+    return commands
+
+
+def test_readme_commands_dispatch_through_the_entrypoint(fake_bin: Path, home: Path) -> None:
+    commands = readme_container_arguments()
+    assert len(commands) >= 10
+    for arguments in commands:
+        result = run_entrypoint(arguments, fake_bin, home)
+        assert result.returncode == 0, f"{arguments}: {result.stderr}"
+
+
+def test_readme_names_the_image_the_dockerfile_builds(instructions: list[tuple[str, str]]) -> None:
+    text = README.read_text()
+    base = resolve("${BASE_IMAGE}", instructions)
+    assert f"`{base}`" in text
+    tags = set(IMAGE_TAG.findall(text))
+    assert tags == {resolve("${VERSION}", instructions)}
