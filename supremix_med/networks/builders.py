@@ -1,0 +1,77 @@
+"""Build encoders and models by name, as bundle configs do.
+
+Example (a bundle's ``network_def``)::
+
+    "network_def": {
+        "_target_": "supremix_med.networks.build_model",
+        "encoder": "resnet18_3d",
+        "projection_dim": 128,
+        "encoder_checkpoint": "$@ckpt_dir + '/pretrain_final.pt'"
+    }
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from torch import nn
+
+from .encoders import BiLSTMPairEncoder, MLPEncoder, ResNetEncoder, resnet18_1d, resnet18_3d, resnet50_2d
+from .model import ContrastiveRegressor
+
+__all__ = ["ENCODERS", "build_encoder", "build_model"]
+
+#: Encoder constructors by name; every one returns a module with ``out_features``.
+ENCODERS: dict[str, Callable[..., nn.Module]] = {
+    "resnet18_3d": resnet18_3d,
+    "resnet18_1d": resnet18_1d,
+    "resnet50_2d": resnet50_2d,
+    "resnet": ResNetEncoder,
+    "mlp": MLPEncoder,
+    "bilstm_pair": BiLSTMPairEncoder,
+}
+
+
+def build_encoder(name: str, **kwargs) -> nn.Module:
+    """Build the encoder registered as ``name`` in :data:`ENCODERS` with ``kwargs``.
+
+    Raises:
+        ValueError: ``name`` is not registered (the message lists the choices).
+    """
+    if name not in ENCODERS:
+        raise ValueError(f"Unknown encoder {name!r}; choose one of {sorted(ENCODERS)}.")
+    return ENCODERS[name](**kwargs)
+
+
+def build_model(
+    encoder: str | nn.Module,
+    projection_dim: int = 128,
+    n_targets: int = 1,
+    encoder_checkpoint: str | os.PathLike | None = None,
+    freeze_encoder: bool = False,
+    **encoder_kwargs,
+) -> ContrastiveRegressor:
+    """Build a :class:`ContrastiveRegressor`, optionally with pre-trained and frozen encoder weights.
+
+    Args:
+        encoder: a name from :data:`ENCODERS` (built with ``encoder_kwargs``) or a ready module.
+        projection_dim: projection size P.
+        n_targets: number of regression outputs.
+        encoder_checkpoint: file for :meth:`ContrastiveRegressor.load_encoder` (any layout it accepts).
+        freeze_encoder: freeze the encoder (linear probe), see :meth:`ContrastiveRegressor.freeze_encoder`.
+        encoder_kwargs: constructor arguments of the named encoder.
+
+    Raises:
+        ValueError: unknown encoder name, ``encoder_kwargs`` given with a module, or a checkpoint that does not
+            fit the encoder.
+    """
+    if isinstance(encoder, str):
+        encoder = build_encoder(encoder, **encoder_kwargs)
+    elif encoder_kwargs:
+        raise ValueError(f"build_model: encoder arguments {sorted(encoder_kwargs)} given with a ready "
+                         f"{type(encoder).__name__} module; pass an encoder name to use them.")
+    model = ContrastiveRegressor(encoder, projection_dim=projection_dim, n_targets=n_targets)
+    if encoder_checkpoint is not None:
+        model.load_encoder(encoder_checkpoint)
+    return model.freeze_encoder(freeze_encoder)
