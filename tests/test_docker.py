@@ -15,6 +15,7 @@ import shlex
 import shutil
 import stat
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -197,7 +198,9 @@ def _read_only_home(home: Path) -> Path:
 
 
 @pytest.mark.parametrize("make_unwritable", [_home_under_a_file, _read_only_home])
-def test_unwritable_home_falls_back_to_tmpdir(fake_bin: Path, home: Path, make_unwritable) -> None:
+def test_unwritable_home_falls_back_to_tmpdir(
+    fake_bin: Path, home: Path, make_unwritable: Callable[[Path], Path]
+) -> None:
     bad_home = make_unwritable(home)
     try:
         env = _print_env(fake_bin, bad_home, TMPDIR=str(home.parent))
