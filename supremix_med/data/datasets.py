@@ -1,0 +1,147 @@
+"""Datasets reading a preprocessed-tensor cache (see :mod:`supremix_med.data.cache`).
+
+A sample is a slice of a memory-mapped ``<split>.npy``: random access costs one read of the sample's
+bytes (from the page cache once warm) and a float16 -> float32 conversion, with no unpickling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from monai.data import Dataset
+
+from .cache import MANIFEST_FILE, array_path, read_cache_info
+from .manifest import read_manifest_csv
+from .splits import SPLITS
+
+__all__ = ["CachedDataset"]
+
+
+def _select_splits(split: str | Sequence[str]) -> list[str]:
+    """``"all"`` -> every split; a name or a list of names -> those, checked."""
+    names = list(SPLITS) if split == "all" else [split] if isinstance(split, str) else list(split)
+    unknown = [s for s in names if s not in SPLITS]
+    if unknown or not names:
+        raise ValueError(f"split must be 'all', one of {SPLITS} or a list of them, got {split!r}.")
+    return names
+
+
+class CachedDataset(Dataset):
+    """The samples of one or more splits of a cache, as MONAI-style dicts.
+
+    Item ``i`` is ``transform(d)`` for the dict ``d`` with
+
+    - ``"image"``: float32 tensor of the cache's sample shape, e.g. [1, 100, 100, 100] (stored as float16
+      or float32, converted on access);
+    - ``"label"``: float32 tensor [1], the ``target`` column;
+    - ``"id"``: the sample id (str);
+    - one key per covariate: a float32 tensor [1] for a numeric column, else a str ("" when missing).
+
+    ``self.data`` holds the per-sample records (id, split, index, label and covariates), as in
+    :class:`monai.data.Dataset`; slicing gives a :class:`torch.utils.data.Subset`. The arrays are memory
+    mapped on first access in each process and are not pickled, so DataLoader workers (fork or spawn) map
+    them themselves.
+
+    Args:
+        cache_dir: a complete cache folder.
+        split: ``"train"``, ``"val"``, ``"test"``, a list of them (concatenated in that order) or ``"all"``.
+        transform: callable or sequence of callables (e.g. MONAI dict transforms) applied to each item.
+        target: manifest column holding the regression target; every selected sample needs a value.
+        covariates: further manifest columns returned with each item (e.g. ``("sex", "site")``).
+
+    Raises:
+        ValueError: the cache is incomplete or damaged, a split name is unknown or selects no sample, a column
+            is missing, or a target is missing or not a number.
+    """
+
+    def __init__(
+        self,
+        cache_dir: str | Path,
+        split: str | Sequence[str] = "train",
+        transform: Sequence[Callable] | Callable | None = None,
+        target: str = "age",
+        covariates: Sequence[str] = (),
+    ) -> None:
+        self.cache_dir = Path(cache_dir)
+        info = read_cache_info(self.cache_dir)
+        if not info.complete:
+            raise ValueError(f"{self.cache_dir}: the cache is incomplete (its build was interrupted or failed): run "
+                             f"the build again to finish it.")
+        self.sample_shape: tuple[int, ...] = info.sample_shape or ()
+        self.dtype = np.dtype(info.dtype)
+        manifest = read_manifest_csv(self.cache_dir / MANIFEST_FILE)
+        missing = [c for c in (target, *covariates) if c not in manifest.columns]
+        if missing:
+            raise ValueError(f"{self.cache_dir / MANIFEST_FILE}: no column(s) {missing}; found {list(manifest.columns)}.")
+        names = _select_splits(split)
+        rows = pd.concat([manifest[manifest["split"] == s] for s in names], ignore_index=True)
+        if rows.empty:
+            raise ValueError(f"{self.cache_dir}: no cached sample in split(s) {names}; the cache holds {info.samples}.")
+        self.target = target
+        self.covariates = tuple(covariates)
+        self.manifest = rows
+        super().__init__(data=self._records(rows), transform=transform)
+        self._arrays: dict[str, np.ndarray] = {}
+        for name in rows["split"].unique():
+            self._check_array(name, int(rows.loc[rows["split"] == name, "index"].max()))
+
+    def _records(self, rows: pd.DataFrame) -> list[dict[str, Any]]:
+        """One dict per sample: id, split, index, label (float) and the covariates' item values."""
+        labels = pd.to_numeric(rows[self.target], errors="coerce")
+        unusable = labels.isna()
+        if unusable.any():
+            raise ValueError(f"{self.cache_dir / MANIFEST_FILE}: {int(unusable.sum())} selected sample(s) have no "
+                             f"numeric {self.target!r}, e.g. id {rows['id'][unusable].iloc[0]!r}.")
+        columns = {c: self._covariate_values(rows[c]) for c in self.covariates}
+        return [
+            {"id": i, "split": s, "index": int(k), "label": float(y), **{c: v[n] for c, v in columns.items()}}
+            for n, (i, s, k, y) in enumerate(zip(rows["id"], rows["split"], rows["index"], labels))
+        ]
+
+    @staticmethod
+    def _covariate_values(column: pd.Series) -> list[float] | list[str]:
+        """Numeric columns as floats (NaN when missing), others as strings ("" when missing)."""
+        if pd.api.types.is_numeric_dtype(column):
+            return column.astype(float).tolist()
+        return [str(v) for v in column.fillna("")]
+
+    def _check_array(self, split: str, max_index: int) -> None:
+        array = self._array(split)
+        if array.shape[1:] != self.sample_shape or array.dtype != self.dtype or array.shape[0] <= max_index:
+            raise ValueError(f"{array_path(self.cache_dir, split)}: holds {array.dtype} {array.shape}, expected "
+                             f"{self.dtype} [>{max_index}, *{self.sample_shape}]; the cache is damaged.")
+
+    def _array(self, split: str) -> np.ndarray:
+        if split not in self._arrays:
+            self._arrays[split] = np.load(array_path(self.cache_dir, split), mmap_mode="r")
+        return self._arrays[split]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_arrays"] = {}  # memory maps are re-opened by whoever unpickles the dataset
+        return state
+
+    def _transform(self, index: int) -> Any:
+        record = self.data[index]
+        image = np.array(self._array(record["split"])[record["index"]], dtype=np.float32)  # a copy, never a view
+        item = {"image": torch.from_numpy(image), "label": torch.tensor([record["label"]], dtype=torch.float32),
+                "id": record["id"]}
+        for c in self.covariates:
+            value = record[c]
+            item[c] = torch.tensor([value], dtype=torch.float32) if isinstance(value, float) else value
+        return self.transform(item)
+
+    @property
+    def ids(self) -> list[str]:
+        """Sample ids, in item order."""
+        return [r["id"] for r in self.data]
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Targets [len(self)] (float32), in item order: the values of the ``"label"`` tensors."""
+        return np.array([r["label"] for r in self.data], dtype=np.float32)

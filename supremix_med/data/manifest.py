@@ -1,0 +1,126 @@
+"""Manifests: the table of samples (one row each) that a cache is built from.
+
+A manifest has the columns ``id`` (unique sample id) and ``path`` (the raw scan: a file or, for DICOM
+series, a folder), and optionally ``age`` (numeric target), ``sex``, ``site`` (covariates) and ``split``
+(``train``/``val``/``test``); any other column (more targets or covariates) is carried along unchanged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from .splits import SPLITS
+
+__all__ = ["REQUIRED_COLUMNS", "RESERVED_COLUMNS", "load_manifest", "read_manifest_csv", "validate_manifest"]
+
+REQUIRED_COLUMNS: tuple[str, ...] = ("id", "path")
+#: columns read verbatim as text: an id such as "NA" or "nan" must not become a missing value.
+TEXT_COLUMNS: tuple[str, ...] = ("id", "path", "split")
+#: columns that a cache adds to the manifest it writes, so a user manifest must not have them.
+RESERVED_COLUMNS: tuple[str, ...] = ("index",)
+_SHOWN = 5  # offending rows listed in an error message
+
+
+def _where(mask: pd.Series, df: pd.DataFrame, first_line: int | None) -> str:
+    """Describe the first offending rows: CSV line numbers when ``first_line`` is given, else positions."""
+    positions = [i for i, bad in enumerate(mask.to_numpy()) if bad]
+    unit = "line" if first_line is not None else "row"
+    shown = [f"{unit} {p + (first_line or 0)} (id {df['id'].iloc[p]!r})" for p in positions[:_SHOWN]]
+    more = f" and {len(positions) - _SHOWN} more" if len(positions) > _SHOWN else ""
+    return ", ".join(shown) + more
+
+
+def _strip_strings(df: pd.DataFrame) -> pd.DataFrame:
+    """Strip surrounding whitespace from column names and from every text cell."""
+    df = df.rename(columns=lambda c: str(c).strip())
+    for column in df.columns:
+        if not pd.api.types.is_numeric_dtype(df[column]):
+            df[column] = df[column].map(lambda v: v.strip() if isinstance(v, str) else v)
+    return df
+
+
+def validate_manifest(df: pd.DataFrame, source: str = "manifest", first_line: int | None = None) -> pd.DataFrame:
+    """Check a manifest table and return a normalised copy.
+
+    The copy has whitespace stripped, ``id`` and ``path`` as strings, ``age`` (if present) as float (empty
+    cells become NaN: unlabelled samples) and the original index replaced by 0..n-1.
+
+    Args:
+        df: the manifest, one row per sample.
+        source: what to call the manifest in error messages (e.g. its file name).
+        first_line: CSV line number of the first row, to report offending rows by line; ``None`` reports
+            0-based row positions.
+
+    Raises:
+        ValueError: a required column is missing, a reserved column is present, an id is empty or
+            duplicated, a path is empty, an age is not a number, or a split is not one of train/val/test.
+    """
+    df = _strip_strings(df.reset_index(drop=True))
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{source}: missing required column(s) {missing}; found columns {list(df.columns)}.")
+    reserved = [c for c in RESERVED_COLUMNS if c in df.columns]
+    if reserved:
+        raise ValueError(f"{source}: column(s) {reserved} are written by the cache and must not be in the "
+                         f"manifest; rename them.")
+    for column in REQUIRED_COLUMNS:
+        empty = df[column].isna() | (df[column].astype(str) == "")
+        df[column] = df[column].astype(str).where(~empty, "")
+        if empty.any():
+            raise ValueError(f"{source}: empty {column!r} at {_where(empty, df, first_line)}.")
+    duplicated = df["id"].duplicated(keep=False)
+    if duplicated.any():
+        raise ValueError(f"{source}: ids must be unique; duplicated at {_where(duplicated, df, first_line)}.")
+    if "age" in df.columns:
+        age = pd.to_numeric(df["age"], errors="coerce")
+        not_numeric = age.isna() & df["age"].notna() & (df["age"].astype(str) != "")
+        if not_numeric.any():
+            raise ValueError(f"{source}: 'age' must be a number (or empty for unlabelled samples); got "
+                             f"{df['age'][not_numeric].iloc[0]!r} at {_where(not_numeric, df, first_line)}.")
+        df["age"] = age.astype(float)
+    if "split" in df.columns:
+        bad_split = ~df["split"].isin(SPLITS)
+        if bad_split.any():
+            raise ValueError(f"{source}: 'split' must be one of {SPLITS}; got "
+                             f"{df['split'][bad_split].iloc[0]!r} at {_where(bad_split, df, first_line)}.")
+    return df
+
+
+def read_manifest_csv(path: str | Path) -> pd.DataFrame:
+    """``pandas.read_csv`` of a manifest-like table, with the ``id``/``path``/``split`` columns kept verbatim.
+
+    The other columns get pandas' usual type inference and missing-value parsing (an empty age is NaN).
+    Leading spaces after a delimiter are skipped.
+    """
+    df = pd.read_csv(path, skipinitialspace=True)
+    text = [c for c in df.columns if str(c).strip() in TEXT_COLUMNS]
+    if text:
+        df[text] = pd.read_csv(path, skipinitialspace=True, usecols=text, dtype=str, keep_default_na=False)
+    return df
+
+
+def load_manifest(path: str | Path) -> pd.DataFrame:
+    """Read and validate a manifest CSV; relative ``path`` entries are resolved against the CSV's folder.
+
+    Args:
+        path: the CSV file (header row, then one row per sample; see the module docstring for columns).
+
+    Returns:
+        the validated manifest (see :func:`validate_manifest`) with absolute ``path`` entries.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file is not a readable CSV or fails validation; the message names the file and
+            the offending lines.
+    """
+    path = Path(path).expanduser()
+    try:
+        df = read_manifest_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not a readable manifest CSV ({err}).") from err
+    df = validate_manifest(df, source=str(path), first_line=2)
+    folder = path.resolve().parent
+    df["path"] = [str(folder / Path(p).expanduser()) for p in df["path"]]
+    return df
