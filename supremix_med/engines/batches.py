@@ -1,0 +1,86 @@
+"""Batch preparation for the MONAI engines (the ``prepare_batch`` argument of ``SupervisedTrainer``).
+
+Fine-tuning and evaluation use MONAI's ``default_prepare_batch``: ``batch["image"]`` [B, C, *S] and
+``batch["label"]`` [B, 1]. Contrastive pre-training needs several views of each sample stacked on a view axis,
+which :class:`ContrastiveBatch` builds from keys the dataset transform produced (e.g. ``"image"`` and
+``"image_1"``, two random augmentations of one scan made by MONAI transforms in the loader workers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import copy
+
+import torch
+from monai.transforms import Compose, CopyItemsd, MapTransform
+
+from supremix_med.losses.mixsupcon import mixup_batch
+
+__all__ = ["ContrastiveBatch", "multi_view_transform"]
+
+
+def multi_view_transform(augmentation: Sequence[MapTransform], view_keys: Sequence[str] = ("image", "image_1"),
+                         seed: int = 0) -> Compose:
+    """Dictionary transform making V independently augmented views of ``view_keys[0]``.
+
+    ``view_keys[0]`` (e.g. ``"image"``) is copied to the other keys, then every view gets its own copy of
+    ``augmentation`` (MONAI dictionary transforms written for ``view_keys[0]``), re-keyed and seeded apart so
+    the views differ. With one view key this is just ``augmentation``.
+
+    Args:
+        augmentation: dictionary transforms acting on ``view_keys[0]`` only.
+        view_keys: keys of the V views; ``ContrastiveBatch(view_keys)`` stacks them.
+        seed: base seed of the views' random states (MONAI's DataLoader re-seeds workers from it).
+    """
+    if not view_keys:
+        raise ValueError("multi_view_transform needs at least one view key.")
+    source, others = view_keys[0], list(view_keys[1:])
+    for transform in augmentation:
+        if tuple(getattr(transform, "keys", (source,))) != (source,):
+            raise ValueError(f"multi_view_transform: augmentation {type(transform).__name__} must act on "
+                             f"{source!r} only, got keys {getattr(transform, 'keys', None)}.")
+    steps: list = [CopyItemsd(keys=source, times=len(others), names=others)] if others else []
+    for key in view_keys:
+        for transform in augmentation:
+            view = copy.deepcopy(transform)
+            view.keys = (key,)
+            steps.append(view)
+    return Compose(steps).set_random_state(seed=seed)
+
+
+class ContrastiveBatch:
+    """Stack views into [B, V, C, *S] and return the labels [B] for a contrastive loss.
+
+    Args:
+        view_keys: batch keys holding the V views of every sample, each [B, C, *S].
+        label_key: batch key of the regression target, [B] or [B, 1].
+        mixup_alpha: when set (MixSupCon), mix every view with a random partner sample before the encoder
+            (lambda ~ Beta(alpha, alpha)) and return the mixed labels (see ``losses.mixsupcon.mixup_batch``).
+            The same partner and lambda are used for all views of a sample.
+    """
+
+    def __init__(self, view_keys: Sequence[str] = ("image",), label_key: str = "label",
+                 mixup_alpha: float | None = None) -> None:
+        if not view_keys:
+            raise ValueError("ContrastiveBatch needs at least one view key, got an empty sequence.")
+        self.view_keys = tuple(view_keys)
+        self.label_key = label_key
+        self.mixup_alpha = mixup_alpha
+
+    def __call__(self, batchdata: Mapping[str, Any], device: str | torch.device | None = None,
+                 non_blocking: bool = False, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(views [B, V, C, *S], labels [B])`` on ``device``.
+
+        ``kwargs`` (MONAI's ``to_kwargs``, e.g. a memory format) are not applied: the view stack is 6-D, and
+        the network flattens it to [B * V, C, *S] itself.
+        """
+        missing = [k for k in (*self.view_keys, self.label_key) if k not in batchdata]
+        if missing:
+            raise KeyError(f"ContrastiveBatch: batch has no key(s) {missing}; it has {sorted(batchdata)}.")
+        views = torch.stack([torch.as_tensor(batchdata[k]) for k in self.view_keys], dim=1)
+        labels = torch.as_tensor(batchdata[self.label_key]).reshape(views.shape[0], -1)[:, 0].float()
+        if self.mixup_alpha is not None:
+            views, labels = mixup_batch(views, labels, alpha=self.mixup_alpha)
+        return views.to(device=device, non_blocking=non_blocking), labels.to(device=device, non_blocking=non_blocking)

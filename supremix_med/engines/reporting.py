@@ -1,0 +1,149 @@
+"""Collect an evaluator's predictions and write the run's report: metrics.json, predictions.csv, a plot.
+
+The evaluators run with ``decollate=False`` so each iteration's output holds ``pred`` [B, 1] and ``label``
+[B, 1] and ``engine.state.batch["id"]`` the sample ids. :class:`PredictionCollector` keeps them;
+:func:`write_report` turns the test set's predictions into the files users read, with the brain-age gap
+corrected by a :class:`~supremix_med.metrics.BiasCorrection` fitted on the validation set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from ignite.engine import Engine, Events
+
+from supremix_med.metrics import BiasCorrection, regression_metrics
+
+__all__ = ["PredictionCollector", "atomic_write", "atomic_write_json", "write_report", "plot_predictions"]
+
+
+class PredictionCollector:
+    """Ignite handler that gathers ids, targets and predictions of one evaluation epoch.
+
+    Args:
+        id_key: batch key of the sample ids.
+    """
+
+    def __init__(self, id_key: str = "id") -> None:
+        self.id_key = id_key
+        self._ids: list[str] = []
+        self._targets: list[np.ndarray] = []
+        self._predictions: list[np.ndarray] = []
+
+    def attach(self, engine: Engine) -> None:
+        """Reset at every epoch start, collect at every iteration."""
+        engine.add_event_handler(Events.EPOCH_STARTED, self.reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
+
+    def reset(self, engine: Engine | None = None) -> None:
+        self._ids, self._targets, self._predictions = [], [], []
+
+    def collect(self, engine: Engine) -> None:
+        """Append this iteration's outputs (``pred`` [B, 1], ``label`` [B, 1]) and batch ids."""
+        output = engine.state.output
+        pred = torch.as_tensor(output["pred"]).detach().float().cpu().reshape(-1)
+        self._predictions.append(pred.numpy())
+        label = output.get("label")
+        self._targets.append(np.full(len(pred), np.nan) if label is None
+                             else torch.as_tensor(label).detach().float().cpu().reshape(-1).numpy())
+        ids = engine.state.batch.get(self.id_key, [""] * len(pred))
+        self._ids.extend(str(i) for i in ids)
+
+    def frame(self, target_name: str = "age") -> pd.DataFrame:
+        """Return ``id, <target_name>, predicted_<target_name>`` of the last epoch."""
+        empty = np.zeros(0)
+        return pd.DataFrame({
+            "id": self._ids,
+            target_name: np.concatenate(self._targets) if self._targets else empty,
+            f"predicted_{target_name}": np.concatenate(self._predictions) if self._predictions else empty,
+        })
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then ``os.replace`` it onto ``path``.
+
+    A failure half-way leaves any existing ``path`` untouched and removes the temporary file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        write(Path(name))
+        os.replace(name, path)
+    finally:
+        if os.path.exists(name):
+            os.remove(name)
+
+
+def atomic_write_json(data: dict, path: str | os.PathLike) -> None:
+    """Write ``data`` as indented JSON to ``path`` atomically (see :func:`atomic_write`)."""
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=float)))
+
+
+def plot_predictions(frame: pd.DataFrame, path: str | os.PathLike, target_name: str = "age",
+                     title: str = "") -> None:
+    """Scatter predicted vs true target with the identity line; save a PNG at ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    truth, pred = frame[target_name].to_numpy(), frame[f"predicted_{target_name}"].to_numpy()
+    lo, hi = float(np.nanmin([truth.min(), pred.min()])), float(np.nanmax([truth.max(), pred.max()]))
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(truth, pred, s=12, alpha=0.7)
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="identity")
+    ax.set_xlabel(f"true {target_name}")
+    ax.set_ylabel(f"predicted {target_name}")
+    ax.set_title(title)
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    plt.close(fig)
+
+
+def write_report(test: pd.DataFrame, output_dir: str | os.PathLike, train_targets: Sequence[float],
+                 bias_correction: BiasCorrection | None = None, target_name: str = "age",
+                 extra: dict | None = None) -> dict:
+    """Write ``metrics.json``, ``predictions.csv`` and ``predictions.png`` under ``output_dir``.
+
+    Args:
+        test: ``id, <target>, predicted_<target>`` of the test set (from :class:`PredictionCollector`).
+        output_dir: where the files go (created if needed).
+        train_targets: the training set's targets; ``baseline_mae`` is the MAE of predicting their mean.
+        bias_correction: a fitted correction; adds ``brain_age_gap`` and ``brain_age_gap_corrected`` columns
+            and ``mae_corrected`` to the metrics.
+        target_name: the target column's name (``age`` for brain age).
+        extra: more entries for ``metrics.json`` (method, epochs, ...).
+
+    Returns:
+        The metrics dict that was written.
+    """
+    if len(test) == 0:
+        raise ValueError("write_report: the test set produced no predictions (is the test split empty?).")
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    truth = test[target_name].to_numpy(dtype=float)
+    pred = test[f"predicted_{target_name}"].to_numpy(dtype=float)
+    metrics = regression_metrics(pred, truth)
+    metrics["baseline_mae"] = float(np.mean(np.abs(truth - float(np.mean(train_targets)))))
+    frame = test.copy()
+    if bias_correction is not None:
+        frame["brain_age_gap"] = pred - truth
+        frame["brain_age_gap_corrected"] = bias_correction.corrected_gap(pred, truth)
+        metrics["mae_corrected"] = float(np.mean(np.abs(frame["brain_age_gap_corrected"])))
+        metrics["bias_correction"] = bias_correction.to_dict()
+    metrics.update(extra or {})
+    atomic_write(output_dir / "predictions.csv", lambda tmp: frame.to_csv(tmp, index=False))
+    atomic_write_json(metrics, output_dir / "metrics.json")
+    plot_predictions(frame, output_dir / "predictions.png", target_name,
+                     title=f"test MAE {metrics['mae']:.2f} (mean-baseline {metrics['baseline_mae']:.2f})")
+    return metrics

@@ -1,0 +1,122 @@
+"""The steps a bundle's ``run`` list calls between and after the MONAI engines.
+
+``train.json`` runs: :func:`save_run_config` -> :func:`run_pretraining` (skipped for ``vanilla``) ->
+fine-tuning ``SupervisedTrainer.run()`` -> :func:`evaluate_and_report` (best checkpoint, bias correction
+fitted on validation predictions, test metrics and files). ``evaluate.json`` runs :func:`evaluate_and_report`
+with the bias correction stored beside the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Engine
+from torch import nn
+
+from supremix_med.engines.reporting import PredictionCollector, atomic_write_json, write_report
+from supremix_med.metrics import BiasCorrection
+
+__all__ = ["save_run_config", "run_pretraining", "load_weights", "evaluate_and_report"]
+
+logger = logging.getLogger(__name__)
+
+MODEL_CONFIG = "model_config.json"
+BIAS_CORRECTION = "bias_correction.json"
+FINGERPRINT = "preprocessing.json"
+
+
+def save_run_config(ckpt_dir: str | os.PathLike, network_config: dict, dataset_dir: str | os.PathLike) -> None:
+    """Store what inference needs beside the model: how to build the network and the data's fingerprint.
+
+    Writes ``<ckpt_dir>/model_config.json`` (``build_model`` keyword arguments) and copies the cache's
+    ``preprocessing.json`` to ``<ckpt_dir>/preprocessing.json`` when the dataset has one.
+    """
+    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(dict(network_config), ckpt_dir / MODEL_CONFIG)
+    fingerprint = Path(dataset_dir) / FINGERPRINT
+    if fingerprint.is_file():
+        shutil.copyfile(fingerprint, ckpt_dir / FINGERPRINT)
+
+
+def run_pretraining(method: str, trainer: Engine | None, encoder: nn.Module,
+                    ckpt_dir: str | os.PathLike, save: bool = True) -> None:
+    """Run contrastive pre-training unless ``method`` is ``vanilla``; save the encoder.
+
+    The pre-trained encoder's state dict goes to ``<ckpt_dir>/pretrained_encoder.pt`` (loadable by
+    ``ContrastiveRegressor.load_encoder``), written through a temporary file. ``save=False`` (ranks other
+    than 0) trains without writing.
+    """
+    if method.lower() == "vanilla" or trainer is None or trainer.state.max_epochs == 0:
+        logger.info("method %r: no contrastive pre-training", method)
+        return
+    trainer.run()
+    if not save:
+        return
+    path = Path(ckpt_dir) / "pretrained_encoder.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".pt.tmp")
+    torch.save(encoder.state_dict(), tmp)
+    os.replace(tmp, path)
+
+
+def load_weights(network: nn.Module, checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> bool:
+    """Load a ``model.pt`` state dict into ``network`` if the file exists; return whether it did."""
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        return False
+    state = torch.load(checkpoint, map_location=device, weights_only=True)
+    target = network.module if hasattr(network, "module") else network
+    target.load_state_dict(state)
+    return True
+
+
+def _predict(evaluator: Engine, collector: PredictionCollector, target_name: str):
+    evaluator.run()
+    return collector.frame(target_name)
+
+
+def evaluate_and_report(network: nn.Module, checkpoint: str | os.PathLike, test_evaluator: Engine,
+                        test_collector: PredictionCollector, train_targets: Any, output_dir: str | os.PathLike,
+                        ckpt_dir: str | os.PathLike, val_evaluator: Engine | None = None,
+                        val_collector: PredictionCollector | None = None, bias_method: str = "beheshti",
+                        target_name: str = "age", extra: dict | None = None, write: bool = True) -> dict:
+    """Load the best checkpoint, fit or load the bias correction, predict the test set, write the report.
+
+    Args:
+        network: the fine-tuned model (the evaluators' network).
+        checkpoint: the best ``model.pt``; when missing (no validation ran) the network's current weights
+            are used and a warning is logged.
+        test_evaluator, test_collector: evaluator over the test split and its :class:`PredictionCollector`.
+        train_targets: training-set targets for ``baseline_mae``.
+        output_dir: where ``metrics.json``, ``predictions.csv`` and the plot go.
+        ckpt_dir: where ``bias_correction.json`` is stored (fitted) or read (``val_evaluator`` is None).
+        val_evaluator, val_collector: when given, the bias correction is fitted on validation predictions.
+        bias_method: ``"beheshti"`` or ``"cole"``.
+        target_name: name of the target column.
+        extra: more entries for ``metrics.json``.
+        write: write files (False on ranks other than 0, which still run the evaluators: their metrics
+            synchronise across ranks).
+
+    Returns:
+        The metrics written (empty when ``write`` is False).
+    """
+    if not load_weights(network, checkpoint, device=next(network.parameters()).device):
+        logger.warning("no checkpoint at %s: reporting the network's current weights", checkpoint)
+    bias_path = Path(ckpt_dir) / BIAS_CORRECTION
+    if val_evaluator is not None and val_collector is not None:
+        val = _predict(val_evaluator, val_collector, target_name)
+        correction = BiasCorrection(bias_method).fit(val[f"predicted_{target_name}"], val[target_name])
+        if write:
+            correction.save(bias_path)
+    else:
+        correction = BiasCorrection.load(bias_path)
+    test = _predict(test_evaluator, test_collector, target_name)
+    if not write:
+        return {}
+    return write_report(test, output_dir, train_targets, correction, target_name, extra)

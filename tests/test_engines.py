@@ -1,0 +1,113 @@
+"""Engines: batch preparation, multi-view transforms, per-method pre-training set-up, reporting."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from ignite.engine import Engine
+from monai.engines import SupervisedTrainer
+from monai.transforms import RandGaussianNoised
+
+from supremix_med.engines import (
+    METHODS,
+    PRETRAINING_METHODS,
+    ContrastiveBatch,
+    PredictionCollector,
+    multi_view_transform,
+    pretraining_setup,
+    write_report,
+)
+from supremix_med.metrics import BiasCorrection
+from supremix_med.networks import build_model
+
+
+def _batch(b: int = 6, d: int = 5) -> dict:
+    gen = torch.Generator().manual_seed(0)
+    return {"image": torch.randn(b, d, generator=gen), "image_1": torch.randn(b, d, generator=gen),
+            "label": torch.arange(b, dtype=torch.float32).reshape(b, 1) % 3, "id": [f"s{i}" for i in range(b)]}
+
+
+def test_contrastive_batch_stacks_views_view_axis_second():
+    batch = _batch()
+    views, labels = ContrastiveBatch(("image", "image_1"))(batch, "cpu")
+    assert views.shape == (6, 2, 5)
+    torch.testing.assert_close(views[:, 1], batch["image_1"])
+    torch.testing.assert_close(labels, batch["label"][:, 0])
+
+
+def test_contrastive_batch_mixup_mixes_labels_within_range():
+    torch.manual_seed(0)
+    batch = _batch()
+    views, labels = ContrastiveBatch(("image",), mixup_alpha=1.0)(batch, "cpu")
+    assert views.shape == (6, 1, 5)
+    assert labels.min() >= 0 and labels.max() <= 2
+    assert not torch.equal(views[:, 0], batch["image"])
+
+
+def test_contrastive_batch_missing_key_names_it():
+    with pytest.raises(KeyError, match="image_2"):
+        ContrastiveBatch(("image", "image_2"))(_batch(), "cpu")
+
+
+def test_multi_view_transform_makes_independent_views():
+    transform = multi_view_transform([RandGaussianNoised(keys="image", prob=1.0, std=1.0)], ("image", "image_1"))
+    out = transform({"image": torch.zeros(1, 4, 4)})
+    assert set(out) == {"image", "image_1"}
+    assert not torch.equal(out["image"], out["image_1"])
+    with pytest.raises(ValueError, match="must act on 'image' only"):
+        multi_view_transform([RandGaussianNoised(keys="label")], ("image", "image_1"))
+
+
+@pytest.mark.parametrize("method", PRETRAINING_METHODS)
+def test_every_method_pretrains_a_step(method):
+    """One SupervisedTrainer epoch per method on a tiny MLP: finite loss, encoder weights move."""
+    torch.manual_seed(0)
+    model = build_model("mlp", in_features=5, projection_dim=8)
+    setup = pretraining_setup(method, model, {}, view_keys=("image", "image_1"))
+    before = [p.detach().clone() for p in model.encoder.parameters()]
+    data = [_batch() for _ in range(2)]
+    trainer = SupervisedTrainer(device="cpu", max_epochs=1, train_data_loader=data, network=setup.network,
+                                optimizer=torch.optim.Adam(setup.network.parameters(), 1e-2),
+                                loss_function=setup.loss_function, prepare_batch=setup.prepare_batch,
+                                decollate=False)
+    trainer.run()
+    assert np.isfinite(trainer.state.output["loss"].item())
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.encoder.parameters()))
+
+
+def test_vanilla_has_no_pretraining_loss_and_unknown_method_fails():
+    assert "vanilla" in METHODS
+    model = build_model("mlp", in_features=5, projection_dim=8)
+    assert pretraining_setup("vanilla", model).loss_function is None
+    with pytest.raises(ValueError, match="unknown method"):
+        pretraining_setup("simclr", model)
+
+
+def test_collector_and_report(tmp_path):
+    collector = PredictionCollector()
+    engine = Engine(lambda e, batch: {"pred": batch["pred"], "label": batch["label"]})
+    collector.attach(engine)
+    ages = np.array([50.0, 60.0, 70.0, 80.0])
+    preds = np.array([54.0, 61.0, 68.0, 75.0])
+    batches = [{"pred": torch.tensor(preds[i:i + 2]).reshape(2, 1), "label": torch.tensor(ages[i:i + 2]).reshape(2, 1),
+                "id": [f"s{i}", f"s{i + 1}"]} for i in (0, 2)]
+    engine.run(batches)
+    frame = collector.frame()
+    assert list(frame["id"]) == ["s0", "s1", "s2", "s3"]
+    np.testing.assert_allclose(frame["predicted_age"], preds)
+    correction = BiasCorrection("beheshti").fit(preds, ages)
+    metrics = write_report(frame, tmp_path, train_targets=[60.0, 70.0], bias_correction=correction,
+                           extra={"method": "supremix"})
+    assert metrics["mae"] == pytest.approx(np.mean(np.abs(preds - ages)))
+    assert metrics["baseline_mae"] == pytest.approx(np.mean(np.abs(ages - 65.0)))
+    assert json.loads((tmp_path / "metrics.json").read_text())["method"] == "supremix"
+    written = pd.read_csv(tmp_path / "predictions.csv")
+    assert list(written.columns) == ["id", "age", "predicted_age", "brain_age_gap", "brain_age_gap_corrected"]
+    np.testing.assert_allclose(written["brain_age_gap_corrected"], correction.corrected_gap(preds, ages))
+    assert (tmp_path / "predictions.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="no predictions"):
+        write_report(frame.iloc[:0], tmp_path, train_targets=[1.0])
