@@ -1,0 +1,270 @@
+"""SupReMix: supervised contrastive regression with mixup pairs ("Mixup Your Own Pairs", arXiv 2309.16633).
+
+Notation: N anchors (B samples x V views, flattened view-major, see ``_utils``), unit embeddings ``z``
+(the loss L2-normalises its input), labels ``y``, cosine similarities ``s_ij = <z_i, z_j>``, temperature
+``tau``. For anchor ``i``:
+
+- real contrasts: every row ``a != i``; real positives: rows ``a != i`` with ``y_a == y_i``.
+- Mix-neg (hard negatives): for every real negative ``k``, ``m = lam * z_i + (1 - lam) * z_k`` with
+  ``lam ~ Beta(beta)`` drawn per (i, k) pair, labelled ``lam * y_i + (1 - lam) * y_k``.
+- Mix-pos (hard positives): for every pair ``y_j < y_i < y_k`` with ``y_i - y_j <= window`` and
+  ``y_k - y_i <= window``, ``m = a * z_j + (1 - a) * z_k`` with ``a = (y_k - y_i) / (y_k - y_j)``, labelled
+  ``y_i`` (the mixture's label interpolates to the anchor's).
+- weights ``w(y_i, y_c) = (1 + |y_i - y_c|) / R`` (R the label range) in the denominator only.
+
+    L_i = -1/|P_i| * sum_{p in P_i} [ s_ip / tau - log sum_{c in C_i} w(y_i, y_c) exp(s_ic / tau) ]
+
+with P_i the real positives and the Mix-pos mixtures, C_i every real row but ``i``, the Mix-neg and the
+Mix-pos mixtures. The loss is the mean of L_i over anchors with |P_i| > 0.
+
+Mixtures are never built. Inner products are bilinear, so for ``m = a z_j + (1 - a) z_k``
+``<z_i, m> = a s_ij + (1 - a) s_ik`` and ``||m||^2 = a^2 + (1 - a)^2 + 2 a (1 - a) s_jk``: every mixture logit
+comes from the Gram matrix. Mix-neg costs O(N M) for M contrast rows; Mix-pos visits, per anchor, only the
+pairs inside its label window (O(N W^2) for W rows per window), in chunks of bounded size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ._utils import anchor_mean, prepare_contrast_batch
+from .supcon import check_positive, masked_logsumexp, pair_masks, similarities
+
+__all__ = ["SupReMixLoss"]
+
+#: Smallest mixture norm a normalised mixture is divided by (the mixture of two opposite unit vectors
+#: with equal coefficients is the zero vector).
+MIXTURE_NORM_EPS = 1e-6
+#: Mix-pos pairs handled at once. Beyond one chunk the chunks are recomputed in the backward pass
+#: (activation checkpointing), so peak memory stays O(N M + MIX_POS_CHUNK_PAIRS).
+MIX_POS_CHUNK_PAIRS = 1 << 21
+
+
+def _mixture_norm(coef: torch.Tensor, cross_sim: torch.Tensor) -> torch.Tensor:
+    """``||coef * u + (1 - coef) * v||`` for unit ``u, v`` with ``<u, v> = cross_sim``, clamped away from 0."""
+    squared = coef**2 + (1 - coef) ** 2 + 2 * coef * (1 - coef) * cross_sim
+    return squared.clamp_min(MIXTURE_NORM_EPS**2).sqrt()
+
+
+def _segment_logsumexp(values: torch.Tensor, segment: torch.Tensor, num_segments: int) -> torch.Tensor:
+    """Stable log-sum-exp of ``values`` [P] grouped by ``segment`` [P] -> [num_segments] (0 for empty ones)."""
+    shift = torch.full((num_segments,), float("-inf"), dtype=values.dtype, device=values.device)
+    shift = shift.scatter_reduce(0, segment, values.detach(), reduce="amax")
+    shift = torch.where(torch.isfinite(shift), shift, 0.0)
+    total = torch.zeros_like(shift).index_add(0, segment, torch.exp(values - shift[segment]))
+    nonempty = torch.zeros_like(shift, dtype=torch.bool).index_fill(0, segment, True)
+    return torch.where(nonempty, torch.log(torch.where(nonempty, total, 1.0)) + shift, 0.0)
+
+
+def _mix_pos_chunk(sim: torch.Tensor, gram: torch.Tensor, anchor_labels: torch.Tensor,
+                   contrast_labels: torch.Tensor, order: torch.Tensor, below_start: torch.Tensor,
+                   num_below: torch.Tensor, above_start: torch.Tensor, num_above: torch.Tensor,
+                   temperature: float, normalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mix-pos logits of a run of anchors, reduced per anchor.
+
+    Anchor ``i``'s mixtures pair every contrast ``order[below_start[i] + u]`` (u < num_below[i], label below
+    the anchor's) with every ``order[above_start[i] + v]`` (v < num_above[i], label above).
+
+    Args:
+        sim: [n, M] similarities of these anchors to every contrast (for the mixtures' numerators).
+        gram: [M, M] similarities among contrasts (for the mixtures' norms).
+        anchor_labels: [n]; contrast_labels: [M].
+        order: [M] contrast indices sorted by label.
+        below_start, num_below, above_start, num_above: [n] each anchor's window in ``order``.
+        temperature: tau.
+        normalize: divide each mixture by its norm.
+
+    Returns:
+        ``(lse, total)`` [n] each: log-sum-exp and sum of the anchor's Mix-pos logits (0 where it has none).
+    """
+    counts = num_below * num_above
+    anchor = torch.repeat_interleave(torch.arange(counts.shape[0], device=counts.device), counts)
+    within = torch.arange(anchor.shape[0], device=counts.device) - (torch.cumsum(counts, 0) - counts)[anchor]
+    low = order[below_start[anchor] + torch.div(within, num_above[anchor], rounding_mode="floor")]
+    high = order[above_start[anchor] + within % num_above[anchor]]
+    label, label_low, label_high = anchor_labels[anchor], contrast_labels[low], contrast_labels[high]
+    coef = (label_high - label) / (label_high - label_low)
+    inner = coef * sim[anchor, low] + (1 - coef) * sim[anchor, high]
+    if normalize:
+        inner = inner / _mixture_norm(coef, gram[low, high])
+    logits = inner / temperature
+    total = torch.zeros(counts.shape[0], dtype=logits.dtype, device=logits.device).index_add(0, anchor, logits)
+    return _segment_logsumexp(logits, anchor, counts.shape[0]), total
+
+
+class SupReMixLoss(nn.Module):
+    """SupReMix loss: SupCon for regression with Mix-neg / Mix-pos mixtures and label-distance weights.
+
+    Features are L2-normalised inside the loss (a no-op for unit vectors). Half-precision inputs and inputs
+    produced under autocast are computed in float32; float64 stays float64. Under ``torch.distributed`` each
+    rank's anchors contrast against (and mix) the rows gathered, with gradient, from all ranks; the mean of
+    the ranks' values is the loss of the whole batch (see ``_utils``).
+
+    Args:
+        temperature: tau > 0 dividing the cosine similarities.
+        window: gamma >= 0, the largest label distance (label units, inclusive) from the anchor of the two
+            samples of a Mix-pos pair.
+        beta: the two concentrations of the Beta distribution of the Mix-neg coefficient ``lam`` (the
+            anchor's share of the mixture); (2, 8) gives mixtures mostly made of the negative.
+        label_range: ``(low, high)`` of the labels; R = high - low normalises the distance weights
+            (None: R = 1).
+        mix_neg: add the Mix-neg mixtures (hard negatives) to the contrasts.
+        mix_pos: add the Mix-pos mixtures (hard positives) to the positives and the contrasts.
+        distance_weight: weight each denominator term by ``(1 + |y_i - y_c|) / R`` (False: all weights 1).
+        normalize_mixtures: divide every mixture by its norm.
+        detach_mixtures: mixtures are constants (no gradient through the rows mixed; the anchor's own side of
+            each mixture logit keeps its gradient).
+        label_tolerance: labels that differ by at most this much count as equal (0: exact equality); the
+            Mix-pos and Mix-neg rows are those farther away.
+
+    With ``mix_neg=mix_pos=distance_weight=False`` the loss equals :class:`SupConLoss`.
+
+    Raises:
+        ValueError: on invalid arguments.
+
+    Example::
+
+        loss = SupReMixLoss(temperature=0.5, window=5.0, label_range=(40.0, 90.0))
+        value = loss(torch.randn(16, 2, 128), 40 + 50 * torch.rand(16))
+    """
+
+    def __init__(self, temperature: float = 0.5, window: float = 5.0, beta: Sequence[float] = (2.0, 8.0),
+                 label_range: Sequence[float] | None = None, mix_neg: bool = True, mix_pos: bool = True,
+                 distance_weight: bool = True, normalize_mixtures: bool = True, detach_mixtures: bool = False,
+                 label_tolerance: float = 0.0) -> None:
+        super().__init__()
+        name = type(self).__name__
+        self.temperature = check_positive(temperature, "temperature", name)
+        self.window = check_positive(window, "window", name, allow_zero=True)
+        self.label_tolerance = check_positive(label_tolerance, "label_tolerance", name, allow_zero=True)
+        if len(beta) != 2:
+            raise ValueError(f"{name}: beta must hold the two Beta concentrations, got {tuple(beta)}.")
+        self.beta = tuple(check_positive(b, "each beta concentration", name) for b in beta)
+        self.range_log = 0.0
+        if label_range is not None:
+            if len(label_range) != 2 or not all(math.isfinite(float(v)) for v in label_range) \
+                    or float(label_range[1]) <= float(label_range[0]):
+                raise ValueError(f"{name}: label_range must be (low, high) with finite low < high, "
+                                 f"got {tuple(label_range)}.")
+            self.range_log = math.log(float(label_range[1]) - float(label_range[0]))
+        self.label_range = label_range
+        self.mix_neg = mix_neg
+        self.mix_pos = mix_pos
+        self.distance_weight = distance_weight
+        self.normalize_mixtures = normalize_mixtures
+        self.detach_mixtures = detach_mixtures
+
+    def _log_weight(self, distance: torch.Tensor) -> torch.Tensor | float:
+        """``log w`` for label distances ``|y_i - y_c|`` (0 without distance weighting)."""
+        if not self.distance_weight:
+            return 0.0
+        return torch.log1p(distance) - self.range_log
+
+    def _mix_neg_lambda(self, given: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+        """Check the given Mix-neg coefficients [N, M] or draw them from Beta(beta), shaped like ``like``."""
+        if given is None:
+            concentration = torch.tensor(self.beta, dtype=like.dtype, device=like.device)
+            return torch.distributions.Beta(concentration[0], concentration[1]).sample(like.shape)
+        if not isinstance(given, torch.Tensor) or tuple(given.shape) != tuple(like.shape):
+            shape = tuple(given.shape) if isinstance(given, torch.Tensor) else type(given).__name__
+            raise ValueError(f"{type(self).__name__}: mix_neg_lambda must be a tensor of shape "
+                             f"[anchors, contrasts] = {tuple(like.shape)}, got {shape}.")
+        if not torch.isfinite(given).all() or given.min() < 0 or given.max() > 1:
+            raise ValueError(f"{type(self).__name__}: mix_neg_lambda values must lie in [0, 1].")
+        return given.to(dtype=like.dtype, device=like.device)
+
+    def _mix_neg_lse(self, lam: torch.Tensor, mix_sim: torch.Tensor, norm_sim: torch.Tensor,
+                     distance: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+        """Weighted log-sum-exp [N] over the Mix-neg mixtures ``lam z_i + (1 - lam) z_k`` of real negatives.
+
+        Args:
+            lam: [N, M] mixing coefficients.
+            mix_sim: [N, M] ``<z_i, z_k>`` for the mixture side (constant rows when mixtures are detached).
+            norm_sim: [N, M] ``<z_i, z_k>`` for the mixtures' norms.
+            distance: [N, M] label distances ``|y_i - y_k|``.
+            negative: [N, M] bool, the real negatives.
+        """
+        inner = lam + (1 - lam) * mix_sim
+        if self.normalize_mixtures:
+            inner = inner / _mixture_norm(lam, norm_sim)
+        return masked_logsumexp(inner / self.temperature + self._log_weight((1 - lam) * distance), negative)
+
+    def _mix_pos_terms(self, sim: torch.Tensor, gram: torch.Tensor, anchor_labels: torch.Tensor,
+                       contrast_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-anchor log-sum-exp (unweighted), sum and count of the Mix-pos logits, each [N]."""
+        order = torch.argsort(contrast_labels, stable=True)
+        offsets = contrast_labels[order][None, :] - anchor_labels[:, None]  # non-decreasing along each row
+        below_start = (offsets < -self.window).sum(1)
+        num_below = ((offsets < -self.label_tolerance).sum(1) - below_start).clamp_min(0)
+        above_start = (offsets <= self.label_tolerance).sum(1)
+        num_above = ((offsets <= self.window).sum(1) - above_start).clamp_min(0)
+        counts = num_below * num_above
+        chunk_of_anchor = (torch.cumsum(counts, 0) - counts) // MIX_POS_CHUNK_PAIRS
+        sizes = torch.unique_consecutive(chunk_of_anchor, return_counts=True)[1].tolist()
+        recompute = len(sizes) > 1 and torch.is_grad_enabled()
+        parts = []
+        for rows in zip(*(t.split(sizes) for t in (sim, anchor_labels, below_start, num_below, above_start,
+                                                    num_above))):
+            args = (rows[0], gram, rows[1], contrast_labels, order, *rows[2:], self.temperature,
+                    self.normalize_mixtures)
+            parts.append(checkpoint(_mix_pos_chunk, *args, use_reentrant=False) if recompute
+                         else _mix_pos_chunk(*args))
+        lse, total = (torch.cat(p) for p in zip(*parts))
+        return lse, total, counts
+
+    def forward(self, features: torch.Tensor, labels: torch.Tensor,
+                mix_neg_lambda: torch.Tensor | None = None) -> torch.Tensor:
+        """Compute the loss.
+
+        Args:
+            features: [B, D] or [B, V, D] embeddings (V views; rows are flattened view-major, N = B * V).
+            labels: [B] or [B, 1] real-valued labels.
+            mix_neg_lambda: optional [N, M] Mix-neg coefficients ``lam[i, k]`` in [0, 1] for anchor ``i`` and
+                contrast ``k`` (M = N on one process, the gathered row count when distributed; only entries
+                of real negatives are used; ignored without ``mix_neg``). None draws them from Beta(beta)
+                with torch's global RNG.
+
+        Returns:
+            0-dim float32 (float64 for float64 features) mean of the per-anchor losses over anchors with a
+            positive (real or Mix-pos); 0 (attached to the graph) when none has.
+
+        Raises:
+            ValueError: on malformed or non-finite input or a malformed ``mix_neg_lambda``.
+        """
+        batch = prepare_contrast_batch(features, labels, type(self).__name__)
+        with torch.autocast(device_type=batch.anchors.device.type, enabled=False):
+            num_anchors = batch.anchors.shape[0]
+            z, sim = similarities(batch.contrasts, batch.offset, num_anchors)
+            gram = z @ z.T if num_anchors != z.shape[0] else sim  # [M, M], rows of all ranks
+            mix_sim, norm_sim = sim, sim  # <z_i, row mixed> for mixture logits, and for mixture norms
+            if self.detach_mixtures:  # the rows mixed are constants; the anchor's side keeps its gradient
+                mix_sim = z[batch.offset:batch.offset + num_anchors] @ z.detach().T
+                norm_sim, gram = sim.detach(), gram.detach()
+            contrast, positive = pair_masks(batch.anchor_labels, batch.contrast_labels, batch.offset,
+                                            self.label_tolerance)
+            distance = (batch.contrast_labels[None, :] - batch.anchor_labels[:, None]).abs()
+            logits = sim / self.temperature
+            lse_parts = [masked_logsumexp(logits + self._log_weight(distance), contrast)]
+            nonempty = [contrast.any(dim=1)]
+            positive_total = torch.where(positive, logits, 0.0).sum(dim=1)
+            num_positives = positive.sum(dim=1)
+            if self.mix_neg:
+                negative = contrast & ~positive
+                lam = self._mix_neg_lambda(mix_neg_lambda, sim)
+                lse_parts.append(self._mix_neg_lse(lam, mix_sim, norm_sim, distance, negative))
+                nonempty.append(negative.any(dim=1))
+            if self.mix_pos:
+                mix_lse, mix_total, mix_count = self._mix_pos_terms(mix_sim, gram, batch.anchor_labels,
+                                                                    batch.contrast_labels)
+                lse_parts.append(mix_lse + self._log_weight(torch.zeros_like(mix_lse)))  # label y_i
+                nonempty.append(mix_count > 0)
+                positive_total = positive_total + mix_total
+                num_positives = num_positives + mix_count
+            lse = masked_logsumexp(torch.stack(lse_parts, dim=1), torch.stack(nonempty, dim=1))
+            anchor_losses = lse - positive_total / num_positives.clamp_min(1)
+            return anchor_mean(anchor_losses, num_positives > 0)
