@@ -132,7 +132,7 @@ def test_bad_inputs_raise(features: torch.Tensor, labels: torch.Tensor, match: s
 
 
 @pytest.mark.parametrize("name", ["temperature", "sigma", "mixup_alpha"])
-@pytest.mark.parametrize("value", [0.0, -1.0, float("nan"), None])
+@pytest.mark.parametrize("value", [0.0, -1.0, float("nan"), float("inf")])
 def test_bad_constructor_arguments_raise(name: str, value: object) -> None:
     with pytest.raises(ValueError, match=name):
         MixSupConLoss(**{name: value})

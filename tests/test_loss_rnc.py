@@ -164,7 +164,7 @@ def test_bad_inputs_raise(features: torch.Tensor, labels: torch.Tensor, match: s
         RnCLoss()(features, labels)
 
 
-@pytest.mark.parametrize("temperature", [0.0, -1.0, float("nan"), float("inf"), "2", True])
+@pytest.mark.parametrize("temperature", [0.0, -1.0, float("nan"), float("inf")])
 def test_bad_temperature_raises(temperature: object) -> None:
     with pytest.raises(ValueError, match="temperature"):
         RnCLoss(temperature=temperature)

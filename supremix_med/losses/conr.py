@@ -30,9 +30,9 @@ import math
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from ._utils import _all_gather, anchor_mean, is_distributed, prepare_contrast_batch
+from .supcon import check_positive, masked_logsumexp, pair_masks, similarities
 
 __all__ = ["ConRLoss"]
 
@@ -73,10 +73,11 @@ class ConRLoss(nn.Module):
     def __init__(self, *, temperature: float = 0.2, window: float = 1.0, prediction_window: float = 1.0,
                  pushing_weight: float = 0.01, label_range: tuple[float, float] | None = None) -> None:
         super().__init__()
-        self.temperature = _check_number("temperature", temperature, allow_zero=False)
-        self.window = _check_number("window", window)
-        self.prediction_window = _check_number("prediction_window", prediction_window)
-        self.pushing_weight = _check_number("pushing_weight", pushing_weight)
+        name = type(self).__name__
+        self.temperature = check_positive(temperature, "temperature", name)
+        self.window = check_positive(window, "window", name, allow_zero=True)
+        self.prediction_window = check_positive(prediction_window, "prediction_window", name, allow_zero=True)
+        self.pushing_weight = check_positive(pushing_weight, "pushing_weight", name, allow_zero=True)
         self.label_range = None if label_range is None else _check_range(label_range)
         self._label_scale = 1.0 if self.label_range is None else self.label_range[1] - self.label_range[0]
 
@@ -111,37 +112,24 @@ class ConRLoss(nn.Module):
                 raise ValueError("ConRLoss: anchor_weights must be non-negative.")
 
         with torch.autocast(device_type=batch.anchors.device.type, enabled=False):
-            logits = F.normalize(batch.anchors, dim=1) @ F.normalize(batch.contrasts, dim=1).T / self.temperature
+            _, sim = similarities(batch.contrasts, batch.offset, len(batch.anchors))
+            logits = sim / self.temperature
+            contrast, positive = pair_masks(batch.anchor_labels, batch.contrast_labels, batch.offset, self.window)
             label_dist = (batch.anchor_labels[:, None] - batch.contrast_labels[None, :]).abs().detach()
-            similar = label_dist <= self.window
             confused = (preds[:, None] - contrast_preds[None, :]).abs() <= self.prediction_window
-            rows = torch.arange(len(logits), device=logits.device)
-            is_self = torch.zeros_like(similar)
-            is_self[rows, rows + batch.offset] = True
-            positive = similar & ~is_self
-            negative = ~similar & confused
+            negative = contrast & ~positive & confused
             num_positives = positive.sum(dim=1)
             selected = (num_positives > 0) & negative.any(dim=1)
 
             # log of each contrast's weight in the denominator: 0 for positives, log S_in for negatives
             log_push = eta.log()[:, None] + self.pushing_weight * label_dist / self._label_scale
             terms = torch.where(negative, logits + log_push, logits)
-            terms = torch.where(positive | negative, terms, float("-inf"))
-            # unselected rows may hold no finite term: zero them so logsumexp's gradient stays finite
-            log_denominator = torch.where(selected[:, None], terms, 0.0).logsumexp(dim=1)
-            positive_logits = torch.where(positive, logits, 0.0).sum(dim=1) / num_positives.clamp_min(1)
-            anchor_losses = torch.where(selected, log_denominator - positive_logits, 0.0)
+            # only selected rows: an unselected one may hold nothing but -inf (eta = 0) and poison the gradient
+            log_denominator = masked_logsumexp(terms, (positive | negative) & selected[:, None])
+            positive_mean = torch.where(positive, logits, 0.0).sum(dim=1) / num_positives.clamp_min(1)
+            anchor_losses = torch.where(selected, log_denominator - positive_mean, 0.0)
             # the paper's normalisation: every anchor counts in the mean, unselected ones with 0
             return anchor_mean(anchor_losses, torch.ones_like(selected), distributed=distributed)
-
-
-def _check_number(name: str, value: float, allow_zero: bool = True) -> float:
-    """Return ``value`` as a float after checking it is a finite number >= 0 (> 0 unless ``allow_zero``)."""
-    kind = "non-negative" if allow_zero else "positive"
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"ConRLoss: {name} must be a {kind} finite number, got {value!r}.")
-    return float(value)
 
 
 def _check_range(label_range: tuple[float, float]) -> tuple[float, float]:

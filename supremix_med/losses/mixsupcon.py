@@ -22,23 +22,14 @@ label distance at the scale ``sigma`` (label units), instead of a 0/1 class mask
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from torch.distributions import Beta
-from torch.nn import functional as F
 
 from ._utils import anchor_mean, is_distributed, prepare_contrast_batch
+from .supcon import check_positive, masked_logsumexp, pair_masks, similarities
 
 __all__ = ["MixSupConLoss", "mixup_batch"]
-
-
-def _check_positive(owner: str, name: str, value: float) -> float:
-    """Return ``value`` as a float after checking it is a positive finite number."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{owner}: {name} must be a positive finite number, got {value!r}.")
-    return float(value)
 
 
 def _sample_beta(alpha: float, size: int, generator: torch.Generator | None) -> torch.Tensor:
@@ -76,7 +67,7 @@ def mixup_batch(inputs: torch.Tensor, labels: torch.Tensor, alpha: float = 1.0,
     Raises:
         ValueError: non-floating or empty inputs, labels not [B] / [B, 1] or not finite, bad ``alpha``.
     """
-    alpha = _check_positive("mixup_batch", "alpha", alpha)
+    alpha = check_positive(alpha, "alpha", "mixup_batch")
     if not isinstance(inputs, torch.Tensor) or not inputs.is_floating_point() or inputs.dim() == 0 \
             or inputs.shape[0] == 0:
         raise ValueError(f"mixup_batch: inputs must be a non-empty floating-point tensor [B, ...], got "
@@ -120,9 +111,10 @@ class MixSupConLoss(nn.Module):
 
     def __init__(self, *, temperature: float = 0.5, sigma: float = 1.0, mixup_alpha: float = 1.0) -> None:
         super().__init__()
-        self.temperature = _check_positive("MixSupConLoss", "temperature", temperature)
-        self.sigma = _check_positive("MixSupConLoss", "sigma", sigma)
-        self.mixup_alpha = _check_positive("MixSupConLoss", "mixup_alpha", mixup_alpha)
+        name = type(self).__name__
+        self.temperature = check_positive(temperature, "temperature", name)
+        self.sigma = check_positive(sigma, "sigma", name)
+        self.mixup_alpha = check_positive(mixup_alpha, "mixup_alpha", name)
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Compute the loss.
@@ -141,15 +133,12 @@ class MixSupConLoss(nn.Module):
         distributed = is_distributed()
         batch = prepare_contrast_batch(features, labels, "MixSupConLoss", distributed=distributed)
         with torch.autocast(device_type=batch.anchors.device.type, enabled=False):
-            logits = F.normalize(batch.anchors, dim=1) @ F.normalize(batch.contrasts, dim=1).T / self.temperature
+            _, sim = similarities(batch.contrasts, batch.offset, len(batch.anchors))
+            logits = sim / self.temperature
+            contrast, _ = pair_masks(batch.anchor_labels, batch.contrast_labels, batch.offset, 0.0)
+            valid = contrast.any(dim=1)
             log_kernel = -(batch.anchor_labels[:, None] - batch.contrast_labels[None, :]).abs().detach() / self.sigma
-            rows = torch.arange(len(logits), device=logits.device)
-            is_self = torch.zeros_like(logits, dtype=torch.bool)
-            is_self[rows, rows + batch.offset] = True
-            valid = torch.full_like(rows, logits.shape[1] > 1, dtype=torch.bool)
-            # a row with no other contrast would be all -inf: zero it so the gradients stay finite
-            excluded = is_self & valid[:, None]
-            targets = log_kernel.masked_fill(excluded, float("-inf")).softmax(dim=1)
-            log_partition = logits.masked_fill(excluded, float("-inf")).logsumexp(dim=1)
-            anchor_losses = log_partition - (targets * logits).sum(dim=1)
+            # a row with no other contrast (a single row in all) keeps its own entry: softmax stays finite
+            targets = log_kernel.masked_fill(~contrast & valid[:, None], float("-inf")).softmax(dim=1)
+            anchor_losses = masked_logsumexp(logits, contrast) - (targets * logits).sum(dim=1)
             return anchor_mean(anchor_losses, valid, distributed=distributed)

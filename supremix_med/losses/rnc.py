@@ -17,12 +17,11 @@ memory O(N^2) -- not the O(N^3) of a per-pair mask.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from ._utils import anchor_mean, is_distributed, prepare_contrast_batch
+from .supcon import check_positive, pair_masks
 
 __all__ = ["RnCLoss", "pairwise_distances"]
 
@@ -61,10 +60,7 @@ class RnCLoss(nn.Module):
 
     def __init__(self, *, temperature: float = 2.0) -> None:
         super().__init__()
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
-                or not math.isfinite(temperature) or temperature <= 0:
-            raise ValueError(f"RnCLoss: temperature must be a positive finite number, got {temperature!r}.")
-        self.temperature = float(temperature)
+        self.temperature = check_positive(temperature, "temperature", type(self).__name__)
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Compute the loss.
@@ -86,10 +82,10 @@ class RnCLoss(nn.Module):
         batch = prepare_contrast_batch(features, labels, "RnCLoss", distributed=distributed)
         with torch.autocast(device_type=batch.anchors.device.type, enabled=False):
             logits = -pairwise_distances(batch.anchors, batch.contrasts) / self.temperature
-            label_dist = (batch.anchor_labels[:, None] - batch.contrast_labels[None, :]).abs().detach()
-            rows = torch.arange(len(batch.anchors), device=logits.device)
+            contrast, _ = pair_masks(batch.anchor_labels, batch.contrast_labels, batch.offset, 0.0)
             # the anchor itself sorts first (distance -1) and is then left out of every pair
-            label_dist[rows, rows + batch.offset] = -1.0
+            label_dist = (batch.anchor_labels[:, None] - batch.contrast_labels[None, :]).abs().detach()
+            label_dist = label_dist.masked_fill(~contrast, -1.0)
             label_dist, order = label_dist.sort(dim=1)
             logits = logits.gather(1, order)
             suffix_lse = logits.flip(1).logcumsumexp(dim=1).flip(1)
