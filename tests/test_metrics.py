@@ -53,6 +53,7 @@ def test_accepts_numpy_torch_and_column_shapes() -> None:
     expected = regression_metrics(PRED, TARGET)
     got = regression_metrics(torch.tensor(PRED)[:, None], np.array(TARGET))
     assert got == pytest.approx(expected)
+    assert regression_metrics(torch.tensor(PRED, dtype=torch.bfloat16), TARGET) == pytest.approx(expected)
     assert expected["n"] == 4 and set(expected) == {*REGRESSION_METRICS, "n"}
 
 

@@ -23,7 +23,7 @@ GM_FLOOR = 1e-8
 def as_vector(values: Any, name: str = "values") -> np.ndarray:
     """Return ``values`` ([N] or [N, 1], numpy / torch / sequence) as a float64 array [N]."""
     if isinstance(values, torch.Tensor):
-        values = values.detach().cpu()
+        values = values.detach().to("cpu", torch.float64)  # also covers bfloat16, which numpy cannot read
     array = np.asarray(values, dtype=np.float64)
     if array.ndim == 2 and array.shape[1] == 1:
         array = array[:, 0]
