@@ -278,3 +278,32 @@ def test_build_model_loads_and_freezes(tmp_path) -> None:
     torch.testing.assert_close(model.encoder.conv1.weight, source.encoder.conv1.weight)
     with pytest.raises(ValueError, match="in_features"):
         build_model(MLPEncoder(4), in_features=4)
+
+
+def test_input_downsample_pools_before_conv1() -> None:
+    torch.manual_seed(0)
+    pooled = ResNetEncoder(3, widen_factor=0.25, input_downsample=2).eval()
+    plain = ResNetEncoder(3, widen_factor=0.25).eval()
+    plain.load_state_dict(pooled.state_dict())
+    x = torch.randn(2, 1, 32, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(pooled(x), plain(nn.functional.avg_pool3d(x, 2)))
+    with pytest.raises(ValueError, match="input_downsample"):
+        ResNetEncoder(3, input_downsample=0)
+
+
+def test_target_statistics_scale_predictions_and_travel_in_state_dict() -> None:
+    torch.manual_seed(0)
+    model = ContrastiveRegressor(MLPEncoder(4), projection_dim=8)
+    x = torch.randn(5, 4)
+    raw = model.regressor(model.encode(x))
+    ages = np.array([40.0, 50.0, 60.0, 70.0])
+    model.set_target_statistics(ages)
+    torch.testing.assert_close(model.predict(x), raw * ages.std() + ages.mean(), check_dtype=False)
+    joint = JointProjectorRegressor(model)(x.reshape(5, 1, 4))["predictions"][:, 0]
+    torch.testing.assert_close(joint, model.predict(x))
+    copy = ContrastiveRegressor(MLPEncoder(4), projection_dim=8)
+    copy.load_state_dict(model.state_dict())
+    torch.testing.assert_close(copy.predict(x), model.predict(x))
+    with pytest.raises(ValueError, match="finite targets"):
+        model.set_target_statistics([1.0, float("nan")])

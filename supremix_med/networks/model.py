@@ -14,6 +14,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -92,6 +93,9 @@ class ContrastiveRegressor(nn.Module):
 
     Attributes:
         encoder, projector (:class:`ProjectionHead` F -> F -> P), regressor (:class:`Regressor` F -> n_targets).
+        target_mean, target_std: buffers [n_targets]; the regressor works on standardised targets and
+            :meth:`predict` returns ``regressor(h) * target_std + target_mean`` in label units (set them with
+            :meth:`set_target_statistics` before training; they are saved in the state dict).
     """
 
     def __init__(
@@ -110,7 +114,23 @@ class ContrastiveRegressor(nn.Module):
         self.encoder = encoder
         self.projector = ProjectionHead(features, projection_dim)
         self.regressor = Regressor(features, n_targets)
+        self.register_buffer("target_mean", torch.zeros(n_targets))
+        self.register_buffer("target_std", torch.ones(n_targets))
         self.encoder_frozen = False
+
+    def set_target_statistics(self, targets: Any) -> ContrastiveRegressor:
+        """Standardise the regression targets with the mean and std of ``targets`` ([N] or [N, n_targets]).
+
+        A 40-year age range then maps to about 4 units, which suits a freshly initialised linear regressor.
+        """
+        values = torch.as_tensor(np.asarray(targets, dtype=np.float64)).reshape(-1, self.target_mean.numel())
+        if values.shape[0] < 1 or not torch.isfinite(values).all():
+            raise ValueError(f"set_target_statistics: expected finite targets, got {values.shape[0]} values "
+                             f"with non-finite entries or none at all.")
+        std = values.std(dim=0, unbiased=False) if values.shape[0] > 1 else torch.ones(values.shape[1])
+        self.target_mean.copy_(values.mean(dim=0))
+        self.target_std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
+        return self
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Inputs [B, *input] -> features [B, F]."""
@@ -124,9 +144,13 @@ class ContrastiveRegressor(nn.Module):
         """Inputs [B, *input] -> unit-norm projections [B, P] (the embedding a contrastive loss sees)."""
         return self.project_features(self.encode(x))
 
+    def predict_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Features [B, F] -> predictions [B, n_targets] in label units."""
+        return self.regressor(features) * self.target_std + self.target_mean
+
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Inputs [B, *input] -> predictions [B, n_targets] in label units."""
-        return self.regressor(self.encode(x))
+        return self.predict_features(self.encode(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Same as :meth:`predict`: [B, *input] -> [B, n_targets]."""
@@ -231,5 +255,5 @@ class JointProjectorRegressor(nn.Module):
         features = self.model.encode(_fold_views(x))
         return {
             "features": self.model.project_features(features).reshape(batch, views, -1),
-            "predictions": self.model.regressor(features).reshape(batch, views, -1),
+            "predictions": self.model.predict_features(features).reshape(batch, views, -1),
         }
