@@ -1,0 +1,178 @@
+"""Brain-age inference bundle (bundles/ukb_brainage/inference.json) and supremix_med.inference.
+
+The bundle runs in-process on a tiny quarter-width model whose regressor bias is 60 years, over nilearn's MNI152
+template (a scan already in MNI space) and broken files: corrupt, 2-D, 4-D, NaN and missing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow, run
+from nilearn.datasets import load_mni152_template
+
+from preprocessing.t1 import fingerprint
+from supremix_med.inference import check_fingerprint, list_scans, qc_flags
+from supremix_med.metrics import BiasCorrection
+from supremix_med.networks import build_model
+
+BUNDLE = str(Path(__file__).resolve().parents[1] / "bundles" / "ukb_brainage" / "inference.json")
+MODEL_CONFIG = {"encoder": "resnet18_3d", "widen_factor": 0.25, "projection_dim": 8}
+BIAS_YEARS = 60.0
+AGE = 63.5
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """model.pt, model_config.json, bias_correction.json and preprocessing.json of a tiny model."""
+    folder = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    model = build_model(**MODEL_CONFIG)
+    torch.nn.init.constant_(model.regressor.bias, BIAS_YEARS)
+    torch.save(model.state_dict(), folder / "model.pt")
+    (folder / "model_config.json").write_text(json.dumps(MODEL_CONFIG))
+    (folder / "preprocessing.json").write_text(json.dumps(fingerprint()))
+    BiasCorrection("beheshti").fit([58.0, 61.0, 66.0], [50.0, 60.0, 75.0]).save(folder / "bias_correction.json")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def scan_dir(tmp_path_factory) -> Path:
+    """good.nii.gz (MNI152 at 1 mm) and one file for each way a scan can be unusable."""
+    folder = tmp_path_factory.mktemp("scans")
+    nib.save(load_mni152_template(resolution=1), folder / "good.nii.gz")
+    (folder / "corrupt.nii.gz").write_bytes((folder / "good.nii.gz").read_bytes()[:4000])
+    rng = np.random.default_rng(0)
+    volume = rng.random((16, 16, 16, 3), dtype=np.float32)
+    nib.save(nib.Nifti1Image(volume[..., 0, 0], np.eye(4)), folder / "slice.nii.gz")
+    nib.save(nib.Nifti1Image(volume, np.eye(4)), folder / "series.nii.gz")
+    with_nan = volume[..., 0].copy()
+    with_nan[3, 4, 5] = np.nan
+    nib.save(nib.Nifti1Image(with_nan, np.eye(4)), folder / "nan_voxel.nii")
+    return folder
+
+
+def run_bundle(dataset_dir: Path, ckpt_dir: Path, output_dir: Path, **overrides) -> pd.DataFrame:
+    run(config_file=BUNDLE, dataset_dir=str(dataset_dir), ckpt_dir=str(ckpt_dir), output_dir=str(output_dir),
+        batch_size=2, **{"num_workers": 0, **overrides})
+    return pd.read_csv(output_dir / "predictions.csv")  # empty cells read as NaN
+
+
+@pytest.fixture(scope="module")
+def folder_predictions(scan_dir, model_dir, tmp_path_factory) -> pd.DataFrame:
+    return run_bundle(scan_dir, model_dir, tmp_path_factory.mktemp("out_folder"), num_workers=2)
+
+
+def test_folder_gives_one_row_per_file_with_errors_for_bad_scans(folder_predictions, scan_dir):
+    table = folder_predictions.set_index("id")
+    assert sorted(table.index) == ["corrupt", "good", "nan_voxel", "series", "slice"]
+    assert list(table.columns) == ["path", "predicted_age", "registered", "register_decision",
+                                   "registration_similarity", "qc_flag", "error"]  # no ages known: no gaps
+    good = table.loc["good"]
+    assert good["path"] == str(scan_dir / "good.nii.gz")
+    assert np.isfinite(good["predicted_age"]) and abs(good["predicted_age"] - BIAS_YEARS) < 20
+    assert pd.isna(good["error"]) and pd.isna(good["qc_flag"])
+    assert str(good["registered"]) == "False" and "not registered" in good["register_decision"]
+    assert good["registration_similarity"] > 0.99
+    expected_errors = {"corrupt": "cannot be read", "slice": "3-D", "series": "3-D", "nan_voxel": "NaN"}
+    for name, reason in expected_errors.items():
+        row = table.loc[name]
+        assert reason in row["error"] and Path(row["path"]).name in row["error"], row["error"]
+        assert np.isnan(row["predicted_age"]) and pd.isna(row["registered"])
+
+
+def test_csv_with_relative_paths_and_ages_gives_gaps(scan_dir, model_dir, tmp_path):
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    rows = [("sub-a", f"../{scan_dir.name}/good.nii.gz", AGE), ("sub-b", f"../{scan_dir.name}/nan_voxel.nii", 70.0),
+            ("sub-c", "missing.nii.gz", None)]
+    pd.DataFrame(rows, columns=["id", "path", "age"]).to_csv(lists / "scans.csv", index=False)
+    shutil.copytree(scan_dir, tmp_path / scan_dir.name)
+
+    table = run_bundle(lists / "scans.csv", model_dir, tmp_path / "out").set_index("id")
+
+    assert list(table.index) == ["sub-a", "sub-b", "sub-c"]
+    assert list(table.columns[:5]) == ["path", "predicted_age", "age", "brain_age_gap", "brain_age_gap_corrected"]
+    good = table.loc["sub-a"]
+    assert Path(good["path"]).resolve() == (tmp_path / scan_dir.name / "good.nii.gz").resolve()
+    assert pd.isna(good["error"]) and good["age"] == AGE
+    assert good["brain_age_gap"] == pytest.approx(good["predicted_age"] - AGE)
+    correction = BiasCorrection.load(model_dir / "bias_correction.json")
+    assert good["brain_age_gap_corrected"] == pytest.approx(
+        correction.corrected_gap([good["predicted_age"]], [AGE])[0])
+    assert "NaN" in table.loc["sub-b", "error"] and np.isnan(table.loc["sub-b", "brain_age_gap"])
+    assert "not found" in table.loc["sub-c", "error"] and np.isnan(table.loc["sub-c", "age"])
+
+
+def test_bundle_properties_are_complete(scan_dir, model_dir, tmp_path):
+    workflow = ConfigWorkflow(config_file=BUNDLE, workflow_type="infer", dataset_dir=str(scan_dir),
+                              ckpt_dir=str(model_dir), output_dir=str(tmp_path))
+    workflow.initialize()
+    assert workflow.check_properties() == []
+
+
+def test_fingerprint_mismatch_refuses_to_run(scan_dir, model_dir, tmp_path):
+    ckpt = tmp_path / "models"
+    shutil.copytree(model_dir, ckpt)
+    (ckpt / "preprocessing.json").write_text(json.dumps(fingerprint(spacing_mm=1.5, brain_mask_dilation_mm=2.0)))
+    with pytest.raises(RuntimeError) as raised:
+        run_bundle(scan_dir, ckpt, tmp_path / "out")
+    cause = raised.value.__cause__
+    assert isinstance(cause, ValueError)
+    assert "params.spacing_mm (model: 1.5, this code: 2.0)" in str(cause)
+    assert "params.brain_mask_dilation_mm" in str(cause) and "output.first_voxel_centre_mm" in str(cause)
+    assert not (tmp_path / "out").exists()
+
+
+def test_check_fingerprint_ignores_register_mode_and_warns_on_libraries(tmp_path, caplog):
+    stored = fingerprint(register="always")
+    stored["libraries"]["numpy"] = "0.0.1"
+    (tmp_path / "preprocessing.json").write_text(json.dumps(stored))
+    with caplog.at_level(logging.WARNING, logger="supremix_med.inference.scans"):
+        assert check_fingerprint(tmp_path / "preprocessing.json", register="auto") == fingerprint()
+    assert "libraries.numpy (model: '0.0.1'" in caplog.text
+    with pytest.raises(FileNotFoundError, match="nowhere.json"):
+        check_fingerprint(tmp_path / "nowhere.json")
+
+
+def test_list_scans_folder_is_recursive_with_relative_ids(tmp_path):
+    for name in ("b.nii", "a.nii.gz", "1000015/T1/T1.nii.gz", "notes.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    items = list_scans(tmp_path)
+    assert [item["id"] for item in items] == ["1000015/T1/T1", "a", "b"]
+    assert items[1]["path"] == str(tmp_path / "a.nii.gz") and np.isnan(items[1]["label"])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="no .nii.gz or .nii files under folder"):
+        list_scans(empty)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("name,file\nx,x.nii\n", r"needs columns id,path\[,age\]; missing \['id', 'path'\]"),
+        ("id,path\nx,a.nii\nx,b.nii\n", r"ids must be unique .*\['x'\]"),
+        ("id,path,age\nx,a.nii,old\ny,b.nii,\n", r"non-numeric age on data row\(s\) \[1\]: \['old'\]"),
+        ("id,path\nx,\n,b.nii\n", r"empty id or path on data row\(s\) \[1, 2\]"),
+    ],
+)
+def test_list_scans_rejects_bad_csv(tmp_path, text, message):
+    (tmp_path / "scans.csv").write_text(text)
+    with pytest.raises(ValueError, match=message):
+        list_scans(tmp_path / "scans.csv")
+
+
+def test_qc_flags_name_each_reason():
+    flags = qc_flags(np.array([60.0, 90.0, 60.0, np.nan]), np.array([0.9, 0.9, 0.3, np.nan]), (45, 82), 0.7)
+    assert flags[0] == "" and flags[3] == ""
+    assert flags[1] == "predicted age 90.0 outside the training range [45, 82]"
+    assert flags[2] == "registration similarity 0.300 below 0.7"
