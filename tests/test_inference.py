@@ -1,6 +1,6 @@
 """Brain-age inference bundle (bundles/ukb_brainage/inference.json) and supremix_med.inference.
 
-The bundle runs in-process on a tiny quarter-width model whose regressor bias is 60 years, over nilearn's MNI152
+The bundle runs in-process on a tiny quarter-width model whose target mean is 60 years, over nilearn's MNI152
 template (a scan already in MNI space) and broken files: corrupt, 2-D, 4-D, NaN and missing.
 """
 
@@ -26,7 +26,7 @@ from supremix_med.networks import build_model
 
 BUNDLE = str(Path(__file__).resolve().parents[1] / "bundles" / "ukb_brainage" / "inference.json")
 MODEL_CONFIG = {"encoder": "resnet18_3d", "widen_factor": 0.25, "projection_dim": 8}
-BIAS_YEARS = 60.0
+MEAN_AGE = 60.0
 AGE = 63.5
 
 
@@ -35,8 +35,7 @@ def model_dir(tmp_path_factory) -> Path:
     """model.pt, model_config.json, bias_correction.json and preprocessing.json of a tiny model."""
     folder = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
-    model = build_model(**MODEL_CONFIG)
-    torch.nn.init.constant_(model.regressor.bias, BIAS_YEARS)
+    model = build_model(**MODEL_CONFIG).set_target_statistics([MEAN_AGE - 5.0, MEAN_AGE + 5.0])
     torch.save(model.state_dict(), folder / "model.pt")
     (folder / "model_config.json").write_text(json.dumps(MODEL_CONFIG))
     (folder / "preprocessing.json").write_text(json.dumps(fingerprint()))
@@ -78,7 +77,7 @@ def test_folder_gives_one_row_per_file_with_errors_for_bad_scans(folder_predicti
                                    "registration_similarity", "qc_flag", "error"]  # no ages known: no gaps
     good = table.loc["good"]
     assert good["path"] == str(scan_dir / "good.nii.gz")
-    assert np.isfinite(good["predicted_age"]) and abs(good["predicted_age"] - BIAS_YEARS) < 20
+    assert np.isfinite(good["predicted_age"]) and abs(good["predicted_age"] - MEAN_AGE) < 20
     assert pd.isna(good["error"]) and pd.isna(good["qc_flag"])
     assert str(good["registered"]) == "False" and "not registered" in good["register_decision"]
     assert good["registration_similarity"] > 0.99

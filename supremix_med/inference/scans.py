@@ -20,7 +20,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from monai.transforms import Transform
@@ -80,7 +79,7 @@ def _scans_in_csv(csv: Path) -> pd.DataFrame:
         if len(bad):
             raise ValueError(f"list_scans: {str(csv)!r} has non-numeric age on data row(s) {(bad + 1).tolist()}: "
                              f"{table.loc[bad, 'age'].tolist()}.")
-    paths = [str(p) if (p := Path(raw).expanduser()).is_absolute() else str(csv.parent / p) for raw in table["path"]]
+    paths = [str(csv.parent / Path(raw.strip()).expanduser()) for raw in table["path"]]  # absolute paths stay
     return pd.DataFrame({"id": table["id"].str.strip(), "path": paths, "label": age.astype(float)})
 
 
@@ -188,8 +187,8 @@ class PreprocessScan(Transform):
     - ``image``: float32 tensor of the pipeline's output shape (1, 100, 100, 100), zeros when the scan failed;
     - ``registered`` (bool), ``register_decision`` (str), ``registration_similarity`` (float, NaN when not
       measured) from the pipeline's QC record;
-    - ``error``: empty, or why the scan could not be used (the ``ValueError`` / ``OSError`` message, which
-      names the file; other exception types are prefixed with their class name and logged with traceback).
+    - ``error``: empty, or why the scan could not be used: the ``ValueError`` / ``OSError`` message, which
+      names the file; any other exception is logged with its traceback and reported with its class name.
 
     Args:
         register: registration mode of ``preprocess_with_qc``: ``"auto"``, ``"always"`` or ``"never"``.
@@ -204,24 +203,20 @@ class PreprocessScan(Transform):
     def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
         item = dict(data)
         path = item[self.path_key]
+        image, qc, error = None, {}, ""
         try:
             image, qc = preprocess_with_qc(path, register=self.register)
-        except Exception as err:  # noqa: BLE001 -- one bad scan must not stop the batch; the reason is kept
-            if not isinstance(err, (ValueError, OSError)):
-                logger.exception("unexpected failure while preprocessing %s", path)
-            reason = str(err) if isinstance(err, (ValueError, OSError)) else f"{type(err).__name__}: {err}"
-            image, qc = np.zeros(self.image_shape, np.float32), {}
-            item["error"] = reason or type(err).__name__
-        else:
-            if tuple(image.shape) != self.image_shape:
-                raise ValueError(f"PreprocessScan: preprocessing returned shape {tuple(image.shape)} for "
-                                 f"{path!r}; the network expects {self.image_shape}.")
-            item["error"] = ""
+        except (ValueError, OSError) as err:  # unusable or missing scan; the message names the file
+            error = str(err)
+        except Exception as err:  # noqa: BLE001 -- an unexpected failure on one scan must not stop the others
+            logger.exception("unexpected failure while preprocessing %s", path)
+            error = f"{type(err).__name__} while preprocessing {path}: {err}"
         similarity = qc.get("registration_similarity")
         item.update(
-            image=torch.as_tensor(np.asarray(image, dtype=np.float32)),
+            image=torch.zeros(self.image_shape) if image is None else torch.as_tensor(image, dtype=torch.float32),
             registered=bool(qc.get("registered", False)),
             register_decision=str(qc.get("register_decision", "")),
             registration_similarity=math.nan if similarity is None else float(similarity),
+            error=error,
         )
         return item
