@@ -18,14 +18,15 @@ Every sample of the manifest gets a slot when the build starts. A failed sample 
 unused: it is absent from ``manifest.csv`` (the arrays are never compacted, so a finished cache is never
 rewritten). A re-run retries the failed samples, e.g. after the missing file was restored.
 
-Writes are atomic and resumable. Only the parent process writes: a worker returns the sample; the parent
-writes it into its slot, flushes the memory map to disk and only then appends the sample's id to the
-journal (fsync'ed). An interrupted build (even ``kill -9``) therefore never leaves a half-written sample
-that a later run trusts, and a re-run with the same fingerprint and manifest processes only the samples
-missing from the journal. ``manifest.csv``, ``preprocessing.json`` and ``failures.csv`` are replaced
-atomically (temporary file + ``os.replace``). A changed fingerprint, dtype or manifest layout (ids, paths,
-splits) is refused; with ``overwrite=True`` the new cache is built in a hidden sibling folder and swapped in
-only once complete, so a failed rebuild leaves the old cache intact.
+Writes are atomic and resumable. Only the parent process writes: a worker returns the sample and the parent
+writes it into its slot. Every ``COMMIT_SECONDS`` (and at the end) the parent flushes the memory maps to
+disk and only then appends the written samples' ids to the journal, fsync'ed (a group commit). An
+interrupted build (even ``kill -9``) therefore never leaves a half-written sample that a later run trusts,
+and a re-run with the same fingerprint and manifest processes only the samples missing from the journal.
+``manifest.csv``, ``preprocessing.json`` and ``failures.csv`` are replaced atomically (temporary file +
+``os.replace``). A changed fingerprint, dtype or manifest layout (ids, paths, splits) is refused; with
+``overwrite=True`` the new cache is built in a hidden sibling folder and swapped in only once complete, so a
+failed rebuild leaves the old cache intact.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -63,6 +65,9 @@ JOURNAL_FILE = "progress.jsonl"
 COMPLETE_FILE = "complete"
 _LAYOUT = ["id", "path", "split"]
 _SHOWN = 5  # examples listed in messages
+#: written samples are committed (arrays flushed, then journalled) at most this often: an interrupted build
+#: redoes at most this many seconds of work, and fast builds do not wait on a disk sync per sample.
+COMMIT_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -241,13 +246,13 @@ def _prepare_sample(preprocess: Callable[[str], np.ndarray], path: str, dtype: s
     if not isinstance(sample, np.ndarray) or not np.issubdtype(sample.dtype, np.floating):
         kind = f"array of {sample.dtype}" if isinstance(sample, np.ndarray) else type(sample).__name__
         raise ValueError(f"preprocess returned a {kind}, expected a floating-point numpy array.")
-    stored = np.ascontiguousarray(sample, dtype=dtype)
-    if not np.isfinite(stored).all():
-        if np.isfinite(sample).all():
-            raise ValueError(f"values up to {np.abs(sample).max():.6g} overflow {dtype}; normalise the image or "
-                             f"build the cache with dtype='float32'.")
+    low, high = float(sample.min()), float(sample.max())  # NaN propagates through both
+    if not (np.isfinite(low) and np.isfinite(high)):
         raise ValueError(f"preprocess returned {int((~np.isfinite(sample)).sum())} non-finite values (NaN/inf).")
-    return stored
+    if max(-low, high) > np.finfo(dtype).max:
+        raise ValueError(f"values up to {max(-low, high):.6g} overflow {dtype}; normalise the image or build the "
+                         f"cache with dtype='float32'.")
+    return np.ascontiguousarray(sample, dtype=dtype)
 
 
 def _describe(err: BaseException) -> str:
@@ -340,6 +345,8 @@ class _Store:
         self.journal = open(journal, "a", encoding="utf-8")
         if text and not text.endswith("\n"):
             self.journal.write("\n")  # end a torn line so the next entry parses
+        self.uncommitted: list[str] = []
+        self.last_commit = time.monotonic()
 
     def __enter__(self) -> _Store:
         return self
@@ -375,7 +382,7 @@ class _Store:
         (self.folder / COMPLETE_FILE).unlink(missing_ok=True)
 
     def write(self, sample_id: str, sample: np.ndarray) -> str | None:
-        """Write a sample to its slot, flush it to disk, then journal it. Returns why it was refused, or None."""
+        """Write a sample into its slot; it is trusted once committed. Returns why it was refused, or None."""
         if not self.arrays:
             self._open_arrays(sample.shape)
         shape = tuple(self.info["sample_shape"])
@@ -383,12 +390,25 @@ class _Store:
             return f"ValueError: preprocess returned shape {sample.shape}, the cache holds {shape}."
         split, index = self.slots[sample_id]
         self.arrays[split][index] = sample
-        self.arrays[split].flush()
-        self.journal.write(json.dumps({"id": sample_id, "split": split, "index": index}) + "\n")
+        self.uncommitted.append(sample_id)
+        if time.monotonic() - self.last_commit >= COMMIT_SECONDS:
+            self.commit()
+        return None
+
+    def commit(self) -> None:
+        """Flush the written samples to disk, then journal them (fsync'ed): from then on they are trusted."""
+        if not self.uncommitted:
+            return
+        for array in self.arrays.values():
+            array.flush()
+        for sample_id in self.uncommitted:
+            split, index = self.slots[sample_id]
+            self.journal.write(json.dumps({"id": sample_id, "split": split, "index": index}) + "\n")
         self.journal.flush()
         os.fsync(self.journal.fileno())
-        self.done.add(sample_id)
-        return None
+        self.done.update(self.uncommitted)
+        self.uncommitted.clear()
+        self.last_commit = time.monotonic()
 
     def finalise(self, table: pd.DataFrame, errors: dict[str, str]) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Write ``failures.csv``, ``manifest.csv``, ``preprocessing.json`` and the ``complete`` marker.
@@ -399,6 +419,7 @@ class _Store:
         Raises:
             ValueError: no sample at all could be cached.
         """
+        self.commit()
         failed = self.plan.loc[~self.plan["id"].isin(self.done), ["id", "path"]]
         failures = failed.assign(error=failed["id"].map(errors).fillna("not processed"))
         _write_atomic(self.folder / FAILURES_FILE, failures.to_csv(index=False))
