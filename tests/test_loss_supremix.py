@@ -94,14 +94,15 @@ def test_gradcheck(flags):
     assert torch.autograd.gradcheck(lambda f: loss(f, labels, lam), (features,))
 
 
-def test_chunked_mix_pos_matches_single_chunk(monkeypatch):
-    """Mix-pos pairs split into many checkpointed chunks give the same value and gradient."""
-    features, labels, lam = make_batch("integer", 2, batch=10)
+def test_recomputed_mix_pos_blocks_match_one_block(monkeypatch):
+    """Mix-pos terms split into many blocks, recomputed in the backward pass, give the same value and gradient."""
+    features, labels, lam = make_batch("continuous", 2, batch=10)
     loss = SupReMixLoss(window=3.0)
     expected = value_and_grad(loss(features, labels, lam), features)
-    monkeypatch.setattr(supremix_module, "MIX_POS_CHUNK_PAIRS", 50)
-    chunked = value_and_grad(loss(features, labels, lam), features)
-    torch.testing.assert_close(chunked, expected, rtol=1e-12, atol=1e-12)
+    monkeypatch.setattr(supremix_module, "MIX_POS_BLOCK_PAIRS", 20)
+    monkeypatch.setattr(supremix_module, "MIX_POS_RECOMPUTE_PAIRS", 0)
+    blocked = value_and_grad(loss(features, labels, lam), features)
+    torch.testing.assert_close(blocked, expected, rtol=1e-12, atol=1e-12)
 
 
 def test_theorem1_distance_weights_magnify_far_negatives():

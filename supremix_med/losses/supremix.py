@@ -20,7 +20,7 @@ Mix-pos mixtures. The loss is the mean of L_i over anchors with |P_i| > 0.
 Mixtures are never built. Inner products are bilinear, so for ``m = a z_j + (1 - a) z_k``
 ``<z_i, m> = a s_ij + (1 - a) s_ik`` and ``||m||^2 = a^2 + (1 - a)^2 + 2 a (1 - a) s_jk``: every mixture logit
 comes from the Gram matrix. Mix-neg costs O(N M) for M contrast rows; Mix-pos visits, per anchor, only the
-pairs inside its label window (O(N W^2) for W rows per window), in chunks of bounded size.
+pairs inside its label window (O(N W^2) for W rows per window), in blocks of bounded size.
 """
 
 from __future__ import annotations
@@ -40,9 +40,12 @@ __all__ = ["SupReMixLoss"]
 #: Smallest mixture norm a normalised mixture is divided by (the mixture of two opposite unit vectors
 #: with equal coefficients is the zero vector).
 MIXTURE_NORM_EPS = 1e-6
-#: Mix-pos pairs handled at once. Beyond one chunk the chunks are recomputed in the backward pass
-#: (activation checkpointing), so peak memory stays O(N M + MIX_POS_CHUNK_PAIRS).
-MIX_POS_CHUNK_PAIRS = 1 << 21
+#: Mix-pos (anchor, pair) terms per block. Anchors go in blocks of similar labels, so padding every window
+#: of a block to its largest stays cheap.
+MIX_POS_BLOCK_PAIRS = 1 << 18
+#: Beyond this many Mix-pos terms in all, blocks are recomputed in the backward pass (activation
+#: checkpointing), so peak memory stays O(N M + MIX_POS_BLOCK_PAIRS) instead of O(N W^2).
+MIX_POS_RECOMPUTE_PAIRS = 1 << 23
 
 
 def _mixture_norm(coef: torch.Tensor, cross_sim: torch.Tensor) -> torch.Tensor:
@@ -51,50 +54,50 @@ def _mixture_norm(coef: torch.Tensor, cross_sim: torch.Tensor) -> torch.Tensor:
     return squared.clamp_min(MIXTURE_NORM_EPS**2).sqrt()
 
 
-def _segment_logsumexp(values: torch.Tensor, segment: torch.Tensor, num_segments: int) -> torch.Tensor:
-    """Stable log-sum-exp of ``values`` [P] grouped by ``segment`` [P] -> [num_segments] (0 for empty ones)."""
-    shift = torch.full((num_segments,), float("-inf"), dtype=values.dtype, device=values.device)
-    shift = shift.scatter_reduce(0, segment, values.detach(), reduce="amax")
-    shift = torch.where(torch.isfinite(shift), shift, 0.0)
-    total = torch.zeros_like(shift).index_add(0, segment, torch.exp(values - shift[segment]))
-    nonempty = torch.zeros_like(shift, dtype=torch.bool).index_fill(0, segment, True)
-    return torch.where(nonempty, torch.log(torch.where(nonempty, total, 1.0)) + shift, 0.0)
+def _mix_pos_block(sim: torch.Tensor, gram: torch.Tensor, anchor_labels: torch.Tensor,
+                   contrast_labels: torch.Tensor, below_start: torch.Tensor, num_below: torch.Tensor,
+                   above_start: torch.Tensor, num_above: torch.Tensor, temperature: float,
+                   normalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mix-pos log-sum-exp and logit sum of a run of anchors sorted by label, each with at least one pair.
 
-
-def _mix_pos_chunk(sim: torch.Tensor, gram: torch.Tensor, anchor_labels: torch.Tensor,
-                   contrast_labels: torch.Tensor, order: torch.Tensor, below_start: torch.Tensor,
-                   num_below: torch.Tensor, above_start: torch.Tensor, num_above: torch.Tensor,
-                   temperature: float, normalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mix-pos logits of a run of anchors, reduced per anchor.
-
-    Anchor ``i``'s mixtures pair every contrast ``order[below_start[i] + u]`` (u < num_below[i], label below
-    the anchor's) with every ``order[above_start[i] + v]`` (v < num_above[i], label above).
+    Contrasts come sorted by label, so the rows an anchor mixes are two runs of columns: below its label
+    ``below_start .. below_start + num_below - 1`` and above it ``above_start .. above_start + num_above - 1``.
+    Anchors with equal labels share their windows, so the coefficients and norms of the mixtures are
+    computed once per distinct label, on blocks padded to the largest window of the run.
 
     Args:
-        sim: [n, M] similarities of these anchors to every contrast (for the mixtures' numerators).
-        gram: [M, M] similarities among contrasts (for the mixtures' norms).
-        anchor_labels: [n]; contrast_labels: [M].
-        order: [M] contrast indices sorted by label.
-        below_start, num_below, above_start, num_above: [n] each anchor's window in ``order``.
+        sim: [n, M] similarities of the anchors to the label-sorted contrasts (the mixtures' side).
+        gram: [M, M] similarities among the label-sorted contrasts (for the mixtures' norms).
+        anchor_labels: [n] non-decreasing labels of the anchors.
+        contrast_labels: [M] non-decreasing labels of the contrasts.
+        below_start, num_below, above_start, num_above: [n] each anchor's two runs of columns.
         temperature: tau.
         normalize: divide each mixture by its norm.
 
     Returns:
-        ``(lse, total)`` [n] each: log-sum-exp and sum of the anchor's Mix-pos logits (0 where it has none).
+        ``(lse, total)`` [n] each: log-sum-exp and sum of every anchor's Mix-pos logits.
     """
-    counts = num_below * num_above
-    anchor = torch.repeat_interleave(torch.arange(counts.shape[0], device=counts.device), counts)
-    within = torch.arange(anchor.shape[0], device=counts.device) - (torch.cumsum(counts, 0) - counts)[anchor]
-    low = order[below_start[anchor] + torch.div(within, num_above[anchor], rounding_mode="floor")]
-    high = order[above_start[anchor] + within % num_above[anchor]]
-    label, label_low, label_high = anchor_labels[anchor], contrast_labels[low], contrast_labels[high]
-    coef = (label_high - label) / (label_high - label_low)
-    inner = coef * sim[anchor, low] + (1 - coef) * sim[anchor, high]
+    labels, inverse, counts = torch.unique_consecutive(anchor_labels, return_inverse=True, return_counts=True)
+    first = torch.cumsum(counts, 0) - counts  # one anchor per distinct label
+    steps_low = torch.arange(int(num_below.max()), device=sim.device)
+    steps_high = torch.arange(int(num_above.max()), device=sim.device)
+    last = contrast_labels.shape[0] - 1
+    low = (below_start[first, None] + steps_low).clamp_max(last)  # [U, Wb] columns of the lower rows
+    high = (above_start[first, None] + steps_high).clamp_max(last)  # [U, Wa] columns of the upper rows
+    valid = (steps_low < num_below[first, None])[:, :, None] & (steps_high < num_above[first, None])[:, None, :]
+    label_low, label_high = contrast_labels[low][:, :, None], contrast_labels[high][:, None, :]
+    # m = a z_low + (1 - a) z_high with a = (y_high - y) / (y_high - y_low); padding gets a = 0.
+    coef = torch.where(valid, (label_high - labels[:, None, None]) / (label_high - label_low), 0.0)
+    scale = 1 / temperature
     if normalize:
-        inner = inner / _mixture_norm(coef, gram[low, high])
-    logits = inner / temperature
-    total = torch.zeros(counts.shape[0], dtype=logits.dtype, device=logits.device).index_add(0, anchor, logits)
-    return _segment_logsumexp(logits, anchor, counts.shape[0]), total
+        scale = scale / _mixture_norm(coef, gram[low[:, :, None], high[:, None, :]])
+    coef_low = torch.where(valid, coef * scale, 0.0)  # [U, Wb, Wa] logit = s_low c_low + s_high c_high
+    coef_high = torch.where(valid, (1 - coef) * scale, 0.0)
+    sim_low, sim_high = sim.gather(1, low[inverse]), sim.gather(1, high[inverse])
+    logits = sim_low[:, :, None] * coef_low[inverse] + sim_high[:, None, :] * coef_high[inverse]
+    lse = torch.logsumexp(logits.masked_fill(~valid[inverse], float("-inf")).flatten(1), dim=1)
+    total = (sim_low * coef_low.sum(2)[inverse]).sum(1) + (sim_high * coef_high.sum(1)[inverse]).sum(1)
+    return lse, total
 
 
 class SupReMixLoss(nn.Module):
@@ -196,26 +199,39 @@ class SupReMixLoss(nn.Module):
 
     def _mix_pos_terms(self, sim: torch.Tensor, gram: torch.Tensor, anchor_labels: torch.Tensor,
                        contrast_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-anchor log-sum-exp (unweighted), sum and count of the Mix-pos logits, each [N]."""
+        """Per-anchor log-sum-exp (unweighted), sum and count of the Mix-pos logits, each [N].
+
+        Args:
+            sim: [N, M] anchor-contrast similarities (the mixtures' side).
+            gram: [M, M] contrast-contrast similarities (for the mixtures' norms).
+            anchor_labels: [N]; contrast_labels: [M].
+        """
         order = torch.argsort(contrast_labels, stable=True)
-        offsets = contrast_labels[order][None, :] - anchor_labels[:, None]  # non-decreasing along each row
+        sorted_labels = contrast_labels[order]
+        offsets = sorted_labels[None, :] - anchor_labels[:, None]  # non-decreasing along each row
         below_start = (offsets < -self.window).sum(1)
         num_below = ((offsets < -self.label_tolerance).sum(1) - below_start).clamp_min(0)
         above_start = (offsets <= self.label_tolerance).sum(1)
         num_above = ((offsets <= self.window).sum(1) - above_start).clamp_min(0)
         counts = num_below * num_above
-        chunk_of_anchor = (torch.cumsum(counts, 0) - counts) // MIX_POS_CHUNK_PAIRS
-        sizes = torch.unique_consecutive(chunk_of_anchor, return_counts=True)[1].tolist()
-        recompute = len(sizes) > 1 and torch.is_grad_enabled()
+        lse = total = torch.zeros_like(anchor_labels)
+        anchors = torch.nonzero(counts).squeeze(1)
+        if anchors.numel() == 0:
+            return lse, total, counts
+        anchors = anchors[torch.argsort(anchor_labels[anchors], stable=True)]
+        pairs_before = torch.cumsum(counts[anchors], 0) - counts[anchors]
+        sizes = torch.unique_consecutive(pairs_before // MIX_POS_BLOCK_PAIRS, return_counts=True)[1].tolist()
+        recompute = torch.is_grad_enabled() and int(counts.sum()) > MIX_POS_RECOMPUTE_PAIRS
+        per_anchor = (sim[anchors][:, order], anchor_labels[anchors], below_start[anchors], num_below[anchors],
+                      above_start[anchors], num_above[anchors])
+        gram = gram[order][:, order]
         parts = []
-        for rows in zip(*(t.split(sizes) for t in (sim, anchor_labels, below_start, num_below, above_start,
-                                                    num_above))):
-            args = (rows[0], gram, rows[1], contrast_labels, order, *rows[2:], self.temperature,
-                    self.normalize_mixtures)
-            parts.append(checkpoint(_mix_pos_chunk, *args, use_reentrant=False) if recompute
-                         else _mix_pos_chunk(*args))
-        lse, total = (torch.cat(p) for p in zip(*parts))
-        return lse, total, counts
+        for rows, labels, *windows in zip(*(t.split(sizes) for t in per_anchor)):
+            args = (rows, gram, labels, sorted_labels, *windows, self.temperature, self.normalize_mixtures)
+            parts.append(checkpoint(_mix_pos_block, *args, use_reentrant=False) if recompute
+                         else _mix_pos_block(*args))
+        block_lse, block_total = (torch.cat(p) for p in zip(*parts))
+        return lse.index_put((anchors,), block_lse), total.index_put((anchors,), block_total), counts
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor,
                 mix_neg_lambda: torch.Tensor | None = None) -> torch.Tensor:
