@@ -282,6 +282,8 @@ def test_build_cache_argument_errors(tmp_path):
     manifest = make_manifest(tmp_path / "raw", n=2)
     with pytest.raises(ValueError, match="dtype must be one of"):
         build(manifest, tmp_path / "c", dtype="uint8")
+    with pytest.raises(ValueError, match="must be picklable"):
+        build_cache(manifest, tmp_path / "c", lambda path: np.load(path), FINGERPRINT, workers=2)
     with pytest.raises(ValueError, match="JSON-serialisable"):
         build_cache(manifest, tmp_path / "c", np.load, {"f": np.load}, progress=False)
     with pytest.raises(ValueError, match="missing required column.*'path'"):

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import time
 import warnings
@@ -51,7 +52,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .manifest import read_manifest_csv, validate_manifest
-from .splits import SPLITS, assign_splits
+from .splits import assign_splits
 
 __all__ = ["CacheInfo", "DTYPES", "array_path", "build_cache", "read_cache_info", "read_fingerprint"]
 
@@ -174,8 +175,9 @@ def _fingerprint_differences(cached: dict[str, Any], given: dict[str, Any]) -> l
     old, new = _flatten(cached), _flatten(given)
     missing = "<missing>"
     keys = sorted(k for k in old.keys() | new.keys() if old.get(k, missing) != new.get(k, missing))
-    return [f"fingerprint[{k!r}]: cache has {old.get(k, missing)!r}, now {new.get(k, missing)!r}"
-            for k in keys[:_SHOWN]] + ([f"... {len(keys) - _SHOWN} more fingerprint keys"] if len(keys) > _SHOWN else [])
+    shown = [f"fingerprint[{k!r}]: cache has {old.get(k, missing)!r}, now {new.get(k, missing)!r}"
+             for k in keys[:_SHOWN]]
+    return shown + [f"... and {len(keys) - _SHOWN} more fingerprint keys"] * (len(keys) > _SHOWN)
 
 
 def _layout_differences(cached: pd.DataFrame, given: pd.DataFrame) -> list[str]:
@@ -253,6 +255,14 @@ def _prepare_sample(preprocess: Callable[[str], np.ndarray], path: str, dtype: s
         raise ValueError(f"values up to {max(-low, high):.6g} overflow {dtype}; normalise the image or build the "
                          f"cache with dtype='float32'.")
     return np.ascontiguousarray(sample, dtype=dtype)
+
+
+def _check_picklable(preprocess: Callable[[str], np.ndarray]) -> None:
+    try:
+        pickle.dumps(preprocess)
+    except (pickle.PicklingError, TypeError, AttributeError) as err:
+        raise ValueError(f"with workers > 1, preprocess must be picklable (a module-level function, an instance of a "
+                         f"module-level class or a functools.partial of one); got {preprocess!r}: {err}") from err
 
 
 def _describe(err: BaseException) -> str:
@@ -379,6 +389,7 @@ class _Store:
             self._save_info()
 
     def mark_incomplete(self) -> None:
+        """Remove the ``complete`` marker before the folder changes."""
         (self.folder / COMPLETE_FILE).unlink(missing_ok=True)
 
     def write(self, sample_id: str, sample: np.ndarray) -> str | None:
@@ -472,9 +483,10 @@ def _swap_in(staging: Path, output_dir: Path) -> None:
     """Replace ``output_dir`` by the complete cache in ``staging``; the old cache is deleted last."""
     retired = _sibling(output_dir, "old")
     shutil.rmtree(retired, ignore_errors=True)
-    os.replace(output_dir, retired)
+    if output_dir.exists():
+        os.replace(output_dir, retired)
     os.replace(staging, output_dir)
-    shutil.rmtree(retired)
+    shutil.rmtree(retired, ignore_errors=True)
 
 
 def _restore_interrupted_swap(output_dir: Path) -> None:
@@ -516,7 +528,8 @@ def build_cache(
         overwrite: replace a cache built with another fingerprint, dtype or manifest layout. The new cache is
             built next to it and swapped in once complete. A matching cache is continued, never rebuilt.
         progress: show a tqdm progress bar.
-        seed: seed of the split assignment (used only without a ``split`` column).
+        seed: seed of the split assignment (used only without a ``split`` column); splits are assigned to the
+            rows sorted by id, so they do not depend on the manifest's row order.
         split_fractions: fractions of (train, val, test) for the split assignment.
         dtype: storage dtype, ``"float16"`` (normalised images) or ``"float32"``.
         stratify: manifest column the split assignment is stratified by, or ``None``.
@@ -538,6 +551,8 @@ def build_cache(
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}.")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}.")
+    if workers > 1:
+        _check_picklable(preprocess)
     output_dir = Path(output_dir).expanduser().resolve()
     fingerprint = _normalise_fingerprint(fingerprint)
     shape = tuple(int(s) for s in sample_shape) if sample_shape is not None else None

@@ -94,7 +94,8 @@ class CachedDataset(Dataset):
         manifest = read_manifest_csv(self.cache_dir / MANIFEST_FILE)
         missing = [c for c in (target, *covariates) if c not in manifest.columns]
         if missing:
-            raise ValueError(f"{self.cache_dir / MANIFEST_FILE}: no column(s) {missing}; found {list(manifest.columns)}.")
+            raise ValueError(f"{self.cache_dir / MANIFEST_FILE}: no column(s) {missing}; found "
+                             f"{list(manifest.columns)}.")
         names = _select_splits(split)
         rows = pd.concat([manifest[manifest["split"] == s] for s in names], ignore_index=True)
         if rows.empty:
@@ -147,8 +148,11 @@ class CachedDataset(Dataset):
 
     def _transform(self, index: int) -> Any:
         record = self.data[index]
-        item = {"image": _to_float32(self._array(record["split"])[record["index"]]), "label": torch.tensor([record["label"]], dtype=torch.float32),
-                "id": record["id"]}
+        item = {
+            "image": _to_float32(self._array(record["split"])[record["index"]]),
+            "label": torch.tensor([record["label"]], dtype=torch.float32),
+            "id": record["id"],
+        }
         for c in self.covariates:
             value = record[c]
             item[c] = torch.tensor([value], dtype=torch.float32) if isinstance(value, float) else value
