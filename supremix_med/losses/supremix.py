@@ -256,11 +256,10 @@ class SupReMixLoss(nn.Module):
         with torch.autocast(device_type=batch.anchors.device.type, enabled=False):
             num_anchors = batch.anchors.shape[0]
             z, sim = similarities(batch.contrasts, batch.offset, num_anchors)
-            gram = z @ z.T if num_anchors != z.shape[0] else sim  # [M, M], rows of all ranks
             mix_sim, norm_sim = sim, sim  # <z_i, row mixed> for mixture logits, and for mixture norms
             if self.detach_mixtures:  # the rows mixed are constants; the anchor's side keeps its gradient
                 mix_sim = z[batch.offset:batch.offset + num_anchors] @ z.detach().T
-                norm_sim, gram = sim.detach(), gram.detach()
+                norm_sim = sim.detach()
             contrast, positive = pair_masks(batch.anchor_labels, batch.contrast_labels, batch.offset,
                                             self.label_tolerance)
             distance = (batch.contrast_labels[None, :] - batch.anchor_labels[:, None]).abs()
@@ -275,6 +274,8 @@ class SupReMixLoss(nn.Module):
                 lse_parts.append(self._mix_neg_lse(lam, mix_sim, norm_sim, distance, negative))
                 nonempty.append(negative.any(dim=1))
             if self.mix_pos:
+                gram = z @ z.T if num_anchors != z.shape[0] else sim  # [M, M]: all ranks' rows
+                gram = gram.detach() if self.detach_mixtures else gram
                 mix_lse, mix_total, mix_count = self._mix_pos_terms(mix_sim, gram, batch.anchor_labels,
                                                                     batch.contrast_labels)
                 lse_parts.append(mix_lse + self._log_weight(torch.zeros_like(mix_lse)))  # label y_i
