@@ -231,7 +231,8 @@ def test_autocast_bfloat16():
 @pytest.mark.parametrize("kwargs,match", [
     (dict(temperature=0.0), "temperature"), (dict(temperature=float("nan")), "temperature"),
     (dict(window=-1.0), "window"), (dict(beta=(0.0, 8.0)), "beta"), (dict(beta=(2.0,)), "beta"),
-    (dict(label_range=(5.0, 5.0)), "label_range"), (dict(label_range=(0.0, 1.0, 2.0)), "label_range"),
+    (dict(beta=2.0), "beta"), (dict(label_range=(5.0, 5.0)), "label_range"),
+    (dict(label_range=(0.0, 1.0, 2.0)), "label_range"), (dict(label_range=(0.0, float("inf"))), "label_range"),
     (dict(label_tolerance=-0.1), "label_tolerance"),
 ])
 def test_bad_arguments(kwargs, match):

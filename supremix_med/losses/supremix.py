@@ -48,6 +48,17 @@ MIX_POS_BLOCK_PAIRS = 1 << 18
 MIX_POS_RECOMPUTE_PAIRS = 1 << 23
 
 
+def _pair(value: Sequence[float], name: str, owner: str) -> tuple[float, float]:
+    """``value`` as two finite floats, else ValueError."""
+    try:
+        pair = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        pair = ()
+    if len(pair) != 2 or not all(math.isfinite(v) for v in pair):
+        raise ValueError(f"{owner}: {name} must be a pair of finite numbers, got {value!r}.")
+    return pair
+
+
 def _mixture_norm(coef: torch.Tensor, cross_sim: torch.Tensor) -> torch.Tensor:
     """``||coef * u + (1 - coef) * v||`` for unit ``u, v`` with ``<u, v> = cross_sim``, clamped away from 0."""
     squared = coef**2 + (1 - coef) ** 2 + 2 * coef * (1 - coef) * cross_sim
@@ -145,16 +156,15 @@ class SupReMixLoss(nn.Module):
         self.temperature = check_positive(temperature, "temperature", name)
         self.window = check_positive(window, "window", name, allow_zero=True)
         self.label_tolerance = check_positive(label_tolerance, "label_tolerance", name, allow_zero=True)
-        if len(beta) != 2:
-            raise ValueError(f"{name}: beta must hold the two Beta concentrations, got {tuple(beta)}.")
-        self.beta = tuple(check_positive(b, "each beta concentration", name) for b in beta)
-        self.range_log = 0.0
+        self.beta = _pair(beta, "beta", name)
+        if min(self.beta) <= 0:
+            raise ValueError(f"{name}: beta must hold two finite Beta concentrations > 0, got {beta!r}.")
+        self._log_range = 0.0  # log R
         if label_range is not None:
-            if len(label_range) != 2 or not all(math.isfinite(float(v)) for v in label_range) \
-                    or float(label_range[1]) <= float(label_range[0]):
-                raise ValueError(f"{name}: label_range must be (low, high) with finite low < high, "
-                                 f"got {tuple(label_range)}.")
-            self.range_log = math.log(float(label_range[1]) - float(label_range[0]))
+            low, high = _pair(label_range, "label_range", name)
+            if high <= low:
+                raise ValueError(f"{name}: label_range must be (low, high) with low < high, got {label_range!r}.")
+            self._log_range = math.log(high - low)
         self.label_range = label_range
         self.mix_neg = mix_neg
         self.mix_pos = mix_pos
@@ -166,7 +176,7 @@ class SupReMixLoss(nn.Module):
         """``log w`` for label distances ``|y_i - y_c|`` (0 without distance weighting)."""
         if not self.distance_weight:
             return 0.0
-        return torch.log1p(distance) - self.range_log
+        return torch.log1p(distance) - self._log_range
 
     def _mix_neg_lambda(self, given: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
         """Check the given Mix-neg coefficients [N, M] or draw them from Beta(beta), shaped like ``like``."""
