@@ -1,7 +1,8 @@
 """Slow, obviously-correct references for SupCon and SupReMix, written straight from the equations.
 
 Every mixture vector is built explicitly, every anchor is its own loop iteration and the denominator is a
-plain sum of exponentials. Only for tests (tiny batches, float64). Notation as in DESIGN.md "The loss":
+plain sum of exponentials. Only for tests (tiny batches, float64), with :func:`make_batch` for their inputs.
+Notation as in DESIGN.md "The loss":
 
     L_i = -1/|P_i| * sum_{p in P_i} [ z_i.p / tau - log sum_{c in C_i} w(y_i, y_c) exp(z_i.c / tau) ]
 """
@@ -9,6 +10,25 @@ plain sum of exponentials. Only for tests (tiny batches, float64). Notation as i
 from __future__ import annotations
 
 import torch
+
+
+def make_batch(kind: str, views: int, seed: int = 0, batch: int = 6, dim: int = 5,
+               dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Features [B, (V,) D] (requiring grad), labels [B] and Mix-neg coefficients [N, N], N = B * V.
+
+    ``integer`` labels lie in 0..4 (many ties); ``continuous`` labels are uniform in [0, 4) with two ties
+    made by construction.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    shape = (batch, dim) if views == 1 else (batch, views, dim)
+    features = torch.randn(shape, generator=gen, dtype=dtype).requires_grad_(True)
+    if kind == "integer":
+        labels = torch.randint(0, 5, (batch,), generator=gen).to(dtype)
+    else:
+        labels = 4 * torch.rand(batch, generator=gen, dtype=dtype)
+        labels[batch // 2], labels[-1] = labels[0], labels[1]
+    lam = torch.rand(batch * views, batch * views, generator=gen, dtype=dtype)
+    return features, labels, lam
 
 
 def flatten_views(features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, list[float]]:

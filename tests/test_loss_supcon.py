@@ -5,28 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from _loss_references import reference_supcon
+from _loss_references import make_batch, reference_supcon
 from supremix_med.losses import SupConLoss
 
 
-def make_batch(views: int, continuous: bool, batch: int = 6, seed: int = 0,
-               dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features [B, (V,) D] requiring grad and labels [B] with ties."""
-    gen = torch.Generator().manual_seed(seed)
-    shape = (batch, 5) if views == 1 else (batch, views, 5)
-    features = torch.randn(shape, generator=gen, dtype=dtype).requires_grad_(True)
-    if continuous:
-        labels = 10 * torch.rand(batch, generator=gen, dtype=dtype)
-        labels[batch // 2] = labels[0]
-    else:
-        labels = torch.randint(0, 3, (batch,), generator=gen).to(dtype)
-    return features, labels
-
-
-@pytest.mark.parametrize("continuous", [False, True], ids=["integer", "continuous"])
+@pytest.mark.parametrize("kind", ["integer", "continuous"])
 @pytest.mark.parametrize("views", [1, 2])
-def test_matches_reference(views, continuous):
-    features, labels = make_batch(views, continuous)
+def test_matches_reference(views, kind):
+    features, labels, _ = make_batch(kind, views)
     value = SupConLoss(temperature=0.2)(features, labels)
     reference = reference_supcon(features, labels, temperature=0.2)
     assert value != 0  # some anchor has a positive
@@ -37,12 +23,12 @@ def test_matches_reference(views, continuous):
 
 
 def test_gradcheck():
-    features, labels = make_batch(2, False, batch=4)
+    features, labels, _ = make_batch("integer", 2, batch=4)
     assert torch.autograd.gradcheck(lambda f: SupConLoss()(f, labels), (features,))
 
 
 def test_label_tolerance_groups_close_labels():
-    features, _ = make_batch(2, False, batch=4)
+    features, _, _ = make_batch("integer", 2, batch=4)
     near = torch.tensor([0.0, 0.05, 1.0, 1.02], dtype=torch.float64)
     grouped = torch.tensor([0.0, 0.0, 1.0, 1.0], dtype=torch.float64)
     torch.testing.assert_close(SupConLoss(label_tolerance=0.1)(features, near), SupConLoss()(features, grouped))
@@ -50,7 +36,7 @@ def test_label_tolerance_groups_close_labels():
 
 def test_invariant_to_feature_scale():
     """Features are L2-normalised inside the loss."""
-    features, labels = make_batch(2, False)
+    features, labels, _ = make_batch("integer", 2)
     torch.testing.assert_close(SupConLoss()(3.5 * features, labels), SupConLoss()(features, labels))
 
 
@@ -64,13 +50,13 @@ def test_no_positive_gives_attached_zero(batch):
 
 
 def test_single_sample_two_views():
-    features, labels = make_batch(2, False, batch=1)
+    features, labels, _ = make_batch("integer", 2, batch=1)
     torch.testing.assert_close(SupConLoss()(features, labels), reference_supcon(features, labels))
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float16, 5e-3), (torch.bfloat16, 3e-2)])
 def test_half_precision_computed_in_float32(dtype, tol):
-    features, labels = make_batch(2, False, dtype=torch.float32)
+    features, labels, _ = make_batch("integer", 2, dtype=torch.float32)
     value = SupConLoss()(features.detach().to(dtype), labels)
     assert value.dtype == torch.float32
     torch.testing.assert_close(value, SupConLoss()(features, labels), rtol=tol, atol=tol)

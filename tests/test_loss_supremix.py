@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from _loss_references import reference_supremix
+from _loss_references import make_batch, reference_supremix
 from supremix_med.losses import SupConLoss, SupReMixLoss
 from supremix_med.losses import supremix as supremix_module
 
@@ -18,25 +18,6 @@ ALL_FLAGS = [dict(zip(FLAG_NAMES, values)) for values in itertools.product((Fals
 
 def flag_id(flags: dict[str, bool]) -> str:
     return "-".join(name for name, on in flags.items() if on) or "none"
-
-
-def make_batch(kind: str, views: int, seed: int = 0, batch: int = 6, dim: int = 5,
-               dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Features [B, (V,) D] (requiring grad), labels [B] and Mix-neg coefficients [N, N].
-
-    ``integer`` labels lie in 0..4 (many ties); ``continuous`` labels are uniform in [0, 4) with two ties
-    made by construction.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    shape = (batch, dim) if views == 1 else (batch, views, dim)
-    features = torch.randn(shape, generator=gen, dtype=dtype).requires_grad_(True)
-    if kind == "integer":
-        labels = torch.randint(0, 5, (batch,), generator=gen).to(dtype)
-    else:
-        labels = 4 * torch.rand(batch, generator=gen, dtype=dtype)
-        labels[batch // 2], labels[-1] = labels[0], labels[1]
-    lam = torch.rand(batch * views, batch * views, generator=gen, dtype=dtype)
-    return features, labels, lam
 
 
 def value_and_grad(loss: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
