@@ -1,7 +1,8 @@
 """Cache speed: writing with ``build_cache`` and random-access reading through ``CachedDataset``.
 
 Builds a cache of ``--n`` random volumes in a temporary folder, then reads them in random order, warm
-(page cache), in this process and through a MONAI DataLoader. Prints one JSON object; rates are volumes/s.
+(page cache), in this process and through a MONAI DataLoader. Prints one JSON object: rates in volumes/s
+(wall clock) and CPU ms per volume (all processes), which does not depend on other load on the machine.
 
     python benchmarks/cache_speed.py [--n 64] [--shape 1 100 100 100] [--dtype float16]
 """
@@ -11,8 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import tempfile
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -47,24 +50,39 @@ def write_rate(folder: Path, n: int, shape: tuple[int, ...], dtype: str) -> dict
     return {"build_volumes_per_s": n / build_s, "write_only_volumes_per_s": n / max(build_s - generate_s, 1e-9)}
 
 
-def read_rate_single(dataset: CachedDataset, epochs: int, seed: int = 0) -> float:
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished (joined) children, e.g. DataLoader workers."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def timed(read_epoch: Callable[[], int], epochs: int) -> dict[str, float]:
+    """Volumes/s (wall clock) and CPU ms per volume (independent of other load on the machine)."""
+    wall, cpu = time.perf_counter(), cpu_seconds()
+    count = sum(read_epoch() for _ in range(epochs))
+    wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
+    return {"volumes_per_s": count / wall, "cpu_ms_per_volume": 1000 * cpu / count}
+
+
+def read_single(dataset: CachedDataset, epochs: int, seed: int = 0) -> dict[str, float]:
+    """Random-order item access in this process."""
     rng = np.random.default_rng(seed)
-    start = time.perf_counter()
-    for _ in range(epochs):
+
+    def epoch() -> int:
         for i in rng.permutation(len(dataset)):
             dataset[int(i)]
-    return epochs * len(dataset) / (time.perf_counter() - start)
+        return len(dataset)
+
+    epoch()  # warm the page cache
+    return timed(epoch, epochs)
 
 
-def read_rate_loader(dataset: CachedDataset, epochs: int, batch_size: int, workers: int) -> dict[str, float]:
-    """Volumes/s of a shuffling DataLoader: the first epoch (worker start-up included) and the later ones."""
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=True, persistent_workers=True)
-    rates = []
-    for _ in range(epochs):
-        start = time.perf_counter()
-        count = sum(len(batch["id"]) for batch in loader)
-        rates.append(count / (time.perf_counter() - start))
-    return {"first_epoch": rates[0], "later_epochs": float(np.mean(rates[1:]))}
+def read_loader(dataset: CachedDataset, epochs: int, batch_size: int, workers: int) -> dict[str, float]:
+    """A shuffling MONAI DataLoader (collating batches); its workers start each epoch and are joined at its end,
+    so their CPU time counts."""
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=True)
+    return {"workers": workers, "batch_size": batch_size,
+            **timed(lambda: sum(len(batch["id"]) for batch in loader), epochs)}
 
 
 def main() -> None:
@@ -83,10 +101,9 @@ def main() -> None:
                   "load_average_1min_at_start": os.getloadavg()[0], "torch_threads": torch.get_num_threads()}
         result["write"] = write_rate(folder, args.n, shape, args.dtype)
         dataset = CachedDataset(folder / "cache", split="all")
-        read_rate_single(dataset, 1)  # warm the page cache
-        result["read_single_process_volumes_per_s"] = read_rate_single(dataset, args.epochs)
-        result[f"read_dataloader_{args.loader_workers}_workers_batch_{args.batch_size}_volumes_per_s"] = \
-            read_rate_loader(dataset, args.epochs, args.batch_size, args.loader_workers)
+        result["read_single_process"] = read_single(dataset, args.epochs)
+        result["read_dataloader"] = read_loader(dataset, args.epochs, args.batch_size, args.loader_workers)
+        result["read_dataloader_in_process"] = read_loader(dataset, args.epochs, args.batch_size, 0)
     print(json.dumps(result, indent=2))
 
 
