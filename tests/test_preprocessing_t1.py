@@ -1,0 +1,292 @@
+"""T1 preprocessing (preprocessing.t1), its CLI, and the UK Biobank manifest helper (preprocessing.ukb)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import warnings
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.ndimage as ndi
+import SimpleITK as sitk
+
+from preprocessing import t1, ukb
+from preprocessing.registration import image_from_array, mni152_template, normalised_cross_correlation
+
+GRID_CENTRE = (np.asarray(t1.T1Params().shape) - 1) / 2.0
+
+
+def _save(path: Path, data: np.ndarray, affine: np.ndarray) -> Path:
+    nib.save(nib.Nifti1Image(data, affine), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def mni_file(tmp_path_factory) -> Path:
+    """nilearn's MNI152 1 mm template as a .nii.gz file."""
+    data, _, affine = mni152_template()
+    return _save(tmp_path_factory.mktemp("mni") / "mni152.nii.gz", data, affine)
+
+
+@pytest.fixture(scope="module")
+def mni_result(mni_file) -> tuple[np.ndarray, dict]:
+    return t1.preprocess_with_qc(mni_file)
+
+
+@pytest.fixture(scope="module")
+def brain() -> np.ndarray:
+    """MNI152 brain mask on the output grid, (X, Y, Z) bool."""
+    return t1._template_on_grid(t1.T1Params()).brain
+
+
+def test_mni_template_is_not_registered_and_centred(mni_result):
+    image, qc = mni_result
+    assert image.shape == (1, 100, 100, 100) and image.dtype == np.float32
+    assert np.isfinite(image).all()
+    assert qc["registered"] is False and qc["space"] == "MNI152"
+    assert qc["register_decision"].startswith("auto: MNI-like header") and "not registered" in qc["register_decision"]
+    assert qc["registration_similarity"] == pytest.approx(1.0, abs=1e-6)
+    assert qc["input_shape"] == [197, 233, 189] and qc["input_spacing_mm"] == [1.0, 1.0, 1.0]
+    foreground = image[0] != 0
+    # the grid is centred on the brain's bounding box; its centre of mass sits 2.5 voxels posterior and
+    # 2.25 superior of that
+    assert np.abs(ndi.center_of_mass(foreground) - GRID_CENTRE).max() < 3.0
+    lows, highs = np.argwhere(foreground).min(axis=0), np.argwhere(foreground).max(axis=0)
+    assert lows.min() >= 2 and highs.max() <= 97  # no brain voxel on (or next to) the border
+
+
+def test_normalisation_is_a_robust_z_score_in_the_foreground(mni_result):
+    foreground = mni_result[0][0][mni_result[0][0] != 0]
+    assert abs(foreground.mean()) < 1e-4 and foreground.std() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_whole_mni_brain_fits_in_the_output_field_of_view():
+    """Every 1 mm MNI152 brain-mask voxel (and the whole UKB FSL brain box) lies inside the output grid."""
+    _, mask, affine = mni152_template()
+    world = nib.affines.apply_affine(affine, np.argwhere(mask))
+    output = t1.fingerprint()["output"]
+    half = output["spacing_mm"] / 2
+    low, high = np.asarray(output["first_voxel_centre_mm"]) - half, np.asarray(output["last_voxel_centre_mm"]) + half
+    assert (world.min(axis=0) >= low + 8).all() and (world.max(axis=0) <= high - 8).all()
+
+
+def test_ukb_fsl_orientation_gives_the_same_image(tmp_path, mni_result):
+    """The template stored like UKB's T1_brain_to_MNI (LAS, x flipped) preprocesses to the same array."""
+    data, _, affine = mni152_template()
+    flip = np.diag([-1.0, 1.0, 1.0, 1.0])
+    flip[0, 3] = data.shape[0] - 1
+    path = _save(tmp_path / "las.nii.gz", (data[::-1] * 1000).astype(np.int16), affine @ flip)
+    image, qc = t1.preprocess_with_qc(path)
+    assert qc["input_orientation"] == "LAS" and not qc["registered"]
+    np.testing.assert_allclose(image, mni_result[0], atol=0.02)
+
+
+def _scanner_version(path: Path) -> Path:
+    """The template with a fake skull, rotated 15 deg about x and z, shifted (12, -10, 8) mm, stored LPS
+    with 1 x 1 x 3 mm voxels: what a scanner might give."""
+    data, mask, affine = mni152_template()
+    distance = ndi.distance_transform_edt(~mask)
+    head = data + 0.9 * ((distance > 5) & (distance < 11))
+    moved_to_mni = sitk.Euler3DTransform((0.0, -17.0, 5.0), np.deg2rad(15), 0.0, np.deg2rad(15), (12.0, -10.0, 8.0))
+    spacing, size = np.array([1.0, 1.0, 3.0]), np.array([220, 240, 80])
+    direction = np.diag([-1.0, -1.0, 1.0])  # LPS
+    origin = np.array([0.0, -17.0, 5.0]) - direction @ ((size - 1) * spacing / 2)
+    scan = sitk.Resample(
+        image_from_array(head.astype(np.float32), affine), size.tolist(), moved_to_mni, sitk.sitkLinear,
+        origin.tolist(), spacing.tolist(), direction.ravel().tolist(), 0.0, sitk.sitkFloat32,
+    )
+    scan_affine = np.eye(4)
+    scan_affine[:3, :3] = direction * spacing
+    scan_affine[:3, 3] = origin
+    return _save(path, (sitk.GetArrayFromImage(scan).T * 800).astype(np.int16), scan_affine)
+
+
+def test_scanner_space_scan_is_registered(tmp_path, mni_result, brain):
+    path = _scanner_version(tmp_path / "scanner.nii.gz")
+    registered, qc = t1.preprocess_with_qc(path)
+    assert qc["registered"] is True and qc["space"] == "MNI152"
+    assert qc["register_decision"].startswith("auto: header is not an MNI152 grid") and "3.0" in qc["register_decision"]
+    assert qc["input_orientation"] == "LPS" and qc["input_spacing_mm"] == [1.0, 1.0, 3.0]
+    assert qc["registration_similarity"] > 0.9 and qc["mutual_information"] > 0
+    assert np.asarray(qc["transform_mni_to_scan"]).shape == (4, 4)
+    assert registered.shape == (1, 100, 100, 100) and registered.dtype == np.float32 and np.isfinite(registered).all()
+    assert normalised_cross_correlation(registered[0], mni_result[0][0], brain) > 0.9
+
+    unregistered, never = t1.preprocess_with_qc(path, register="never")
+    assert never["registered"] is False and never["space"] == "scanner"
+    assert never["register_decision"].startswith("register='never'")
+    assert never["registration_similarity"] < 0.5
+    assert normalised_cross_correlation(unregistered[0], mni_result[0][0], brain) < 0.5
+
+
+def test_mni_header_with_misaligned_content_fails_the_similarity_check(tmp_path):
+    """An MNI-like header alone does not make ``auto`` skip registration: content shifted by 10 mm scores
+    below the threshold (``never`` shows the score without paying for the registration ``auto`` would run)."""
+    data, _, affine = mni152_template()
+    path = _save(tmp_path / "shifted.nii.gz", np.roll(data, 10, axis=1), affine)
+    _, qc = t1.preprocess_with_qc(path, register="never")
+    assert qc["space"] == "MNI152" and "MNI-centred grid" in qc["register_decision"]
+    assert qc["registration_similarity"] < t1.T1Params().mni_similarity_threshold
+
+
+def _small_scan(path: Path, rng: np.random.Generator, spacing: float = 8.0) -> Path:
+    data = ndi.gaussian_filter(rng.normal(size=(24, 24, 24)), 2).astype(np.float32)
+    data[6:18, 6:18, 6:18] += 3.0
+    return _save(path, data, np.diag([spacing, spacing, spacing, 1.0]))
+
+
+def test_small_non_mni_scan_under_never_is_scan_centred(tmp_path):
+    path = _small_scan(tmp_path / "small.nii", np.random.default_rng(0))
+    image, qc = t1.preprocess_with_qc(path, register="never")
+    assert qc["space"] == "scanner" and "scan-centred grid" in qc["register_decision"]
+    assert image.shape == (1, 100, 100, 100) and np.isfinite(image).all()
+    # the 192 mm field of view is centred in the 200 mm grid
+    foreground = np.argwhere(image[0] != 0)
+    assert np.abs((foreground.min(axis=0) + foreground.max(axis=0)) / 2 - GRID_CENTRE).max() <= 1.0
+
+
+def test_four_d_image_with_one_volume_is_accepted(tmp_path):
+    data = np.random.default_rng(0).random((10, 11, 12, 1), dtype=np.float32)
+    loaded, affine = t1.load_t1(_save(tmp_path / "one_volume.nii.gz", data, np.eye(4)))
+    assert loaded.shape == (10, 11, 12) and np.array_equal(affine, np.eye(4))
+
+
+def _corrupt(path: Path) -> Path:
+    path.write_bytes(b"this is not a NIfTI file" * 10)
+    return path
+
+
+def _truncated(path: Path) -> Path:
+    full = _save(path.with_suffix(".full.nii.gz"), np.ones((20, 20, 20), np.float32), np.eye(4)).read_bytes()
+    path.write_bytes(full[: len(full) // 2])
+    return path
+
+
+BAD_INPUTS = {
+    "corrupt": (_corrupt, "cannot be read as a NIfTI image"),
+    "truncated": (_truncated, "cannot be read as a NIfTI image"),
+    "2-D": (lambda p: _save(p, np.ones((30, 30), np.float32), np.eye(4)), "expected a 3-D image"),
+    "thin slab": (lambda p: _save(p, np.arange(30 * 30 * 2, dtype=np.float32).reshape(30, 30, 2), np.eye(4)),
+                  "at least 8 voxels"),
+    "4-D": (lambda p: _save(p, np.ones((20, 20, 20, 3), np.float32), np.eye(4)), "got shape (20, 20, 20, 3)"),
+    "NaN": (lambda p: _save(p, np.where(np.eye(20)[..., None] > 0, np.nan, 1.0) * np.ones((20, 20, 20)), np.eye(4)),
+            "400 of 8000 voxels are NaN or infinite"),
+    "constant": (lambda p: _save(p, np.full((20, 20, 20), 7.0, np.float32), np.eye(4)), "constant"),
+    "voxel size": (lambda p: _save(p, np.arange(8000, dtype=np.float32).reshape(20, 20, 20), np.diag([1, 1, 50, 1.0])),
+                   "voxel sizes must lie in"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_inputs_raise_value_error_naming_file_and_problem(tmp_path, case):
+    make, message = BAD_INPUTS[case]
+    path = make(tmp_path / "bad.nii.gz")
+    with pytest.raises(ValueError) as error:
+        t1.preprocess(path)
+    assert str(path) in str(error.value) and message in str(error.value)
+
+
+def test_missing_file_raises_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.nii.gz"):
+        t1.preprocess(tmp_path / "missing.nii.gz")
+
+
+def test_params_are_validated():
+    with pytest.raises(ValueError, match="register must be one of"):
+        t1.T1Params(register="sometimes")
+    with pytest.raises(ValueError, match="clip_percentiles"):
+        t1.T1Params(clip_percentiles=(99.0, 1.0))
+    with pytest.raises(TypeError):
+        t1.preprocess("x.nii.gz", no_such_parameter=1)
+
+
+def test_fingerprint_records_params_versions_and_output():
+    record = t1.fingerprint()
+    assert record["pipeline"] == "t1" and record["version"] == t1.VERSION
+    assert record["params"]["spacing_mm"] == 2.0 and record["params"]["register"] == "auto"
+    assert record["params"]["registration"]["shrink_factors"] == [4, 2, 1]
+    assert set(record["libraries"]) == {"nibabel", "SimpleITK", "nilearn", "numpy", "scipy"}
+    assert record["output"]["shape"] == [1, 100, 100, 100] and record["output"]["dtype"] == "float32"
+    assert record["output"]["first_voxel_centre_mm"] == [-99.0, -116.0, -94.0]
+    assert json.loads(json.dumps(record)) == record
+    assert t1.fingerprint(register="never") != record
+    assert t1.fingerprint(clip_percentiles=[1.0, 99.0]) != record
+    assert t1.fingerprint(registration={"seed": 1})["params"]["registration"]["seed"] == 1
+
+
+def test_cli_builds_a_cache(tmp_path, capsys):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        _small_scan(scans / f"s{i}.nii.gz", rng)
+    manifest = pd.DataFrame({"id": ["a", "b", "c"], "path": [f"scans/s{i}.nii.gz" for i in range(3)],
+                             "age": [50.0, 60.0, 70.0], "split": ["train", "val", "test"]})
+    manifest.to_csv(tmp_path / "manifest.csv", index=False)
+    t1.main(["--manifest", str(tmp_path / "manifest.csv"), "--output", str(tmp_path / "cache"), "--register", "never"])
+    assert "3 scans in the cache" in capsys.readouterr().out
+    info = json.loads((tmp_path / "cache" / "preprocessing.json").read_text())
+    assert info["fingerprint"] == t1.fingerprint(register="never")
+    cached = pd.read_csv(tmp_path / "cache" / "manifest.csv", dtype={"id": str})
+    assert sorted(cached["id"]) == ["a", "b", "c"]
+    train = np.load(tmp_path / "cache" / "train.npy", mmap_mode="r")
+    expected = t1.preprocess(scans / "s0.nii.gz", register="never")
+    np.testing.assert_allclose(train[0], expected, atol=5e-3 * np.abs(expected).max())
+
+
+# ------------------------------------------------------------------------------------------- UK Biobank
+def _ukb_tree(root: Path) -> None:
+    for folder in ("1000001", "1000002_20252_2_0", "1000003", "1000004_20252_3_0", "notes", "1000005"):
+        (root / folder / "T1").mkdir(parents=True)
+    for folder in ("1000001", "1000002_20252_2_0", "1000003", "1000004_20252_3_0"):
+        (root / folder / "T1" / "T1_brain_to_MNI.nii.gz").write_bytes(gzip.compress(b""))
+
+
+def test_ukb_manifest_joins_images_and_ages(tmp_path):
+    _ukb_tree(tmp_path / "ukb")
+    pd.DataFrame({"eid": [1000001, 1000002, 1000003, 1000006], "age": [61.5, 70.25, None, 55.0],
+                  "sex": ["F", "M", "F", "M"], "site": [11025, 11026, 11027, 11025]}).to_csv(tmp_path / "age.csv", index=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        manifest = ukb.build_ukb_manifest(tmp_path / "ukb", tmp_path / "age.csv")
+    assert list(manifest.columns) == ["id", "path", "age", "sex", "site"]
+    assert manifest["id"].tolist() == ["1000001", "1000002"] and manifest["age"].tolist() == [61.5, 70.25]
+    assert manifest["sex"].tolist() == ["F", "M"] and manifest["site"].tolist() == [11025, 11026]
+    assert manifest["path"][1] == str((tmp_path / "ukb/1000002_20252_2_0/T1/T1_brain_to_MNI.nii.gz").resolve())
+    messages = " | ".join(str(w.message) for w in caught)
+    assert "1 folders not named" in messages and "notes" in messages
+    assert "1 folders of another instance" in messages and "1000004_20252_3_0" in messages
+    assert "2 subjects have no T1/T1_brain_to_MNI.nii.gz" in messages and "1000005" in messages and "1000006" in messages
+    assert "1 subjects with an image have no 'age'" in messages and "1000003" in messages
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_ukb_manifest_errors(tmp_path):
+    _ukb_tree(tmp_path / "ukb")
+    pd.DataFrame({"eid": [1000001], "21003-2.0": [60.0]}).to_csv(tmp_path / "age.csv", index=False)
+    with pytest.raises(ValueError, match="missing \\['age'\\]"):
+        ukb.build_ukb_manifest(tmp_path / "ukb", tmp_path / "age.csv")
+    with pytest.warns(UserWarning, match="no column 'sex'"):
+        manifest = ukb.build_ukb_manifest(tmp_path / "ukb", tmp_path / "age.csv", age_column="21003-2.0", site_column=None)
+    assert manifest["id"].tolist() == ["1000001"]
+    (tmp_path / "ukb" / "1000001_20252_2_0").mkdir()
+    with pytest.raises(ValueError, match="both an <eid> and"):
+        ukb.build_ukb_manifest(tmp_path / "ukb", tmp_path / "age.csv", age_column="21003-2.0")
+    with pytest.raises(FileNotFoundError, match="nowhere.csv"):
+        ukb.build_ukb_manifest(tmp_path / "ukb", tmp_path / "nowhere.csv")
+
+
+def test_ukb_cli_writes_manifest(tmp_path, capsys):
+    _ukb_tree(tmp_path / "ukb")
+    pd.DataFrame({"eid": [1000001, 1000003], "age": [60.0, 65.0]}).to_csv(tmp_path / "age.csv", index=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ukb.main(["--ukb_root", str(tmp_path / "ukb"), "--age_table", str(tmp_path / "age.csv"),
+                  "--output", str(tmp_path / "out" / "manifest.csv")])
+    assert "2 subjects written" in capsys.readouterr().out
+    written = pd.read_csv(tmp_path / "out" / "manifest.csv", dtype={"id": str})
+    assert written["id"].tolist() == ["1000001", "1000003"] and written["age"].tolist() == [60.0, 65.0]
