@@ -38,8 +38,9 @@ accelerates after 60, as reported in longitudinal studies):
 
 Variation that is not age, so that age is learnable but not trivial: male brains are 2 % larger and
 female brains 2 % smaller (linear), subject scaling N(0, 3 %) (isotropic) and N(0, 1 %) per axis, which
-swamps the 2.7 % linear ageing shrink so head size is no age proxy; rotations N(0, 2 deg) and
-translations N(0, 2 mm) per axis; a smooth random deformation (low-frequency cosine basis, RMS 2 mm);
+swamps the 2.7 % linear ageing shrink so head size is no age proxy; rotations N(0, 1 deg) and
+translations N(0, 1 mm) per axis, the residual misalignment of images registered to MNI (all these affine
+draws are clipped at 2 SD); a smooth random deformation (low-frequency cosine basis, RMS 2 mm);
 per-subject intensity gain (log-normal, 10 %), contrast jitter (4 %) and a smooth multiplicative bias
 field; three sites with their own gain, contrast, bias-field strength and Rician noise level. Ages are
 uniform in ``age_range``; sex is M/F with probability 1/2; the site is uniform over :data:`SITES`.
@@ -114,11 +115,11 @@ DEEP_CSF_DEPTH_MM, DEEP_CSF_MIN_ML = 15.0, 5.0
 # Variation that is not age.
 SEX_SCALE = {"F": 0.98, "M": 1.02}
 SCALE_SD, AXIS_SCALE_SD = 0.03, 0.01
-ROTATION_SD_DEG, TRANSLATION_SD_MM = 2.0, 2.0
+ROTATION_SD_DEG, TRANSLATION_SD_MM = 1.0, 1.0  # residual misalignment of images registered to MNI
 WARP_RMS_MM, WARP_FREQUENCIES = 2.0, 3
 BIAS_FREQUENCIES = 2
 GAIN_SD, CONTRAST_SD = 0.10, 0.04
-INTENSITY_SCALE = 300.0  # output units per template unit (white matter ~ 260)
+INTENSITY_SCALE = 150.0  # output units per template unit (white matter ~ 130; int16 files ~1.7 MB)
 
 
 @dataclass(frozen=True)
@@ -268,6 +269,11 @@ def _template_space_image(template: _Template, rng: np.random.Generator, biologi
     return (c_csf * csf + keep * (tissue + template.residual)) * template.mask
 
 
+def _truncated_normal(rng: np.random.Generator, sd: float, size: int) -> np.ndarray:
+    """``size`` draws of N(0, sd) clipped to +-2 sd (no gross misregistration in the tails)."""
+    return np.clip(rng.normal(0.0, sd, size=size), -2.0 * sd, 2.0 * sd)
+
+
 def _subject_to_template_coordinates(
     template: _Template, rng: np.random.Generator, biological_age: float, sex: str
 ) -> np.ndarray:
@@ -277,10 +283,10 @@ def _subject_to_template_coordinates(
         float array of shape ``(3, *WORK_SHAPE)``.
     """
     volume_factor = 1.0 - VOLUME_LOSS_PER_YEAR * (biological_age - AGE_ORIGIN)
-    scale = SEX_SCALE[sex] * volume_factor ** (1.0 / 3.0) * (1.0 + rng.normal(0.0, SCALE_SD))
-    scales = scale * (1.0 + rng.normal(0.0, AXIS_SCALE_SD, size=3))
-    rotation = Rotation.from_euler("xyz", rng.normal(0.0, ROTATION_SD_DEG, size=3), degrees=True).as_matrix()
-    translation = rng.normal(0.0, TRANSLATION_SD_MM, size=3) / WORK_SPACING_MM
+    scale = SEX_SCALE[sex] * volume_factor ** (1.0 / 3.0) * (1.0 + _truncated_normal(rng, SCALE_SD, 1)[0])
+    scales = scale * (1.0 + _truncated_normal(rng, AXIS_SCALE_SD, 3))
+    rotation = Rotation.from_euler("xyz", _truncated_normal(rng, ROTATION_SD_DEG, 3), degrees=True).as_matrix()
+    translation = _truncated_normal(rng, TRANSLATION_SD_MM, 3) / WORK_SPACING_MM
     inverse = np.linalg.inv(rotation @ np.diag(scales)).astype(np.float32)
     grid = np.indices(WORK_SHAPE, dtype=np.float32).reshape(3, -1)
     centre = template.centre.astype(np.float32)[:, None]
@@ -320,7 +326,7 @@ def synthesize_subject(
 
     Returns:
         float32 array of shape ``WORK_SHAPE`` (91, 109, 91) on :data:`WORK_AFFINE`, in scanner-like units
-        (white matter ~ 260), exactly 0 outside the brain.
+        (white matter ~ 130), exactly 0 outside the brain.
 
     Raises:
         ValueError: if ``sex`` or ``site`` is unknown.
