@@ -239,6 +239,7 @@ class _Template:
 
 @functools.lru_cache(maxsize=4)
 def _template_on_grid(params: T1Params) -> _Template:
+    """The template anti-aliased and resampled like a scan, and its brain masks, on the MNI-centred grid."""
     data, mask, affine = mni152_template()
     origin = _grid_origin(params, params.centre_mm)
     identity = sitk.Transform()
@@ -453,7 +454,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument("--register", choices=REGISTER_MODES, default="auto", help="registration to MNI152")
     parser.add_argument(
-        "--overwrite", action="store_true", help="replace a cache built with other settings (a matching one is continued)"
+        "--overwrite", action="store_true", help="replace a cache built with other settings (a matching one continues)"
     )
     return parser.parse_args(argv)
 
