@@ -155,3 +155,9 @@ def test_upsample_to_1mm_interpolates_linearly():
 def test_bad_arguments_raise_clear_errors(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_unreadable_cohort_record_is_reported(tmp_path):
+    (tmp_path / "cohort.json").write_text("{not json")
+    with pytest.raises(ValueError, match="cohort.json is not valid JSON"):
+        generate_cohort(tmp_path, n_subjects=1, progress=False)

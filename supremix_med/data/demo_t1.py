@@ -57,7 +57,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -250,7 +250,9 @@ def _smooth_field(rng: np.random.Generator, shape: Sequence[int], rms: float, fr
     return np.einsum("ijk,xi,yj,zk->xyz", coefficients, *bases, optimize=True).astype(np.float32)
 
 
-def _template_space_image(template: _Template, rng: np.random.Generator, biological_age: float, site: SiteProfile) -> np.ndarray:
+def _template_space_image(
+    template: _Template, rng: np.random.Generator, biological_age: float, site: SiteProfile
+) -> np.ndarray:
     """The subject's T1 (template units) in template space: atrophy, contrast loss and lesions applied."""
     g = _atrophy_profile(biological_age)
     deep_shift = DEEP_CSF_SHIFT_MM * g + rng.normal(0.0, DEEP_CSF_SHIFT_SD_MM)
@@ -395,20 +397,28 @@ def _draw_covariates(rng: np.random.Generator, age_range: tuple[float, float]) -
     return age, sex, site
 
 
-def _write_nifti_atomic(data: np.ndarray, path: Path) -> None:
-    """Write an int16 NIfTI on the 1 mm MNI grid via a temporary file and ``os.replace``."""
-    image = nib.Nifti1Image(np.clip(np.rint(data), 0, np.iinfo(np.int16).max).astype(np.int16), MNI_1MM_AFFINE)
-    image.header.set_xyzt_units("mm", "sec")
-    image.set_sform(MNI_1MM_AFFINE, code="mni")
-    image.set_qform(MNI_1MM_AFFINE, code="mni")
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial.nii.gz", dir=path.parent)
+def _write_atomically(path: Path, write: Callable[[str], object], suffix: str = "") -> None:
+    """Call ``write(temporary)`` on a hidden temporary file next to ``path``, then ``os.replace`` it to ``path``.
+
+    ``suffix`` ends the temporary name (nibabel picks the format from it). A failed write leaves no file.
+    """
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{suffix}", dir=path.parent)
     os.close(handle)
     try:
-        nib.save(image, temporary)
+        write(temporary)
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+def _write_nifti(data: np.ndarray, path: Path) -> None:
+    """Write ``data`` (``MNI_1MM_SHAPE``) rounded to int16 as a NIfTI on the 1 mm MNI grid, atomically."""
+    image = nib.Nifti1Image(np.clip(np.rint(data), 0, np.iinfo(np.int16).max).astype(np.int16), MNI_1MM_AFFINE)
+    image.header.set_xyzt_units("mm", "sec")
+    image.set_sform(MNI_1MM_AFFINE, code="mni")
+    image.set_qform(MNI_1MM_AFFINE, code="mni")
+    _write_atomically(path, lambda temporary: nib.save(image, temporary), suffix=".nii.gz")
 
 
 def _generate_subject(output_dir: Path, seed: int, index: int, age_range: tuple[float, float]) -> None:
@@ -417,21 +427,24 @@ def _generate_subject(output_dir: Path, seed: int, index: int, age_range: tuple[
     age, sex, site = _draw_covariates(rng, age_range)
     path = output_dir / _subject_id(index) / IMAGE_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_nifti_atomic(upsample_to_1mm(synthesize_subject(rng, age, sex, site)), path)
+    _write_nifti(upsample_to_1mm(synthesize_subject(rng, age, sex, site)), path)
 
 
-def _check_cohort_parameters(output_dir: Path, parameters: dict) -> None:
+def _check_cohort_parameters(output_dir: Path, parameters: dict[str, object]) -> None:
     """Record the generator parameters, or refuse to mix with a cohort generated with different ones."""
     path = output_dir / COHORT_NAME
     if path.exists():
-        recorded = json.loads(path.read_text())
+        try:
+            recorded = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not valid JSON ({error}); remove it or use another output folder") from error
         if recorded != parameters:
             raise ValueError(
                 f"{path} records a cohort generated with {recorded}, but this call asks for {parameters}; "
                 "use another output directory or remove the old cohort"
             )
         return
-    path.write_text(json.dumps(parameters, indent=2) + "\n")
+    _write_atomically(path, lambda temporary: Path(temporary).write_text(json.dumps(parameters, indent=2) + "\n"))
 
 
 def generate_cohort(
@@ -500,10 +513,7 @@ def generate_cohort(
                 bar.update()
     bar.close()
 
-    handle, temporary = tempfile.mkstemp(prefix=f".{MANIFEST_NAME}.", suffix=".partial", dir=output_dir)
-    os.close(handle)
-    manifest.to_csv(temporary, index=False)
-    os.replace(temporary, output_dir / MANIFEST_NAME)
+    _write_atomically(output_dir / MANIFEST_NAME, lambda temporary: manifest.to_csv(temporary, index=False))
     return manifest
 
 
