@@ -3,6 +3,8 @@
 UK Biobank images cannot ship with the project, so the demo generates a stand-in cohort whose files look
 like UK Biobank's ``T1_brain_to_MNI.nii.gz``: a skull-stripped T1 on FSL's 1 mm MNI152 grid
 (182 x 218 x 182 voxels, affine ``diag(-1, 1, 1)`` with origin (90, -126, -72) mm), stored as int16.
+This is not the grid of nilearn's own 1 mm template (197 x 233 x 189, origin (-98, -134, -72) mm, RAS);
+both are MNI152 space in mm, so the template is resampled onto UK Biobank's grid.
 
 Layout written by :func:`generate_cohort`::
 
@@ -229,11 +231,12 @@ def _atrophy_profile(biological_age: float) -> float:
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
+    """Logistic function, written with tanh so large arguments do not overflow."""
     return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
-def _smooth_field(rng: np.random.Generator, shape: Sequence[int], rms: float, frequencies: int) -> np.ndarray:
-    """Random low-frequency field: cosine basis functions (as in SPM's warps and bias fields).
+def _smooth_field(rng: np.random.Generator, shape: tuple[int, int, int], rms: float, frequencies: int) -> np.ndarray:
+    """Random low-frequency 3-D field: cosine basis functions (as in SPM's warps and bias fields).
 
     Uses the products of ``cos(pi * k * (i + 0.5) / n)`` along each axis for ``k < frequencies`` (the constant
     excluded), with independent normal coefficients scaled so the expected RMS over the grid is ``rms``.
@@ -460,6 +463,8 @@ def generate_cohort(
     Subject ``i`` depends only on ``(seed, i, age_range)``: the cohort is byte-identical for any ``workers``,
     and a larger ``n_subjects`` extends a smaller cohort. Image files already present are kept (they are
     only ever written whole, through a temporary file and ``os.replace``), so an interrupted run resumes.
+    ``workers > 1`` runs a process pool with the platform's default start method; the template is loaded
+    first, so forked workers share it (others load it once each, ~3 s).
 
     Args:
         output_dir: cohort folder, created if needed.
