@@ -19,15 +19,17 @@ on a random subset of the fixed image's voxels inside a fixed-image mask (50/20/
 The fixed-image mask confines the metric to the (dilated) template brain, so skull, neck and background in
 the moving scan do not drive the alignment. The moving scan is first resampled on its own axes to voxels no
 finer than the fixed image's (2 mm for the MNI grid), which makes the pyramid ~4x cheaper and loses
-nothing the 2 mm fixed image could use. Registration runs single-threaded: on this workload ITK's
-threading costs more than it gains, and the result then does not depend on the machine's core count
-(parallelise over scans instead).
+nothing the 2 mm fixed image could use. Registration runs single-threaded (ITK's global default thread
+count is set to 1 for its duration, so it is not thread-safe): multi-threaded, the metric's sums vary with
+thread scheduling, and on this workload threads cost more than they gain (parallelise over scans
+instead). With the seeded sampling a scan gets exactly the same transform on every run and machine.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,7 +59,8 @@ class RegistrationParams:
         learning_rate: initial step of the regular-step gradient descent; parameter scales come from the
             physical shift, so 2.0 means steps moving voxels by about 2 mm.
         min_step: the optimiser stops a level when its step (halved at each change of direction) falls below.
-        seed: seed of the metric's voxel sampling (fixed, so a scan always gets the same transform).
+        seed: seed (>= 1) of the metric's voxel sampling, so a scan always gets the same transform (SimpleITK
+            reads a seed of 0 as "seed from the wall clock", hence not allowed).
     """
 
     histogram_bins: int = 32
@@ -67,7 +70,7 @@ class RegistrationParams:
     iterations: int = 100
     learning_rate: float = 2.0
     min_step: float = 0.01
-    seed: int = 0
+    seed: int = 1
 
     def __post_init__(self) -> None:
         for name in ("sampling_fractions", "shrink_factors", "smoothing_sigmas_voxels"):  # lists from JSON
@@ -80,6 +83,8 @@ class RegistrationParams:
             )
         if not all(0.0 < fraction <= 1.0 for fraction in self.sampling_fractions):
             raise ValueError(f"sampling_fractions must lie in (0, 1], got {self.sampling_fractions}.")
+        if self.seed < 1:
+            raise ValueError(f"seed must be >= 1 (0 would seed from the wall clock), got {self.seed}.")
 
 
 @dataclass(frozen=True)
@@ -155,7 +160,6 @@ def normalised_cross_correlation(a: np.ndarray, b: np.ndarray, mask: np.ndarray)
 
 def _registration_method(fixed_mask: sitk.Image, params: RegistrationParams) -> sitk.ImageRegistrationMethod:
     method = sitk.ImageRegistrationMethod()
-    method.SetNumberOfThreads(1)
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=params.histogram_bins)
     method.SetMetricFixedMask(fixed_mask)
     method.SetMetricSamplingStrategy(method.RANDOM)
@@ -173,6 +177,17 @@ def _registration_method(fixed_mask: sitk.Image, params: RegistrationParams) -> 
     method.SetSmoothingSigmasPerLevel(list(params.smoothing_sigmas_voxels))
     method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
     return method
+
+
+@contextlib.contextmanager
+def _single_threaded() -> Iterator[None]:
+    """Run ITK with one thread (the metric's histogram sums would otherwise depend on thread scheduling)."""
+    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
 
 
 def _coarsened(image: sitk.Image, spacing_mm: Sequence[float]) -> sitk.Image:
@@ -209,7 +224,13 @@ def register_affine(
         the fixed-to-moving affine transform and the final mutual information (see ``RegistrationResult``).
     """
     params = params or RegistrationParams()
-    moving = _coarsened(moving, fixed.GetSpacing())
+    with _single_threaded():
+        return _rigid_then_affine(fixed, _coarsened(moving, fixed.GetSpacing()), fixed_mask, params)
+
+
+def _rigid_then_affine(
+    fixed: sitk.Image, moving: sitk.Image, fixed_mask: sitk.Image, params: RegistrationParams
+) -> RegistrationResult:
     rigid = sitk.CenteredTransformInitializer(
         fixed, moving, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS
     )

@@ -215,7 +215,7 @@ def test_fingerprint_records_params_versions_and_output():
     assert json.loads(json.dumps(record)) == record
     assert t1.fingerprint(register="never") != record
     assert t1.fingerprint(clip_percentiles=[1.0, 99.0]) != record
-    assert t1.fingerprint(registration={"seed": 1})["params"]["registration"]["seed"] == 1
+    assert t1.fingerprint(registration={"seed": 2})["params"]["registration"]["seed"] == 2
 
 
 def test_cli_builds_a_cache(tmp_path, capsys):
