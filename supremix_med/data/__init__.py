@@ -1,1 +1,20 @@
-"""Cached-tensor datasets, manifests, splits and the embedded demo cohorts."""
+"""Cached-tensor datasets, manifests, splits and the embedded demo cohorts.
+
+``CachedDataset`` is imported lazily: worker processes that only build caches import this package and
+should not pay for importing MONAI.
+"""
+
+from supremix_med.data.cache import CacheInfo, build_cache, read_cache_info, read_fingerprint
+from supremix_med.data.manifest import load_manifest, validate_manifest
+from supremix_med.data.splits import SPLITS, assign_splits
+
+__all__ = ["CacheInfo", "build_cache", "read_cache_info", "read_fingerprint", "load_manifest",
+           "validate_manifest", "SPLITS", "assign_splits", "CachedDataset"]
+
+
+def __getattr__(name: str):
+    if name == "CachedDataset":
+        from supremix_med.data.datasets import CachedDataset
+
+        return CachedDataset
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import torch
 from ignite.engine import Engine
 from torch import nn
 
+from supremix_med.data.cache import read_fingerprint
 from supremix_med.engines.reporting import PredictionCollector, atomic_write_json, write_report
 from supremix_med.metrics import BiasCorrection
 
@@ -33,15 +33,13 @@ FINGERPRINT = "preprocessing.json"
 def save_run_config(ckpt_dir: str | os.PathLike, network_config: dict, dataset_dir: str | os.PathLike) -> None:
     """Store what inference needs beside the model: how to build the network and the data's fingerprint.
 
-    Writes ``<ckpt_dir>/model_config.json`` (``build_model`` keyword arguments) and copies the cache's
-    ``preprocessing.json`` to ``<ckpt_dir>/preprocessing.json`` when the dataset has one.
+    Writes ``<ckpt_dir>/model_config.json`` (``build_model`` keyword arguments) and, when the dataset is a
+    cache, ``<ckpt_dir>/preprocessing.json`` with the fingerprint of the preprocessing that built it.
     """
     ckpt_dir = Path(ckpt_dir)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(dict(network_config), ckpt_dir / MODEL_CONFIG)
-    fingerprint = Path(dataset_dir) / FINGERPRINT
-    if fingerprint.is_file():
-        shutil.copyfile(fingerprint, ckpt_dir / FINGERPRINT)
+    if (Path(dataset_dir) / FINGERPRINT).is_file():
+        atomic_write_json(read_fingerprint(dataset_dir), ckpt_dir / FINGERPRINT)
 
 
 def run_pretraining(method: str, trainer: Engine | None, encoder: nn.Module,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["ContrastBatch", "prepare_contrast_batch", "anchor_mean", "is_distributed"]
+__all__ = ["ContrastBatch", "prepare_contrast_batch", "anchor_mean", "is_distributed", "all_gather_rows"]
 
 
 @dataclass
@@ -68,7 +68,7 @@ def _flatten(features: torch.Tensor, labels: torch.Tensor, name: str) -> tuple[t
         raise ValueError(f"{name}: labels contain NaN or Inf values.")
     dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
     features = features.to(dtype)
-    labels = labels.to(dtype)
+    labels = labels.to(device=features.device, dtype=dtype)
     if features.dim() == 3:
         views = features.shape[1]
         features = features.transpose(0, 1).reshape(views * batch, features.shape[-1])
@@ -76,17 +76,40 @@ def _flatten(features: torch.Tensor, labels: torch.Tensor, name: str) -> tuple[t
     return features, labels
 
 
-def _all_gather(x: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """All-gather rows of ``x`` from every rank (with gradient); return them and this rank's offset."""
-    import torch.distributed.nn.functional as dist_fn
+class _GatherRows(torch.autograd.Function):
+    """All-gather rows [n, ...] from every rank into [world * n, ...], rank-major, with gradient.
 
+    Backward sums every rank's gradient w.r.t. the gathered rows and returns this rank's slice, so each
+    rank's rows receive the gradient of the sum of all ranks' losses.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        rows = grad.shape[0] // dist.get_world_size()
+        start = dist.get_rank() * rows
+        return grad[start:start + rows]
+
+
+def all_gather_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """All-gather rows of ``x`` [n, ...] from every rank (with gradient); return them and this rank's offset.
+
+    Raises:
+        ValueError: the ranks hold different numbers of rows.
+    """
     sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(dist.get_world_size())]
     dist.all_gather(sizes, torch.tensor([x.shape[0]], dtype=torch.long, device=x.device))
     if len({int(s) for s in sizes}) != 1:
         raise ValueError(f"distributed contrastive losses need the same batch size on every rank, got "
                          f"{[int(s) for s in sizes]}; use drop_last=True in the DistributedSampler/loader.")
-    parts = dist_fn.all_gather(x)
-    return torch.cat(parts, dim=0), dist.get_rank() * x.shape[0]
+    return _GatherRows.apply(x), dist.get_rank() * x.shape[0]
 
 
 def prepare_contrast_batch(features: torch.Tensor, labels: torch.Tensor, name: str,
@@ -107,8 +130,8 @@ def prepare_contrast_batch(features: torch.Tensor, labels: torch.Tensor, name: s
         distributed = is_distributed()
     if not distributed:
         return ContrastBatch(anchors, anchor_labels, anchors, anchor_labels, 0)
-    contrasts, offset = _all_gather(anchors)
-    contrast_labels, _ = _all_gather(anchor_labels.detach())
+    contrasts, offset = all_gather_rows(anchors)
+    contrast_labels, _ = all_gather_rows(anchor_labels.detach())
     return ContrastBatch(anchors, anchor_labels, contrasts, contrast_labels, offset)
 
 

@@ -31,7 +31,7 @@ import math
 import torch
 from torch import nn
 
-from ._utils import _all_gather, anchor_mean, is_distributed, prepare_contrast_batch
+from ._utils import all_gather_rows, anchor_mean, is_distributed, prepare_contrast_batch
 from .supcon import check_positive, masked_logsumexp, pair_masks, similarities
 
 __all__ = ["ConRLoss"]
@@ -104,7 +104,7 @@ class ConRLoss(nn.Module):
         batch = prepare_contrast_batch(features, labels, "ConRLoss", distributed=distributed)
         views = 1 if features.dim() == 2 else features.shape[1]
         preds = _per_sample(predictions, features.shape[0], views, "predictions").to(batch.anchors.dtype)
-        contrast_preds = _all_gather(preds)[0] if distributed else preds
+        contrast_preds = all_gather_rows(preds)[0] if distributed else preds
         eta = torch.ones_like(preds)
         if anchor_weights is not None:
             eta = _per_sample(anchor_weights, features.shape[0], views, "anchor_weights").to(preds.dtype)

@@ -107,8 +107,15 @@ class ResNetEncoder(ResNet):
             self.load_state_dict({k.replace("module.", ""): v for k, v in state.items()})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, C, *S] -> [B, out_features] (after the optional input pooling)."""
-        return super().forward(self.input_pool(x))
+        """[B, C, *S] -> [B, out_features]: MONAI's ResNet forward (no fc) after the optional input pooling.
+
+        Spelled out rather than calling ``super().forward`` so that TorchScript (``ckpt_export``) compiles it.
+        """
+        x = self.act(self.bn1(self.conv1(self.input_pool(x))))
+        if not self.no_max_pool:
+            x = self.maxpool(x)
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.avgpool(x).flatten(1)
 
 
 def resnet18_3d(in_channels: int = 1, widen_factor: float = 1.0, conv1_stride: int = 2,

@@ -1,0 +1,117 @@
+"""End to end: the ukb_brainage bundle on a tiny synthetic cohort (train -> evaluate -> export -> infer, torchrun)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
+
+from conftest import BUNDLES, REPO
+
+BUNDLE = BUNDLES / "ukb_brainage"
+TINY = {"pretrain_epochs": 1, "finetune_epochs": 2, "batch_size": 4, "num_workers": 0}
+
+
+def _configs(*names: str) -> list[str]:
+    return [str(BUNDLE / f"{name}.json") for name in names]
+
+
+def _run(configs: list[str], workflow_type: str = "train", **override) -> ConfigWorkflow:
+    workflow = ConfigWorkflow(config_file=configs, workflow_type=workflow_type, **override)
+    workflow.initialize()
+    assert not workflow.check_properties(), workflow.check_properties()
+    workflow.run()
+    workflow.finalize()
+    return workflow
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_cache, tmp_path_factory) -> Path:
+    """One SupReMix train.json + demo.json run on the tiny cache; returns its output_dir."""
+    out = tmp_path_factory.mktemp("run") / "supremix"
+    _run(_configs("train", "demo"), dataset_dir=str(tiny_cache), output_dir=str(out), method="supremix", **TINY)
+    return out
+
+
+def test_train_writes_every_output(trained):
+    models = trained / "models"
+    for name in ("model.pt", "model_final.pt", "pretrained_encoder.pt", "model_config.json",
+                 "bias_correction.json", "preprocessing.json"):
+        assert (models / name).is_file(), name
+    metrics = json.loads((trained / "metrics.json").read_text())
+    for key in ("mae", "mse", "gm", "pearson_r", "n", "baseline_mae", "mae_corrected"):
+        assert key in metrics
+    assert metrics["n"] == 2 and metrics["method"] == "supremix"
+    predictions = pd.read_csv(trained / "predictions.csv")
+    assert list(predictions.columns) == ["id", "age", "predicted_age", "brain_age_gap", "brain_age_gap_corrected"]
+    assert predictions["predicted_age"].notna().all()
+    assert (trained / "predictions.png").stat().st_size > 0
+    assert any((trained / "tensorboard").rglob("events.out.tfevents*"))
+    state = torch.load(models / "model.pt", weights_only=True)
+    assert "target_mean" in state and 42 <= float(state["target_mean"]) <= 82
+
+
+def test_evaluate_overlay_reuses_the_stored_model(trained, tiny_cache):
+    _run(_configs("train", "evaluate"), dataset_dir=str(tiny_cache), output_dir=str(trained),
+         num_workers=0, batch_size=4)
+    evaluated = json.loads((trained / "eval" / "metrics.json").read_text())
+    trained_metrics = json.loads((trained / "metrics.json").read_text())
+    assert evaluated["mae"] == pytest.approx(trained_metrics["mae"], rel=1e-5)
+
+
+def test_monai_bundle_tools(trained, tmp_path):
+    meta = str(BUNDLE / "metadata.json")
+    verify_metadata(meta_file=meta, filepath=str(BUNDLES / "meta_schema.json"))
+    verify_net_in_out(net_id="network_def", meta_file=meta, config_file=_configs("train", "demo"),
+                      n=1, any=100)
+    exported = tmp_path / "model.ts"
+    ckpt_export(net_id="network_def", filepath=str(exported), ckpt_file=str(trained / "models" / "model.pt"),
+                meta_file=meta, config_file=_configs("train", "evaluate"), ckpt_dir=str(trained / "models"))
+    scripted = torch.jit.load(str(exported))
+    assert scripted(torch.zeros(1, 1, 100, 100, 100)).shape == (1, 1)
+
+
+@pytest.mark.parametrize("method", ["vanilla", "supcon", "rnc", "conr", "mixsupcon"])
+def test_every_method_runs_the_recipe(method, tiny_cache, tmp_path):
+    _run(_configs("train", "demo"), dataset_dir=str(tiny_cache), output_dir=str(tmp_path), method=method,
+         pretrain_epochs=1, finetune_epochs=1, batch_size=4, num_workers=0)
+    assert json.loads((tmp_path / "metrics.json").read_text())["method"] == method
+    assert (tmp_path / "models" / "pretrained_encoder.pt").is_file() == (method != "vanilla")
+
+
+def test_linear_probe_keeps_the_pretrained_encoder(tiny_cache, tmp_path):
+    _run(_configs("train", "demo"), dataset_dir=str(tiny_cache), output_dir=str(tmp_path), linear_probe=True, **TINY)
+    pretrained = torch.load(tmp_path / "models" / "pretrained_encoder.pt", weights_only=True)
+    final = torch.load(tmp_path / "models" / "model_final.pt", weights_only=True)
+    for key, value in pretrained.items():
+        torch.testing.assert_close(final[f"encoder.{key}"], value)
+
+
+def test_inference_on_a_folder_of_scans(trained, tiny_cohort, tmp_path):
+    _run([str(BUNDLE / "inference.json")], workflow_type="infer", dataset_dir=str(tiny_cohort / "manifest.csv"),
+         ckpt_dir=str(trained / "models"), output_dir=str(tmp_path), num_workers=0)
+    predictions = pd.read_csv(tmp_path / "predictions.csv")
+    assert len(predictions) == 12
+    assert predictions["predicted_age"].notna().all()
+    assert predictions["brain_age_gap_corrected"].notna().all()
+
+
+def test_multi_gpu_overlay_under_torchrun_with_two_cpu_processes(tiny_cache, tmp_path):
+    configs = _configs("train", "demo", "multi_gpu_train")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "monai.bundle", "run", "--config_file", str(configs), "--dataset_dir", str(tiny_cache),
+               "--output_dir", str(tmp_path), "--pretrain_epochs", "1", "--finetune_epochs", "1",
+               "--batch_size", "2", "--num_workers", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["world_size"] == 2
+    assert (tmp_path / "models" / "model.pt").is_file()
