@@ -32,7 +32,7 @@ test: install
 # cache, then run the UK Biobank bundle (train.json + the demo overlay) into $(OUT). Each step resumes.
 demo: install
 	$(PY) -m supremix_med.data.demo_t1 --output "$(OUT)/cohort" --workers 2
-	$(PY) -m preprocessing.t1 --manifest "$(OUT)/cohort/manifest.csv" --output "$(OUT)/cache" --workers 2
+	$(PY) -m preprocessing.t1 --manifest "$(OUT)/cohort/manifest.csv" --output "$(OUT)/cache" --workers 2 --register never
 	$(PY) -m monai.bundle run \
 		--config_file "['bundles/ukb_brainage/train.json','bundles/ukb_brainage/demo.json']" \
 		--dataset_dir "$(OUT)/cache" --output_dir "$(OUT)"

@@ -33,6 +33,6 @@ def tiny_cache(tiny_cohort, tmp_path_factory) -> Path:
     manifest = pd.read_csv(tiny_cohort / "manifest.csv")
     manifest["path"] = [str(tiny_cohort / p) for p in manifest["path"]]
     folder = tmp_path_factory.mktemp("cache") / "cache"
-    build_cache(manifest, folder, preprocess=functools.partial(t1.preprocess, register="auto"),
-                fingerprint=t1.fingerprint(register="auto"), workers=2, progress=False)
+    build_cache(manifest, folder, preprocess=functools.partial(t1.preprocess, register="never"),
+                fingerprint=t1.fingerprint(register="never"), workers=2, progress=False)
     return folder
