@@ -35,14 +35,15 @@ accelerates after 60, as reported in longitudinal studies):
 - the grey/white T1 contrast falls by 20 % * g(t) (Salat et al. 2009; Westlye et al. 2009);
 - periventricular white-matter T1 hypointensities (white-matter lesions) grow with g(t), with a
   log-normal subject load (de Leeuw et al. 2001);
-- the whole brain shrinks by 0.2 % of its volume per year of biological age around the brain centre
-  (Fotenos et al. 2005; Scahill et al. 2003).
+- the whole brain shrinks by 0.2 % of its volume per year of biological age around the brain centre,
+  the template's size being that of age 62 (Fotenos et al. 2005; Scahill et al. 2003).
 
 Variation that is not age, so that age is learnable but not trivial: male brains are 2 % larger and
-female brains 2 % smaller (linear), subject scaling N(0, 3 %) (isotropic) and N(0, 1 %) per axis, which
-swamps the 2.7 % linear ageing shrink so head size is no age proxy; rotations N(0, 1 deg) and
-translations N(0, 1 mm) per axis, the residual misalignment of images registered to MNI (all these affine
-draws are clipped at 2 SD); a smooth random deformation (low-frequency cosine basis, RMS 2 mm);
+female brains 2 % smaller (linear), subject scaling N(0, 2 %) (isotropic) and N(0, 1 %) per axis: brain
+size varies by ~3 % (SD, linear) for reasons other than age against ~0.8 % from the ageing shrink over the
+age range, so head size is a weak age proxy; rotations N(0, 1 deg) and translations N(0, 1 mm) per axis,
+the residual misalignment of images registered to MNI (all these affine draws are clipped at 2 SD); a
+smooth random deformation (low-frequency cosine basis, RMS 1.5 mm);
 per-subject intensity gain (log-normal, 10 %), contrast jitter (4 %) and a smooth multiplicative bias
 field; three sites with their own gain, contrast, bias-field strength and Rician noise level. Ages are
 uniform in ``age_range``; sex is M/F with probability 1/2; the site is uniform over :data:`SITES`.
@@ -112,13 +113,13 @@ SUPERFICIAL_CSF_SHIFT_MM, SUPERFICIAL_CSF_SHIFT_SD_MM = 1.5, 0.25
 CSF_EDGE_WIDTH_MM = 0.75
 CONTRAST_LOSS = 0.20
 LESION_LOAD, LESION_LENGTH_MM = 0.15, 4.0
-VOLUME_LOSS_PER_YEAR = 0.002
+VOLUME_LOSS_PER_YEAR, TEMPLATE_AGE = 0.002, 62.0  # the template has the brain volume of this age
 DEEP_CSF_DEPTH_MM, DEEP_CSF_MIN_ML = 15.0, 5.0
 # Variation that is not age.
 SEX_SCALE = {"F": 0.98, "M": 1.02}
-SCALE_SD, AXIS_SCALE_SD = 0.03, 0.01
+SCALE_SD, AXIS_SCALE_SD = 0.02, 0.01
 ROTATION_SD_DEG, TRANSLATION_SD_MM = 1.0, 1.0  # residual misalignment of images registered to MNI
-WARP_RMS_MM, WARP_FREQUENCIES = 2.0, 3
+WARP_RMS_MM, WARP_FREQUENCIES = 1.5, 3
 BIAS_FREQUENCIES = 2
 GAIN_SD, CONTRAST_SD = 0.10, 0.04
 INTENSITY_SCALE = 150.0  # output units per template unit (white matter ~ 130; int16 files ~1.7 MB)
@@ -287,7 +288,7 @@ def _subject_to_template_coordinates(
     Returns:
         float array of shape ``(3, *WORK_SHAPE)``.
     """
-    volume_factor = 1.0 - VOLUME_LOSS_PER_YEAR * (biological_age - AGE_ORIGIN)
+    volume_factor = 1.0 - VOLUME_LOSS_PER_YEAR * (biological_age - TEMPLATE_AGE)
     scale = SEX_SCALE[sex] * volume_factor ** (1.0 / 3.0) * (1.0 + _truncated_normal(rng, SCALE_SD, 1)[0])
     scales = scale * (1.0 + _truncated_normal(rng, AXIS_SCALE_SD, 3))
     rotation = Rotation.from_euler("xyz", _truncated_normal(rng, ROTATION_SD_DEG, 3), degrees=True).as_matrix()
