@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from ignite.engine import Engine
 from torch import nn
 
@@ -104,6 +105,8 @@ def evaluate_and_report(network: nn.Module, checkpoint: str | os.PathLike, test_
     Returns:
         The metrics written (empty when ``write`` is False).
     """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()  # rank 0 may still be writing the best checkpoint
     if not load_weights(network, checkpoint, device=next(network.parameters()).device):
         logger.warning("no checkpoint at %s: reporting the network's current weights", checkpoint)
     bias_path = Path(ckpt_dir) / BIAS_CORRECTION
