@@ -157,15 +157,6 @@ def test_half_precision_inputs_give_float32(dtype: torch.dtype) -> None:
     assert math.isclose(loss.item(), expected.item(), rel_tol=1e-5)
 
 
-def test_autocast_region_computes_in_float32() -> None:
-    features, y, predictions = make_batch(8, 2, "continuous", seed=4)
-    features = features.detach().float()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = ConRLoss()(features, y, predictions)
-    assert loss.dtype == torch.float32
-    torch.testing.assert_close(loss, ConRLoss()(features, y, predictions))
-
-
 @pytest.mark.parametrize(
     ("predictions", "anchor_weights", "match"),
     [

@@ -108,29 +108,6 @@ def test_half_precision_inputs_give_float32(dtype: torch.dtype) -> None:
     assert math.isclose(loss.item(), mixsupcon_reference(features.double(), y).item(), rel_tol=1e-5)
 
 
-def test_autocast_region_computes_in_float32() -> None:
-    features, y = make_batch(6, 2, "continuous", seed=5)
-    features = features.detach().float()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = MixSupConLoss()(features, y)
-    assert loss.dtype == torch.float32
-    torch.testing.assert_close(loss, MixSupConLoss()(features, y))
-
-
-@pytest.mark.parametrize(
-    ("features", "labels", "match"),
-    [
-        (torch.randn(4), torch.zeros(4), "shape"),
-        (torch.randn(4, 3), torch.zeros(4, 3), "labels must have shape"),
-        (torch.randn(4, 2, 3), torch.zeros(3), "expected 4 labels"),
-        (torch.randn(4, 3), torch.tensor([0.0, 1.0, float("inf"), 2.0]), "NaN or Inf"),
-    ],
-)
-def test_bad_inputs_raise(features: torch.Tensor, labels: torch.Tensor, match: str) -> None:
-    with pytest.raises(ValueError, match=match):
-        MixSupConLoss()(features, labels)
-
-
 @pytest.mark.parametrize("name", ["temperature", "sigma", "mixup_alpha"])
 @pytest.mark.parametrize("value", [0.0, -1.0, float("nan"), float("inf")])
 def test_bad_constructor_arguments_raise(name: str, value: object) -> None:
@@ -176,8 +153,9 @@ def test_mixup_batch_is_reproducible_with_a_generator_and_keeps_the_global_rng()
 
 def test_mixup_batch_single_sample_and_integer_labels() -> None:
     mixed, mixed_labels = mixup_batch(torch.ones(1, 3), torch.tensor([5]))
-    assert torch.equal(mixed, torch.ones(1, 3)) and mixed_labels.dtype == torch.float32
-    assert mixed_labels.item() == 5.0
+    torch.testing.assert_close(mixed, torch.ones(1, 3))  # its only partner is itself: lam*x + (1-lam)*x
+    assert mixed_labels.dtype == torch.float32
+    assert mixed_labels.item() == pytest.approx(5.0)
 
 
 @pytest.mark.parametrize(

@@ -68,15 +68,20 @@ def _is_constant(values: np.ndarray) -> bool:
     return bool(np.all(values == values[0]))
 
 
+def _correlation(pred: Any, target: Any, statistic: Callable) -> float:
+    """``statistic(p, t).statistic`` on the flattened pair, or nan when either input is constant (N = 1 too)."""
+    p, t = _pair(pred, target)
+    if _is_constant(p) or _is_constant(t):
+        return float("nan")
+    return float(statistic(p, t).statistic)
+
+
 def pearson_r(pred: Any, target: Any) -> float:
     """Pearson correlation of ``pred`` and ``target`` (``scipy.stats.pearsonr``).
 
     Returns nan only when either input is constant (including N = 1), where the correlation is undefined.
     """
-    p, t = _pair(pred, target)
-    if _is_constant(p) or _is_constant(t):
-        return float("nan")
-    return float(stats.pearsonr(p, t).statistic)
+    return _correlation(pred, target, stats.pearsonr)
 
 
 def spearman_rho(pred: Any, target: Any) -> float:
@@ -84,10 +89,7 @@ def spearman_rho(pred: Any, target: Any) -> float:
 
     Returns nan only when either input is constant (including N = 1), where the correlation is undefined.
     """
-    p, t = _pair(pred, target)
-    if _is_constant(p) or _is_constant(t):
-        return float("nan")
-    return float(stats.spearmanr(p, t).statistic)
+    return _correlation(pred, target, stats.spearmanr)
 
 
 #: Metric functions by the names used in results files and configs.
