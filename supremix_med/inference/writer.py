@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import pandas as pd
 import torch
 from ignite.engine import Engine, Events
 
-from supremix_med.engines.reporting import PredictionCollector
+from supremix_med.engines.reporting import PredictionCollector, atomic_write
 from supremix_med.metrics import BiasCorrection
 
 __all__ = ["QC_COLUMNS", "PredictionWriter", "qc_flags"]
@@ -63,14 +62,6 @@ def _to_list(values) -> list:
     if isinstance(values, torch.Tensor):
         return values.detach().cpu().reshape(-1).tolist()
     return list(values)
-
-
-def _atomic_write_csv(frame: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False, newline="") as handle:
-        frame.to_csv(handle, index=False)
-        tmp = handle.name
-    os.replace(tmp, path)
 
 
 class PredictionWriter(PredictionCollector):
@@ -142,7 +133,7 @@ class PredictionWriter(PredictionCollector):
     def write(self, engine: Engine | None = None) -> pd.DataFrame:
         """Write :meth:`frame` to ``output_path`` atomically and return it."""
         table = self.frame()
-        _atomic_write_csv(table, self.output_path)
+        atomic_write(self.output_path, lambda tmp: table.to_csv(tmp, index=False))
         logger.info("wrote %d predictions to %s (%d failed, %d flagged)", len(table), self.output_path,
                     int(table["error"].astype(bool).sum()), int(table["qc_flag"].astype(bool).sum()))
         return table
