@@ -86,6 +86,15 @@ def test_every_method_runs_the_recipe(method, tiny_cache, tmp_path):
     assert (tmp_path / "models" / "pretrained_encoder.pt").is_file() == (method != "vanilla")
 
 
+def test_mlflow_tracking(tiny_cache, tmp_path):
+    import mlflow
+    _run(_configs("train", "demo"), tracking="mlflow", dataset_dir=str(tiny_cache), output_dir=str(tmp_path),
+         method="vanilla", finetune_epochs=1, batch_size=4, num_workers=0)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    runs = mlflow.search_runs(search_all_experiments=True)
+    assert (runs["status"] == "FINISHED").all() and runs["metrics.val_mae"].notna().any()
+
+
 def test_linear_probe_keeps_the_pretrained_encoder(tiny_cache, tmp_path):
     _run(_configs("train", "demo"), dataset_dir=str(tiny_cache), output_dir=str(tmp_path), linear_probe=True, **TINY)
     pretrained = torch.load(tmp_path / "models" / "pretrained_encoder.pt", weights_only=True)
