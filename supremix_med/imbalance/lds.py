@@ -121,8 +121,8 @@ class LDSWeights:
     See the module docstring for the formulas. Labels outside the fitted bins take the density of the
     nearest edge bin (as the authors' code clamps labels to its last bin). A bin inside the range that the
     kernel does not reach from any training label (a gap wider than the kernel's half width) has density 0;
-    it is floored at the smallest positive smoothed density, so such labels get the largest weight any
-    training bin can have.
+    it is floored at the smallest positive smoothed density, so such labels weigh at least as much as any
+    training label.
 
     Args:
         bin_width: width of a label bin, in label units (> 0).
