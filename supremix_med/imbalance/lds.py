@@ -154,7 +154,7 @@ class LDSWeights:
             raise ValueError(f"clip_max must be None or a number >= 1 (the mean weight is 1), got {clip_max!r}.")
         self.window = kernel_window(kernel, kernel_size, sigma)
         self.bin_width = float(bin_width)
-        self.kernel, self.kernel_size, self.sigma = kernel, kernel_size, float(sigma)
+        self.kernel, self.kernel_size, self.sigma = kernel, int(kernel_size), float(sigma)
         self.reweight = reweight
         self.clip_max = None if clip_max is None else float(clip_max)
         self.first_bin: int | None = None
@@ -175,7 +175,7 @@ class LDSWeights:
         self.first_bin = int(bins.min())
         counts = np.bincount(bins - self.first_bin).astype(np.float64)
         self.density = convolve1d(counts, self.window, mode="constant", cval=0.0)
-        self.scale = _mean_one_scale(self._unscaled_weights(bins), self.clip_max)
+        self.scale = float(_mean_one_scale(self._unscaled_weights(bins), self.clip_max))
         return self
 
     def _check_fitted(self) -> None:
