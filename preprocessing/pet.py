@@ -1,0 +1,534 @@
+"""Brain PET (DICOM series or NIfTI) -> one (1, 100, 100, 100) float32 SUV or SUVR tensor on the T1 grid.
+
+``preprocess`` is the only implementation of this pipeline: the cache writer and inference both call it.
+
+Steps (``PETParams`` holds every setting; ``fingerprint`` records them):
+
+1. **Load**.
+   - A folder is read as one DICOM PET series (``read_dicom_series``): every file pydicom can parse is
+     read; a folder with several ``SeriesInstanceUID`` raises ``ValueError`` naming them unless ``series_uid``
+     picks one. Slices are ordered by their ``ImagePositionPatient`` projected on the slice normal
+     ``cross(row, column)`` of ``ImageOrientationPatient`` (never by ``InstanceNumber``); all slices must share
+     one orientation, pixel grid and slice spacing (within 1 % or 0.01 mm).
+   - **Rescale** (``rescale_slice``): each slice's stored values go through its own modality LUT
+     (``pydicom.pixels.apply_modality_lut``: ``RescaleSlope * stored + RescaleIntercept``), since PET
+     vendors scale every slice separately.
+   - **SUV** (``suv_factor``): the activity concentration (Bq/ml, ``Units`` must be ``BQML``) is multiplied
+     by the body-weight SUV factor of the series (see ``suv_factor`` for the decay rule).
+   - **Geometry**: the voxel-to-world affine is built in DICOM's LPS+ patient frame from the first slice's
+     position, the orientation cosines, ``PixelSpacing`` and the step between the first and last slice
+     positions, then converted to RAS+ by ``diag(-1, -1, 1)``.
+   - A file (``.nii``/``.nii.gz``) is read with ``preprocessing.t1.load_t1`` (same validation); its values
+     are SUV (``nifti_units="SUV"``) or Bq/ml (``"BQML"``). A Bq/ml NIfTI carries no dose, weight or times,
+     so it needs ``suvr_mask``: the SUVR is the same whatever the (unknown) SUV factor.
+2. **Resample** onto the T1 pipeline's output grid with its own functions (``preprocessing.t1``): Gaussian
+   anti-aliasing of finer-than-``spacing_mm`` axes, then one trilinear ``SimpleITK`` resampling onto
+   ``shape`` voxels of ``spacing_mm`` in RAS+ centred on ``centre_mm`` (default 2 mm, 100^3, centre
+   (0, -17, 5) mm: the MNI152 brain box). Voxels outside the scan's field of view are 0.
+3. **SUVR** (optional, ``suvr_mask``): divide by the mean SUV inside a reference region given as a NIfTI
+   mask or atlas in the same world space (``suvr_label`` selects one atlas label; without it every non-zero
+   voxel is the region). The mask is resampled onto the output grid (trilinear, kept where >= 0.5).
+
+Space. The PET must already be in MNI152 space (e.g. registered to the subject's T1 and warped with the
+T1's transform to MNI): its world coordinates are taken as MNI millimetres. This module does not register
+(an affine registration of a PET image to the T1 template is not meaningful: the contrasts differ and the
+FDG uptake pattern changes with age and disease). ``grid="scan"`` instead centres the grid on the scan's
+own field of view (the T1 pipeline's ``register="never"`` grid for a non-MNI scan), e.g. for tests.
+Values are quantitative (SUV or SUVR) and are not z-scored; the cache's float16 holds them exactly enough.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import scipy
+import SimpleITK as sitk
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_modality_lut
+from pydicom.valuerep import DA, DT, TM
+
+from preprocessing.registration import image_from_array
+from preprocessing.t1 import T1Params, _antialiased_image, _field_of_view_centre, _grid_origin, _resample, load_t1
+from supremix_med.data.cache import build_cache
+from supremix_med.data.manifest import load_manifest
+
+__all__ = [
+    "PIPELINE",
+    "VERSION",
+    "PETParams",
+    "PETSeries",
+    "fingerprint",
+    "main",
+    "preprocess",
+    "preprocess_with_qc",
+    "read_dicom_series",
+    "rescale_slice",
+    "suv_factor",
+]
+
+PIPELINE = "pet"
+VERSION = "1.0.0"
+NIFTI_UNITS = ("SUV", "BQML")
+GRIDS = ("mni", "scan")
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+_SPACING_TOLERANCE = (0.01, 0.01)  # relative, absolute (mm): slice gaps that count as equal
+_NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+@dataclass(frozen=True)
+class PETParams:
+    """Every setting of the PET pipeline (see the module docstring for what each step does).
+
+    Args:
+        spacing_mm: output voxel size (isotropic), mm.
+        shape: output grid size in voxels (x, y, z).
+        centre_mm: world (MNI, RAS+) coordinate of the output grid's centre, mm (``grid="mni"``).
+        grid: ``"mni"`` (grid centred on ``centre_mm``) or ``"scan"`` (centred on the scan's field of view).
+        antialias: Gaussian anti-aliasing of finer-than-``spacing_mm`` inputs before resampling.
+        nifti_units: units of a NIfTI input, ``"SUV"`` or ``"BQML"`` (Bq/ml; needs ``suvr_mask``).
+        series_uid: the ``SeriesInstanceUID`` to read from a DICOM folder holding several series.
+        suvr_mask: NIfTI reference-region mask or atlas for SUVR; None gives SUV.
+        suvr_label: atlas label of the reference region; None takes every non-zero voxel of ``suvr_mask``.
+    """
+
+    spacing_mm: float = 2.0
+    shape: tuple[int, int, int] = (100, 100, 100)
+    centre_mm: tuple[float, float, float] = (0.0, -17.0, 5.0)
+    grid: str = "mni"
+    antialias: bool = True
+    nifti_units: str = "SUV"
+    series_uid: str | None = None
+    suvr_mask: str | None = None
+    suvr_label: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("shape", "centre_mm"):  # accept lists, e.g. from JSON
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.suvr_mask is not None:
+            object.__setattr__(self, "suvr_mask", str(self.suvr_mask))
+        if self.grid not in GRIDS:
+            raise ValueError(f"grid must be one of {GRIDS}, got {self.grid!r}.")
+        if self.nifti_units not in NIFTI_UNITS:
+            raise ValueError(f"nifti_units must be one of {NIFTI_UNITS}, got {self.nifti_units!r}.")
+        if self.suvr_label is not None and self.suvr_mask is None:
+            raise ValueError(f"suvr_label={self.suvr_label} needs suvr_mask (the atlas it labels).")
+        # the grid checks (spacing, shape, centre) are T1Params'
+        self.t1_grid()
+
+    def t1_grid(self) -> T1Params:
+        """The T1 pipeline's parameters describing the same output grid and anti-aliasing."""
+        return T1Params(
+            spacing_mm=self.spacing_mm, shape=self.shape, centre_mm=self.centre_mm, antialias=self.antialias,
+            register="never",
+        )
+
+
+# ------------------------------------------------------------------------------------------------ DICOM
+@dataclass(frozen=True)
+class PETSeries:
+    """A DICOM PET series read by ``read_dicom_series``.
+
+    Attributes:
+        activity: float32 array (I, J, K) = (column, row, slice) of activity concentration in ``units``.
+        affine: (4, 4) voxel-to-world RAS+ mm affine.
+        slices: the slice datasets in volume order (pixel data included).
+        series_uid: the ``SeriesInstanceUID``.
+        slice_spacing_mm: distance between consecutive slice centres along the normal, mm.
+    """
+
+    activity: np.ndarray
+    affine: np.ndarray
+    slices: tuple[pydicom.Dataset, ...]
+    series_uid: str
+    slice_spacing_mm: float
+
+
+def _read_datasets(folder: Path) -> list[pydicom.Dataset]:
+    """Every DICOM file directly in ``folder`` (other files are ignored)."""
+    datasets = []
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        try:
+            datasets.append(pydicom.dcmread(path))
+        except InvalidDicomError:
+            continue
+    if not datasets:
+        raise ValueError(f"{folder}: no DICOM files in this folder (expected one PET series).")
+    return datasets
+
+
+def _select_series(datasets: list[pydicom.Dataset], folder: Path, series_uid: str | None) -> list[pydicom.Dataset]:
+    """The datasets of one series: the only one present, or ``series_uid``."""
+    uids = sorted({str(ds.get("SeriesInstanceUID", "")) for ds in datasets})
+    if series_uid is None:
+        if len(uids) > 1:
+            raise ValueError(
+                f"{folder}: holds {len(uids)} series (SeriesInstanceUID {', '.join(uids)}); "
+                "pass series_uid to pick one or give each series its own folder."
+            )
+        series_uid = uids[0]
+    if series_uid not in uids:
+        raise ValueError(f"{folder}: no series with SeriesInstanceUID {series_uid}; found {', '.join(uids)}.")
+    return [ds for ds in datasets if str(ds.get("SeriesInstanceUID", "")) == series_uid]
+
+
+def _common(datasets: Sequence[pydicom.Dataset], keyword: str, folder: Path) -> tuple[float, ...]:
+    """A numeric (multi-)value tag that every slice must have and share."""
+    values = set()
+    for ds in datasets:
+        if keyword not in ds:
+            raise ValueError(f"{folder}: slice {ds.filename} has no {keyword}.")
+        value = ds[keyword].value
+        values.add(tuple(round(float(v), 6) for v in (value if isinstance(value, Sequence) else [value])))
+    if len(values) > 1:
+        raise ValueError(f"{folder}: slices differ in {keyword} ({sorted(values)}); expected one volume.")
+    return values.pop()
+
+
+def rescale_slice(ds: pydicom.Dataset) -> np.ndarray:
+    """One slice's stored values mapped to real values by its modality LUT (RescaleSlope/Intercept).
+
+    Returns:
+        float32 array (Rows, Columns) in the series' ``Units``.
+    """
+    return np.asarray(apply_modality_lut(ds.pixel_array, ds), dtype=np.float32)
+
+
+def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) -> PETSeries:
+    """Read one PET series from a folder: slices ordered by position, each rescaled, with its RAS+ affine.
+
+    Raises:
+        ValueError: no DICOM files, several series without ``series_uid``, a non-PET modality, slices
+            missing or disagreeing in geometry tags, two slices at one position, or uneven slice spacing.
+            The message names the folder.
+    """
+    folder = Path(folder)
+    datasets = _select_series(_read_datasets(folder), folder, series_uid)
+    modalities = sorted({str(ds.get("Modality", "")) for ds in datasets})
+    if modalities != ["PT"]:
+        raise ValueError(f"{folder}: expected a PET series (Modality PT), got Modality {modalities}.")
+    orientation = np.asarray(_common(datasets, "ImageOrientationPatient", folder))
+    row_spacing, column_spacing = _common(datasets, "PixelSpacing", folder)
+    for keyword in ("Rows", "Columns"):
+        _common(datasets, keyword, folder)
+    row_cosine, column_cosine = orientation[:3], orientation[3:]
+    normal = np.cross(row_cosine, column_cosine)
+    positions = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in datasets])
+    order = np.argsort(positions @ normal, kind="stable")
+    datasets, positions = [datasets[i] for i in order], positions[order]
+    gaps = np.diff(positions @ normal)
+    if len(datasets) < 2 or gaps.min() <= _SPACING_TOLERANCE[1]:
+        raise ValueError(
+            f"{folder}: expected at least 2 slices at distinct positions, got {len(datasets)} slices with gaps "
+            f"{np.round(gaps, 3).tolist()} mm along the normal."
+        )
+    relative, absolute = _SPACING_TOLERANCE
+    if np.ptp(gaps) > max(relative * gaps.mean(), absolute):
+        raise ValueError(
+            f"{folder}: slice spacing is not uniform (gaps {gaps.min():.4f}..{gaps.max():.4f} mm); "
+            "a missing slice or a mixed series?"
+        )
+    lps = np.eye(4)
+    lps[:3, 0] = row_cosine * column_spacing  # along a row: the column index I
+    lps[:3, 1] = column_cosine * row_spacing  # down a column: the row index J
+    lps[:3, 2] = (positions[-1] - positions[0]) / (len(datasets) - 1)
+    lps[:3, 3] = positions[0]
+    activity = np.stack([rescale_slice(ds).T for ds in datasets], axis=-1)
+    return PETSeries(
+        activity=activity,
+        affine=LPS_TO_RAS @ lps,
+        slices=tuple(datasets),
+        series_uid=str(datasets[0].SeriesInstanceUID),
+        slice_spacing_mm=float(gaps.mean()),
+    )
+
+
+# -------------------------------------------------------------------------------------------------- SUV
+def _tag(ds: pydicom.Dataset, keyword: str, where: str = "") -> Any:
+    """A tag's value, or a ValueError naming the missing tag (and the dataset's file)."""
+    value = ds.get(keyword)
+    if value is None or value == "":
+        source = getattr(ds, "filename", None) or "dataset"
+        raise ValueError(f"{source}: missing DICOM tag {keyword}{where}, needed for SUV.")
+    return value
+
+
+def _positive(ds: pydicom.Dataset, keyword: str, where: str = "") -> float:
+    value = float(_tag(ds, keyword, where))
+    if not value > 0:
+        raise ValueError(f"{getattr(ds, 'filename', None) or 'dataset'}: {keyword}{where} must be > 0, got {value}.")
+    return value
+
+
+def _datetime(date: str, time: str) -> datetime:
+    """DICOM DA + TM (fractional seconds allowed) as a naive datetime."""
+    return datetime.combine(DA(date), TM(time))
+
+
+def _injection_time(ds: pydicom.Dataset, drug: pydicom.Dataset, reference: datetime) -> datetime:
+    """RadiopharmaceuticalStartDateTime, else RadiopharmaceuticalStartTime on the day that precedes ``reference``."""
+    where = " (in RadiopharmaceuticalInformationSequence[0])"
+    if drug.get("RadiopharmaceuticalStartDateTime"):
+        return DT(drug.RadiopharmaceuticalStartDateTime).replace(tzinfo=None)
+    start = drug.get("RadiopharmaceuticalStartTime")
+    if not start:
+        raise ValueError(
+            f"{getattr(ds, 'filename', None) or 'dataset'}: missing DICOM tag RadiopharmaceuticalStartDateTime "
+            f"or RadiopharmaceuticalStartTime{where}, needed for SUV."
+        )
+    injection = _datetime(_tag(ds, "SeriesDate"), start)
+    # without a date, an injection "after" the scan started happened the day before (scan after midnight)
+    return injection - timedelta(days=1) if injection > reference else injection
+
+
+def _decay_reference_time(ds: pydicom.Dataset) -> datetime:
+    """Series start: SeriesDate/Time, or AcquisitionDate/Time when that is earlier (see ``suv_factor``)."""
+    series = _datetime(_tag(ds, "SeriesDate"), _tag(ds, "SeriesTime"))
+    if ds.get("AcquisitionTime"):
+        acquisition = _datetime(ds.get("AcquisitionDate") or ds.SeriesDate, ds.AcquisitionTime)
+        return min(series, acquisition)
+    return series
+
+
+def suv_factor(ds: pydicom.Dataset) -> float:
+    """Body-weight SUV factor of a PET slice: SUVbw = activity (Bq/ml) * factor, factor = weight_g / decayed dose.
+
+    ``factor = PatientWeight * 1000 / (RadionuclideTotalDose * 2 ** (-dt / RadionuclideHalfLife))`` in g/Bq
+    (SUV is then in g/ml, i.e. unitless for a tissue density of 1 g/ml), with the radiopharmaceutical tags
+    read from ``RadiopharmaceuticalInformationSequence[0]`` and ``dt`` (s) the time from injection to the
+    time the image is decay-corrected to:
+
+    - ``DecayCorrection == "ADMIN"``: activity is decay-corrected to the administration time, ``dt = 0``
+      (no time tag is read).
+    - ``DecayCorrection == "START"``: activity is decay-corrected to the series start. Following the QIBA
+      SUV guidance (vendor-neutral rule, Kinahan et al.), the start is ``SeriesDate/SeriesTime`` unless the
+      slice's ``AcquisitionDate/AcquisitionTime`` is earlier -- the series time of some vendors' derived
+      series is reset after the acquisition, and the acquisition of a static scan never starts after the
+      series. The injection time is ``RadiopharmaceuticalStartDateTime`` when present; otherwise
+      ``RadiopharmaceuticalStartTime`` on ``SeriesDate``, or on the day before when that would put the
+      injection after the series start (injection before and scan after midnight).
+    - anything else (``NONE``: not decay-corrected, frame-by-frame decay needed) raises ``ValueError``.
+
+    Args:
+        ds: one slice of the series (pixel data not needed).
+
+    Returns:
+        the factor in g/Bq (ml per Bq for SUV in g/ml).
+
+    Raises:
+        ValueError: a required tag is missing (the message names it), ``Units`` is not ``BQML``, a weight,
+            dose or half-life is not positive, the decay correction is unsupported, or the injection is after
+            the decay reference time.
+    """
+    source = getattr(ds, "filename", None) or "dataset"
+    units = str(_tag(ds, "Units")).upper()
+    if units != "BQML":
+        raise ValueError(f"{source}: Units is {units!r}; SUV needs activity concentration in BQML (Bq/ml).")
+    weight_g = 1000.0 * _positive(ds, "PatientWeight")
+    sequence = _tag(ds, "RadiopharmaceuticalInformationSequence")
+    if len(sequence) == 0:
+        raise ValueError(f"{source}: missing DICOM tag RadiopharmaceuticalInformationSequence item, needed for SUV.")
+    drug, where = sequence[0], " (in RadiopharmaceuticalInformationSequence[0])"
+    dose_bq = _positive(drug, "RadionuclideTotalDose", where)
+    half_life_s = _positive(drug, "RadionuclideHalfLife", where)
+    correction = str(_tag(ds, "DecayCorrection")).upper()
+    if correction == "ADMIN":
+        return weight_g / dose_bq
+    if correction != "START":
+        raise ValueError(f"{source}: DecayCorrection {correction!r} is not supported for SUV (expected START or ADMIN).")
+    reference = _decay_reference_time(ds)
+    injection = _injection_time(ds, drug, reference)
+    delay_s = (reference - injection).total_seconds()
+    if delay_s < 0:
+        raise ValueError(f"{source}: the injection ({injection}) is after the series start ({reference}).")
+    return weight_g / (dose_bq * 2.0 ** (-delay_s / half_life_s))
+
+
+# ------------------------------------------------------------------------------------------------- SUVR
+def _reference_region(config: PETParams, origin: np.ndarray) -> np.ndarray:
+    """The SUVR reference region on the output grid (bool (X, Y, Z))."""
+    path = Path(config.suvr_mask)
+    labels, affine = _read_mask(path)
+    region = labels > 0 if config.suvr_label is None else labels == config.suvr_label
+    on_grid = _resample(image_from_array(region.astype(np.float32), affine), config.t1_grid(), origin, sitk.Transform())
+    region = on_grid >= 0.5
+    if not region.any():
+        what = "mask" if config.suvr_label is None else f"label {config.suvr_label}"
+        raise ValueError(f"{path}: the SUVR reference {what} is empty on the output grid.")
+    return region
+
+
+def _read_mask(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    if not path.is_file():
+        raise FileNotFoundError(f"SUVR reference mask not found: {path}")
+    image = nib.load(path)
+    if len(image.shape) != 3:
+        raise ValueError(f"{path}: expected a 3-D mask or atlas, got shape {image.shape}.")
+    return np.rint(image.get_fdata(dtype=np.float32)).astype(np.int64), image.affine
+
+
+# ----------------------------------------------------------------------------------------------- public
+def _load(path: Path, config: PETParams) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """(SUV or activity volume (I, J, K), RAS+ affine, QC entries) of a DICOM folder or NIfTI file."""
+    if path.is_dir():
+        series = read_dicom_series(path, config.series_uid)
+        factor = suv_factor(series.slices[0])
+        qc = {
+            "source": "dicom",
+            "series_uid": series.series_uid,
+            "slices": len(series.slices),
+            "units": "BQML",
+            "decay_correction": str(series.slices[0].DecayCorrection).upper(),
+            "suv_factor": factor,
+        }
+        return series.activity * np.float32(factor), series.affine, qc
+    if not path.name.endswith(_NIFTI_SUFFIXES):
+        if not path.exists():
+            raise FileNotFoundError(f"PET scan not found: {path}")
+        raise ValueError(f"{path}: expected a DICOM series folder or a .nii/.nii.gz file.")
+    if config.nifti_units == "BQML" and config.suvr_mask is None:
+        raise ValueError(f"{path}: a NIfTI in Bq/ml has no SUV factor; give suvr_mask (SUVR) or an SUV image.")
+    data, affine = load_t1(path)
+    qc = {"source": "nifti", "series_uid": None, "slices": int(data.shape[2]), "units": config.nifti_units,
+          "decay_correction": None, "suv_factor": None}
+    return data, affine, qc
+
+
+def preprocess_with_qc(path: str | os.PathLike, **params: Any) -> tuple[np.ndarray, dict[str, Any]]:
+    """Preprocess a PET scan and report how (see the module docstring for the steps).
+
+    Args:
+        path: DICOM series folder or NIfTI file.
+        **params: any ``PETParams`` field.
+
+    Returns:
+        (image, qc): float32 array of shape (1, *shape) (default (1, 100, 100, 100)), RAS+ axis order, SUV
+        (or SUVR with ``suvr_mask``); and a JSON-serialisable dict with ``source`` ("dicom"/"nifti"),
+        ``series_uid``, ``slices``, ``units`` (of the input), ``decay_correction``, ``suv_factor`` (g/Bq,
+        DICOM), ``input_shape``, ``input_spacing_mm``, ``input_orientation``, ``space``, ``suvr_reference_mean``
+        (mean input-unit value in the reference region, or None) and ``output_units`` ("SUV"/"SUVR").
+
+    Raises:
+        FileNotFoundError, ValueError: see ``read_dicom_series``, ``suv_factor`` and ``load_t1``; an empty
+            reference region.
+    """
+    config = PETParams(**params)
+    path = Path(path)
+    data, affine, qc = _load(path, config)
+    grid = config.t1_grid()
+    centre = config.centre_mm if config.grid == "mni" else _field_of_view_centre(affine, data.shape)
+    origin = _grid_origin(grid, centre)
+    volume = _resample(_antialiased_image(data, affine, grid), grid, origin, sitk.Transform())
+    reference_mean = None
+    if config.suvr_mask is not None:
+        reference_mean = float(volume[_reference_region(config, origin)].mean())
+        if not reference_mean > 0:
+            raise ValueError(f"{path}: mean uptake {reference_mean} in the SUVR reference region is not positive.")
+        volume = volume / np.float32(reference_mean)
+    qc.update(
+        path=str(path),
+        input_shape=list(data.shape),
+        input_spacing_mm=np.linalg.norm(affine[:3, :3], axis=0).round(6).tolist(),
+        input_orientation="".join(nib.aff2axcodes(affine)),
+        space="MNI152" if config.grid == "mni" else "scanner",
+        suvr_reference_mean=reference_mean,
+        output_units="SUV" if config.suvr_mask is None else "SUVR",
+    )
+    return volume.astype(np.float32)[None], qc
+
+
+def preprocess(path: str | os.PathLike, **params: Any) -> np.ndarray:
+    """Preprocess a PET scan to a float32 array of shape (1, 100, 100, 100) (see ``preprocess_with_qc``)."""
+    return preprocess_with_qc(path, **params)[0]
+
+
+def fingerprint(**params: Any) -> dict[str, Any]:
+    """Everything that determines ``preprocess``'s output, as a JSON-ready dict.
+
+    Args:
+        **params: ``PETParams`` fields; the rest take their defaults.
+
+    Returns:
+        ``{"pipeline", "version", "params", "libraries", "output"}``; ``output`` gives the shape, dtype,
+        spacing, orientation, space, units and the world coordinates (mm) of the first and last voxel
+        centres (``grid="mni"``).
+    """
+    config = PETParams(**params)
+    grid = config.t1_grid()
+    origin = _grid_origin(grid, config.centre_mm)
+    record = {
+        "pipeline": PIPELINE,
+        "version": VERSION,
+        "params": asdict(config),
+        "libraries": {
+            "nibabel": nib.__version__,
+            "pydicom": pydicom.__version__,
+            "SimpleITK": sitk.Version.VersionString(),
+            "numpy": np.__version__,
+            "scipy": scipy.__version__,
+            "supremix-med": version("supremix-med"),
+        },
+        "output": {
+            "shape": [1, *config.shape],
+            "dtype": "float32",
+            "spacing_mm": config.spacing_mm,
+            "orientation": "RAS",
+            "space": "MNI152" if config.grid == "mni" else "scanner (grid centred on each scan)",
+            "units": "SUV" if config.suvr_mask is None else "SUVR",
+            "first_voxel_centre_mm": origin.tolist(),
+            "last_voxel_centre_mm": (origin + (np.asarray(config.shape) - 1) * config.spacing_mm).tolist(),
+        },
+    }
+    return json.loads(json.dumps(record))
+
+
+# --------------------------------------------------------------------------------------------------- CLI
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m preprocessing.pet",
+        description="Preprocess the PET scans (DICOM folders or NIfTI) of a manifest (id,path[,age,...]) into a cache.",
+    )
+    parser.add_argument("--manifest", required=True, type=Path, help="CSV; relative paths are relative to it.")
+    parser.add_argument("--output", required=True, type=Path, help="cache folder")
+    parser.add_argument("--suvr_mask", type=Path, default=None, help="NIfTI reference-region mask/atlas (SUVR)")
+    parser.add_argument("--suvr_label", type=int, default=None, help="atlas label of the reference region")
+    parser.add_argument("--nifti_units", choices=NIFTI_UNITS, default="SUV", help="units of NIfTI inputs")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace a cache built with other settings (a matching one continues)"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line: build a cache from a manifest with ``supremix_med.data.cache.build_cache``."""
+    args = _parse_args(argv)
+    params = {
+        "suvr_mask": None if args.suvr_mask is None else str(args.suvr_mask.resolve()),
+        "suvr_label": args.suvr_label,
+        "nifti_units": args.nifti_units,
+    }
+    cached = build_cache(
+        load_manifest(args.manifest),
+        args.output,
+        preprocess=functools.partial(preprocess, **params),
+        fingerprint=fingerprint(**params),
+        workers=args.workers,
+        overwrite=args.overwrite,
+    )
+    print(f"{len(cached)} scans in the cache at {args.output}")
+
+
+if __name__ == "__main__":
+    main()
