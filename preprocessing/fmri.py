@@ -1,0 +1,469 @@
+"""Resting-state fMRI -> one (n_parcels, frames) float32 array of parcel time series (default (400, 478)).
+
+``preprocess`` is the only implementation of this pipeline: the cache writer and inference both call it.
+
+Two kinds of input give the same kind of output, rows in parcel-label order 1..n_parcels, columns in time:
+
+**A 4-D NIfTI in MNI space** (``.nii``/``.nii.gz``, e.g. HCP Aging's ``rfMRI_REST*_Atlas_MSMAll_hp0_clean``
+volumes or fMRIPrep's ``space-MNI152NLin2009cAsym_desc-preproc_bold``), with a label atlas supplied by the user
+(``atlas_path``: Schaefer 2018, 400 parcels, any resolution; 0 is background). nilearn's ``NiftiLabelsMasker``
+resamples the atlas onto the scan's grid (nearest neighbour), averages the voxels of each parcel and cleans
+each parcel series (``nilearn.signal.clean``), in this order:
+
+1. linear detrending (``detrend``);
+2. regression of the confounds (if a table is given: a TSV/CSV path or a DataFrame, one row per frame; its
+   numeric columns, or ``confound_columns``, are used after filling missing values -- the first row of
+   fMRIPrep's derivatives is ``n/a`` -- with the column mean); the confounds are filtered like the signal;
+3. Butterworth band-pass ``high_pass``..``low_pass`` Hz (default 0.008-0.08 Hz), which needs the repetition
+   time: ``t_r`` if given, else the header's ``pixdim[4]`` (in seconds; ms/us headers are converted);
+4. z-score per parcel (``standardize="zscore_sample"``: mean 0, sample standard deviation 1 over time).
+
+A label of 1..n_parcels with no voxel in the scan's field of view (or absent from the atlas) gives a row of
+zeros, and a ``UserWarning`` names the file and the labels, so the output shape never depends on the scan or
+on nilearn's version (its masker drops such labels; we put every column back by its ``region_ids_``).
+
+**Already-extracted series** (the CBIG / HCP pipelines' outputs): ``.npy``, ``.csv``/``.txt`` (comma- or
+whitespace-separated numbers, no header) or ``.mat`` (MATLAB <= v7.2; the single 2-D numeric variable, or the
+one named by ``mat_variable``), shaped [n_parcels, T] or [T, n_parcels]; the orientation is the axis of length
+``n_parcels`` (a square array is refused as ambiguous). These series are taken as already cleaned: the
+detrend/band-pass/z-score steps are NOT applied again unless ``clean_extracted=True`` (which then needs
+``t_r``). ``atlas_path`` is not used.
+
+``preprocess`` keeps the first ``frames`` frames (a shorter run is refused), so every sample of a cache has
+the same shape. A recording can hold several runs per subject: the manifest's ``subject`` column is carried
+into the cache, and ``main`` assigns the splits per subject (all runs of a subject share a split).
+
+Windows. Training on fixed-length windows of a [parcels, T] sample uses MONAI's
+``RandSpatialCrop(roi_size=[length], random_size=False)`` (or ``RandSpatialCropd``): with the parcels as
+channels, time is its one spatial axis, so it cuts a random contiguous window of ``length`` frames.
+``sliding_windows`` gives the windows that cover a series at evaluation, to average predictions over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import json
+import os
+import warnings
+import zlib
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import scipy
+import scipy.io
+import torch
+from nilearn.maskers import NiftiLabelsMasker
+from nilearn.signal import clean
+
+from supremix_med.data.cache import build_cache
+from supremix_med.data.manifest import load_manifest
+from supremix_med.data.splits import assign_splits
+
+__all__ = [
+    "EXTRACTED_SUFFIXES",
+    "PIPELINE",
+    "VERSION",
+    "FmriParams",
+    "assign_subject_splits",
+    "fingerprint",
+    "main",
+    "parcel_timeseries",
+    "preprocess",
+    "sliding_windows",
+]
+
+PIPELINE = "fmri_parcels"
+VERSION = "1.0.0"
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+EXTRACTED_SUFFIXES = (".npy", ".csv", ".txt", ".mat")
+_SECONDS_PER_UNIT = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}
+
+Confounds = str | os.PathLike | pd.DataFrame | None
+
+
+@dataclass(frozen=True)
+class FmriParams:
+    """Every setting of the fMRI pipeline (see the module docstring for what each step does).
+
+    Args:
+        n_parcels: number of parcels, i.e. output rows (labels 1..n_parcels of the atlas).
+        frames: number of frames ``preprocess`` keeps (from the start).
+        t_r: repetition time, s; ``None`` reads it from the NIfTI header.
+        detrend: remove a linear trend from each parcel series.
+        high_pass: high-pass cut-off, Hz (``None``: none).
+        low_pass: low-pass cut-off, Hz (``None``: none).
+        standardize: nilearn's ``standardize`` (``"zscore_sample"``, ``"zscore"``, ``"psc"`` or ``False``).
+        strategy: how the voxels of a parcel are combined (nilearn's ``strategy``: ``"mean"``, ``"median"``...).
+        clean_extracted: apply detrend/band-pass/z-score to already-extracted series as well.
+        mat_variable: variable of a ``.mat`` file to read (``None``: its only 2-D numeric variable).
+        confound_columns: columns of a confounds table to regress (``None``: every numeric column).
+    """
+
+    n_parcels: int = 400
+    frames: int = 478
+    t_r: float | None = None
+    detrend: bool = True
+    high_pass: float | None = 0.008
+    low_pass: float | None = 0.08
+    standardize: str | bool = "zscore_sample"
+    strategy: str = "mean"
+    clean_extracted: bool = False
+    mat_variable: str | None = None
+    confound_columns: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.confound_columns is not None:  # accept lists, e.g. from JSON
+            object.__setattr__(self, "confound_columns", tuple(self.confound_columns))
+        if self.n_parcels < 1 or self.frames < 1:
+            raise ValueError(f"n_parcels and frames must be positive, got {self.n_parcels} and {self.frames}.")
+        if self.t_r is not None and not self.t_r > 0:
+            raise ValueError(f"t_r must be a positive number of seconds, got {self.t_r}.")
+        if self.high_pass is not None and self.low_pass is not None and not 0 < self.high_pass < self.low_pass:
+            raise ValueError(f"need 0 < high_pass < low_pass (Hz), got {self.high_pass} and {self.low_pass}.")
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _suffix(path: Path) -> str:
+    return ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix.lower()
+
+
+def _repetition_time(image: nib.Nifti1Image, path: Path, t_r: float | None) -> float:
+    """``t_r`` if given, else the header's pixdim[4] converted to seconds."""
+    if t_r is not None:
+        return float(t_r)
+    zooms = image.header.get_zooms()
+    value = float(zooms[3]) if len(zooms) > 3 else 0.0
+    if not (np.isfinite(value) and value > 0):
+        raise ValueError(f"{path}: the header gives no repetition time (pixdim[4] = {value}); pass t_r (seconds).")
+    unit = image.header.get_xyzt_units()[1]
+    return value * _SECONDS_PER_UNIT.get(unit, 1.0)
+
+
+def _check_band(t_r: float, config: FmriParams, path: Path) -> None:
+    """The band-pass must lie below the Nyquist frequency 1 / (2 t_r)."""
+    nyquist = 0.5 / t_r
+    highest = max(f for f in (config.high_pass, config.low_pass, 0.0) if f is not None)
+    if highest >= nyquist:
+        raise ValueError(f"{path}: with t_r = {t_r} s the Nyquist frequency is {nyquist:.4f} Hz, below the "
+                         f"band-pass cut-off {highest} Hz; check t_r.")
+
+
+def _confound_matrix(confounds: Confounds, n_frames: int, config: FmriParams, path: Path) -> np.ndarray | None:
+    """The confounds as a (T, n_confounds) float array (missing values -> column mean), or None."""
+    if confounds is None:
+        return None
+    source = "the confounds table"
+    if not isinstance(confounds, pd.DataFrame):
+        source = str(confounds)
+        sep = "\t" if str(confounds).lower().endswith(".tsv") else ","
+        try:
+            confounds = pd.read_csv(confounds, sep=sep, na_values=["n/a"])
+        except (OSError, pd.errors.ParserError, UnicodeDecodeError) as error:
+            raise ValueError(f"{path}: cannot read confounds {source} ({error}).") from error
+    if config.confound_columns is not None:
+        missing = [c for c in config.confound_columns if c not in confounds.columns]
+        if missing:
+            raise ValueError(f"{path}: confound columns {missing} are not in {source} (columns: "
+                             f"{list(confounds.columns)}).")
+        confounds = confounds[list(config.confound_columns)]
+    table = confounds.select_dtypes("number")
+    if table.shape[1] == 0 or len(table) != n_frames:
+        raise ValueError(f"{path}: {source} must have one row per frame ({n_frames}) and numeric columns; got "
+                         f"{len(table)} rows and {table.shape[1]} numeric columns.")
+    return table.fillna(table.mean()).fillna(0.0).to_numpy(dtype=np.float64)
+
+
+def _file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------- 4-D NIfTI input
+def _load_bold(path: Path) -> nib.Nifti1Image:
+    """The 4-D image held in memory (native dtype), checked: 4-D, >= 2 frames, finite."""
+    try:
+        image = nib.load(path)
+        data = np.asanyarray(image.dataobj)
+    except (nib.filebasedimages.ImageFileError, OSError, EOFError, zlib.error) as error:
+        raise ValueError(f"{path}: cannot be read as a NIfTI image ({error}).") from error
+    if data.ndim != 4 or data.shape[3] < 2:
+        raise ValueError(f"{path}: expected a 4-D fMRI image (x, y, z, time) with at least 2 frames, got shape "
+                         f"{data.shape}.")
+    if np.issubdtype(data.dtype, np.floating) and not np.isfinite(np.sum(data, dtype=np.float64)):
+        raise ValueError(f"{path}: {int(np.count_nonzero(~np.isfinite(data)))} voxel values are NaN or infinite.")
+    return nib.Nifti1Image(data, image.affine, image.header)
+
+
+def _labels_in_order(signals: np.ndarray, region_ids: dict, n_parcels: int, path: Path) -> np.ndarray:
+    """(n_parcels, T) array with the masker's column ``i`` at row ``region_ids[i] - 1``; missing rows are 0."""
+    labels = {i: float(label) for i, label in region_ids.items() if i != "background"}
+    outside = sorted(label for label in labels.values() if label != int(label) or not 1 <= label <= n_parcels)
+    if outside:
+        raise ValueError(f"atlas labels must be integers 1..n_parcels={n_parcels}, got {outside[:10]}; set "
+                         f"n_parcels to the atlas' number of parcels.")
+    rows = np.zeros((n_parcels, signals.shape[0]), dtype=np.float32)
+    for column, label in labels.items():
+        rows[int(label) - 1] = signals[:, column]
+    absent = sorted(set(range(1, n_parcels + 1)) - {int(label) for label in labels.values()})
+    if absent:
+        warnings.warn(f"{path}: {len(absent)} of {n_parcels} parcels have no voxel in the field of view (or are "
+                      f"not in the atlas) and are left as rows of zeros: labels {absent}.", stacklevel=3)
+    return rows
+
+
+def _nifti_timeseries(path: Path, atlas_path: str | os.PathLike | None, confounds: Confounds,
+                      config: FmriParams) -> np.ndarray:
+    if atlas_path is None:
+        raise ValueError(f"{path}: a 4-D NIfTI needs a label atlas (atlas_path), e.g. Schaefer 2018 400 parcels.")
+    image = _load_bold(path)
+    t_r = _repetition_time(image, path, config.t_r)
+    _check_band(t_r, config, path)
+    masker = NiftiLabelsMasker(
+        labels_img=str(atlas_path), detrend=config.detrend, high_pass=config.high_pass, low_pass=config.low_pass,
+        t_r=t_r, standardize=config.standardize, strategy=config.strategy, resampling_target="data",
+        dtype=np.float32, reports=False,
+    )
+    confound_matrix = _confound_matrix(confounds, image.shape[3], config, path)
+    with warnings.catch_warnings():  # the labels lost to resampling are reported below, with the file name
+        warnings.filterwarnings("ignore", message="After resampling the label image")
+        signals = masker.fit_transform(image, confounds=confound_matrix)
+    return _labels_in_order(signals, masker.region_ids_, config.n_parcels, path)
+
+
+# ------------------------------------------------------------------------------------- extracted input
+def _read_mat(path: Path, variable: str | None) -> np.ndarray:
+    """The single 2-D numeric variable of a ``.mat`` file, or the one named ``variable``."""
+    try:
+        content = scipy.io.loadmat(path)
+    except NotImplementedError as error:  # MATLAB v7.3 files are HDF5
+        raise ValueError(f"{path}: MATLAB v7.3 (HDF5) files are not supported; save with -v7 or as .npy.") from error
+    except (OSError, ValueError, scipy.io.matlab.MatReadError) as error:
+        raise ValueError(f"{path}: cannot be read as a MATLAB file ({error}).") from error
+    arrays = {k: v for k, v in content.items()
+              if not k.startswith("__") and isinstance(v, np.ndarray) and v.ndim == 2 and v.dtype.kind in "iuf"}
+    if variable is not None:
+        if variable not in arrays:
+            raise ValueError(f"{path}: no 2-D numeric variable {variable!r}; found {sorted(arrays)}.")
+        return arrays[variable]
+    if len(arrays) != 1:
+        raise ValueError(f"{path}: expected exactly one 2-D numeric variable, found {sorted(arrays)}; set "
+                         f"mat_variable.")
+    return next(iter(arrays.values()))
+
+
+def _read_array(path: Path, suffix: str) -> np.ndarray:
+    """A ``.npy`` array, or the numbers of a comma- or whitespace-separated text file."""
+    try:
+        if suffix == ".npy":
+            return np.load(path, allow_pickle=False)
+        with open(path, encoding="utf-8") as handle:
+            delimiter = "," if "," in handle.readline() else None
+        return np.loadtxt(path, delimiter=delimiter, ndmin=2)
+    except (OSError, EOFError, ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: cannot be read as a numeric {suffix} array ({error}).") from error
+
+
+def _read_extracted(path: Path, config: FmriParams) -> np.ndarray:
+    """The stored array as (n_parcels, T) float32, checked: 2-D, finite, one axis of length n_parcels."""
+    suffix = _suffix(path)
+    array = _read_mat(path, config.mat_variable) if suffix == ".mat" else _read_array(path, suffix)
+    n = config.n_parcels
+    if array.ndim != 2 or not np.issubdtype(array.dtype, np.number):
+        raise ValueError(f"{path}: expected a 2-D numeric array [n_parcels, T] or [T, n_parcels], got "
+                         f"{array.dtype} {array.shape}.")
+    if array.shape == (n, n):
+        raise ValueError(f"{path}: a {n} x {n} array is ambiguous (which axis is time?); store [n_parcels, T].")
+    if n not in array.shape:
+        raise ValueError(f"{path}: expected one axis of length n_parcels={n}, got shape {array.shape}.")
+    series = np.asarray(array if array.shape[0] == n else array.T, dtype=np.float32)
+    if not np.isfinite(series).all():
+        raise ValueError(f"{path}: {int(np.count_nonzero(~np.isfinite(series)))} values are NaN or infinite.")
+    return series
+
+
+def _clean_extracted(series: np.ndarray, confounds: Confounds, config: FmriParams, path: Path) -> np.ndarray:
+    """Apply the masker's cleaning steps to an extracted (n_parcels, T) array (``clean_extracted=True``)."""
+    if config.t_r is None:
+        raise ValueError(f"{path}: cleaning extracted series (clean_extracted=True) needs t_r (seconds).")
+    _check_band(config.t_r, config, path)
+    cleaned = clean(series.T, detrend=config.detrend, standardize=config.standardize, high_pass=config.high_pass,
+                    low_pass=config.low_pass, t_r=config.t_r,
+                    confounds=_confound_matrix(confounds, series.shape[1], config, path))
+    return np.ascontiguousarray(cleaned.T, dtype=np.float32)
+
+
+# ------------------------------------------------------------------------------------------------ public
+def parcel_timeseries(path: str | os.PathLike, atlas_path: str | os.PathLike | None = None,
+                      t_r: float | None = None, confounds: Confounds = None, **params: Any) -> np.ndarray:
+    """Parcel time series of one fMRI run (see the module docstring for the steps).
+
+    Args:
+        path: 4-D NIfTI (``.nii``/``.nii.gz``) in MNI space, or extracted series (``.npy``, ``.csv``, ``.txt``,
+            ``.mat``).
+        atlas_path: label image (integers 1..n_parcels, 0 background) in MNI space; needed for a NIfTI.
+        t_r: repetition time, s (default: the NIfTI header's).
+        confounds: a TSV/CSV path or a DataFrame, one row per frame, regressed out of the signal.
+        **params: any other ``FmriParams`` field (``n_parcels``, ``clean_extracted``, ...).
+
+    Returns:
+        float32 array (n_parcels, T): row ``k`` is parcel label ``k + 1`` (zeros when it has no voxel).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: an unknown file type, an unreadable file, a NIfTI that is not 4-D or holds NaN/inf, no
+            repetition time, a cut-off above Nyquist, atlas labels beyond n_parcels, an extracted array with no
+            axis of length n_parcels (or a square one), or confounds of the wrong length. The message names
+            the file.
+
+    Warns:
+        UserWarning: parcels without a voxel in the field of view (their rows are 0), naming file and labels.
+    """
+    config = FmriParams(t_r=t_r, **params)
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"fMRI file not found: {path}")
+    suffix = _suffix(path)
+    if suffix in NIFTI_SUFFIXES:
+        return _nifti_timeseries(path, atlas_path, confounds, config)
+    if suffix not in EXTRACTED_SUFFIXES:
+        raise ValueError(f"{path}: unknown fMRI file type {suffix!r}; expected one of "
+                         f"{NIFTI_SUFFIXES + EXTRACTED_SUFFIXES}.")
+    series = _read_extracted(path, config)
+    return _clean_extracted(series, confounds, config, path) if config.clean_extracted else series
+
+
+def preprocess(path: str | os.PathLike, atlas_path: str | os.PathLike | None = None, confounds: Confounds = None,
+               **params: Any) -> np.ndarray:
+    """Parcel time series cropped to a fixed length: the cache's and inference's entry point.
+
+    Args:
+        path, atlas_path, confounds: see ``parcel_timeseries``.
+        **params: ``FmriParams`` fields (``t_r`` included).
+
+    Returns:
+        float32 array (n_parcels, frames), default (400, 478): the first ``frames`` frames.
+
+    Raises:
+        ValueError: see ``parcel_timeseries``; or the run has fewer than ``frames`` frames.
+    """
+    frames = FmriParams(**params).frames
+    series = parcel_timeseries(path, atlas_path, confounds=confounds, **params)
+    if series.shape[1] < frames:
+        raise ValueError(f"{path}: the run has {series.shape[1]} frames, fewer than the {frames} kept (frames).")
+    return np.ascontiguousarray(series[:, :frames])
+
+
+def fingerprint(atlas_path: str | os.PathLike | None = None, **params: Any) -> dict[str, Any]:
+    """Everything that determines ``preprocess``'s output, as a JSON-ready dict.
+
+    Args:
+        atlas_path: the label atlas (its SHA-256 is recorded, so a different atlas invalidates a cache).
+        **params: ``FmriParams`` fields; the rest take their defaults.
+
+    Returns:
+        ``{"pipeline", "version", "params", "atlas", "libraries", "output"}``.
+    """
+    config = FmriParams(**params)
+    atlas = None if atlas_path is None else {"name": Path(atlas_path).name, "sha256": _file_sha256(atlas_path)}
+    record = {
+        "pipeline": PIPELINE,
+        "version": VERSION,
+        "params": asdict(config),
+        "atlas": atlas,
+        "libraries": {"nilearn": version("nilearn"), "nibabel": nib.__version__, "numpy": np.__version__,
+                      "scipy": scipy.__version__},
+        "output": {"shape": [config.n_parcels, config.frames], "dtype": "float32", "axes": ["parcel", "time"],
+                   "rows": "atlas labels 1..n_parcels"},
+    }
+    return json.loads(json.dumps(record))
+
+
+def sliding_windows(series: np.ndarray | torch.Tensor, length: int, stride: int) -> np.ndarray | torch.Tensor:
+    """The windows of ``length`` frames that cover a series, to average a model's predictions over.
+
+    Windows start at 0, stride, 2*stride, ... and, if that leaves frames uncovered at the end, one more window
+    ends at the last frame (so every frame is in some window).
+
+    Args:
+        series: (C, T) array or tensor (parcels x frames).
+        length: window length, frames (<= T).
+        stride: frames between window starts (>= 1).
+
+    Returns:
+        (n_windows, C, length), the same type as ``series``.
+    """
+    if series.ndim != 2:
+        raise ValueError(f"expected a (channels, frames) series, got shape {tuple(series.shape)}.")
+    n_frames = series.shape[1]
+    if not 1 <= length <= n_frames or stride < 1:
+        raise ValueError(f"need 1 <= length <= T={n_frames} and stride >= 1, got length={length}, stride={stride}.")
+    starts = list(range(0, n_frames - length + 1, stride))
+    if starts[-1] != n_frames - length:
+        starts.append(n_frames - length)
+    windows = [series[:, s:s + length] for s in starts]
+    return torch.stack(windows) if isinstance(series, torch.Tensor) else np.stack(windows)
+
+
+def assign_subject_splits(manifest: pd.DataFrame, seed: int = 0, fractions: Sequence[float] = (0.7, 0.15, 0.15),
+                          stratify: str | None = "age") -> pd.DataFrame:
+    """The manifest with a ``split`` column in which all runs of a subject share one split.
+
+    Subjects (the ``subject`` column, else each row) are split with ``assign_splits``, stratified by their
+    first run's ``stratify`` value; a ``split`` column already present is kept.
+    """
+    if "split" in manifest.columns or "subject" not in manifest.columns:
+        return manifest
+    subjects = manifest.drop_duplicates("subject").sort_values("subject", kind="stable").set_index("subject")
+    split = assign_splits(subjects, fractions, seed=seed, stratify=stratify if stratify in subjects else None)
+    return manifest.assign(split=manifest["subject"].map(split))
+
+
+# --------------------------------------------------------------------------------------------------- CLI
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m preprocessing.fmri",
+        description="Parcel time series of the fMRI runs of a manifest (columns id,path[,subject,age,sex,site,"
+                    "split]) into a cache; runs of one subject share a split.",
+    )
+    parser.add_argument("--manifest", required=True, type=Path, help="CSV; relative paths are relative to it.")
+    parser.add_argument("--output", required=True, type=Path, help="cache folder")
+    parser.add_argument("--atlas", type=Path, help="label atlas (NIfTI), needed for 4-D NIfTI runs")
+    parser.add_argument("--frames", type=int, default=FmriParams.frames, help="frames kept per run (default 478)")
+    parser.add_argument("--n_parcels", type=int, default=FmriParams.n_parcels, help="parcels (default 400)")
+    parser.add_argument("--t_r", type=float, help="repetition time in s (default: the NIfTI header's)")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace a cache built with other settings (a matching one continues)"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line: build a cache from a manifest with ``supremix_med.data.cache.build_cache``."""
+    args = _parse_args(argv)
+    params = {"frames": args.frames, "n_parcels": args.n_parcels, "t_r": args.t_r}
+    cached = build_cache(
+        assign_subject_splits(load_manifest(args.manifest)),
+        args.output,
+        preprocess=functools.partial(preprocess, atlas_path=args.atlas, **params),
+        fingerprint=fingerprint(atlas_path=args.atlas, **params),
+        workers=args.workers,
+        overwrite=args.overwrite,
+        dtype="float32",  # extracted series may be raw BOLD units, beyond float16's range
+    )
+    print(f"{len(cached)} runs in the cache at {args.output}")
+
+
+if __name__ == "__main__":
+    main()
