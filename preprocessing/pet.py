@@ -14,7 +14,8 @@ Steps (``PETParams`` holds every setting; ``fingerprint`` records them):
      (``pydicom.pixels.apply_modality_lut``: ``RescaleSlope * stored + RescaleIntercept``), since PET
      vendors scale every slice separately.
    - **SUV** (``suv_factor``): the activity concentration (Bq/ml, ``Units`` must be ``BQML``) is multiplied
-     by the body-weight SUV factor of the series (see ``suv_factor`` for the decay rule).
+     by the body-weight SUV factor of the series, computed from its first-acquired slice (earliest
+     ``AcquisitionDate/Time``: the scan start when bed positions differ; see ``suv_factor`` for the rule).
    - **Geometry**: the voxel-to-world affine is built in DICOM's LPS+ patient frame from the first slice's
      position, the orientation cosines, ``PixelSpacing`` and the step between the first and last slice
      positions, then converted to RAS+ by ``diag(-1, -1, 1)``.
@@ -156,15 +157,17 @@ class PETSeries:
 
 
 def _read_datasets(folder: Path) -> list[pydicom.Dataset]:
-    """Every DICOM file directly in ``folder`` (other files are ignored)."""
+    """Every DICOM image file directly in ``folder`` (other files, DICOMDIR and non-image objects are ignored)."""
     datasets = []
     for path in sorted(p for p in folder.iterdir() if p.is_file()):
         try:
-            datasets.append(pydicom.dcmread(path))
+            ds = pydicom.dcmread(path)
         except InvalidDicomError:
             continue
+        if "PixelData" in ds:
+            datasets.append(ds)
     if not datasets:
-        raise ValueError(f"{folder}: no DICOM files in this folder (expected one PET series).")
+        raise ValueError(f"{folder}: no DICOM image files in this folder (expected one PET series).")
     return datasets
 
 
@@ -218,6 +221,10 @@ def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) 
     modalities = sorted({str(ds.get("Modality", "")) for ds in datasets})
     if modalities != ["PT"]:
         raise ValueError(f"{folder}: expected a PET series (Modality PT), got Modality {modalities}.")
+    multi_frame = [ds.filename for ds in datasets if int(ds.get("NumberOfFrames") or 1) > 1]
+    if multi_frame:
+        raise ValueError(f"{folder}: multi-frame files ({multi_frame[0]}, ...) are not supported; expected one "
+                         "file per slice.")
     orientation = np.asarray(_common(datasets, "ImageOrientationPatient", folder))
     row_spacing, column_spacing = _common(datasets, "PixelSpacing", folder)
     for keyword in ("Rows", "Columns"):
@@ -255,50 +262,66 @@ def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) 
 
 
 # -------------------------------------------------------------------------------------------------- SUV
-def _tag(ds: pydicom.Dataset, keyword: str, where: str = "") -> Any:
-    """A tag's value, or a ValueError naming the missing tag (and the dataset's file)."""
+_IN_DRUG = " (in RadiopharmaceuticalInformationSequence[0])"
+
+
+def _source(ds: pydicom.Dataset) -> str:
+    """The file a dataset was read from, for messages."""
+    return str(getattr(ds, "filename", None) or "dataset")
+
+
+def _tag(ds: pydicom.Dataset, keyword: str, source: str, where: str = "") -> Any:
+    """A tag's value, or a ValueError naming the missing tag (``where``: the sequence holding it)."""
     value = ds.get(keyword)
     if value is None or value == "":
-        source = getattr(ds, "filename", None) or "dataset"
         raise ValueError(f"{source}: missing DICOM tag {keyword}{where}, needed for SUV.")
     return value
 
 
-def _positive(ds: pydicom.Dataset, keyword: str, where: str = "") -> float:
-    value = float(_tag(ds, keyword, where))
+def _positive(ds: pydicom.Dataset, keyword: str, source: str, where: str = "") -> float:
+    value = float(_tag(ds, keyword, source, where))
     if not value > 0:
-        raise ValueError(f"{getattr(ds, 'filename', None) or 'dataset'}: {keyword}{where} must be > 0, got {value}.")
+        raise ValueError(f"{source}: {keyword}{where} must be > 0, got {value}.")
     return value
 
 
-def _datetime(date: str, time: str) -> datetime:
-    """DICOM DA + TM (fractional seconds allowed) as a naive datetime."""
-    return datetime.combine(DA(date), TM(time))
+def _parse(kind: type, value: str, keyword: str, source: str) -> Any:
+    """A DICOM DA/TM/DT string parsed by pydicom, or a ValueError naming the tag."""
+    try:
+        return kind(value)
+    except ValueError as error:
+        raise ValueError(f"{source}: {keyword} {value!r} is not a valid DICOM {kind.__name__} ({error}).") from error
 
 
-def _injection_time(ds: pydicom.Dataset, drug: pydicom.Dataset, reference: datetime) -> datetime:
+def _date_time(ds: pydicom.Dataset, date_keyword: str, time_keyword: str, source: str) -> datetime:
+    """A DA tag + TM tag (fractional seconds allowed) as a naive datetime."""
+    date = _parse(DA, _tag(ds, date_keyword, source), date_keyword, source)
+    return datetime.combine(date, _parse(TM, _tag(ds, time_keyword, source), time_keyword, source))
+
+
+def _injection_time(ds: pydicom.Dataset, drug: pydicom.Dataset, reference: datetime, source: str) -> datetime:
     """RadiopharmaceuticalStartDateTime, else RadiopharmaceuticalStartTime on the day that precedes ``reference``."""
-    where = " (in RadiopharmaceuticalInformationSequence[0])"
     if drug.get("RadiopharmaceuticalStartDateTime"):
-        return DT(drug.RadiopharmaceuticalStartDateTime).replace(tzinfo=None)
-    start = drug.get("RadiopharmaceuticalStartTime")
-    if not start:
+        value = drug.RadiopharmaceuticalStartDateTime
+        return _parse(DT, value, "RadiopharmaceuticalStartDateTime", source).replace(tzinfo=None)
+    if not drug.get("RadiopharmaceuticalStartTime"):
         raise ValueError(
-            f"{getattr(ds, 'filename', None) or 'dataset'}: missing DICOM tag RadiopharmaceuticalStartDateTime "
-            f"or RadiopharmaceuticalStartTime{where}, needed for SUV."
+            f"{source}: missing DICOM tag RadiopharmaceuticalStartDateTime or RadiopharmaceuticalStartTime"
+            f"{_IN_DRUG}, needed for SUV."
         )
-    injection = _datetime(_tag(ds, "SeriesDate"), start)
+    time = _parse(TM, drug.RadiopharmaceuticalStartTime, "RadiopharmaceuticalStartTime", source)
+    injection = datetime.combine(reference.date(), time)
     # without a date, an injection "after" the scan started happened the day before (scan after midnight)
     return injection - timedelta(days=1) if injection > reference else injection
 
 
-def _decay_reference_time(ds: pydicom.Dataset) -> datetime:
+def _decay_reference_time(ds: pydicom.Dataset, source: str) -> datetime:
     """Series start: SeriesDate/Time, or AcquisitionDate/Time when that is earlier (see ``suv_factor``)."""
-    series = _datetime(_tag(ds, "SeriesDate"), _tag(ds, "SeriesTime"))
-    if ds.get("AcquisitionTime"):
-        acquisition = _datetime(ds.get("AcquisitionDate") or ds.SeriesDate, ds.AcquisitionTime)
-        return min(series, acquisition)
-    return series
+    series = _date_time(ds, "SeriesDate", "SeriesTime", source)
+    if not ds.get("AcquisitionTime"):
+        return series
+    date_keyword = "AcquisitionDate" if ds.get("AcquisitionDate") else "SeriesDate"
+    return min(series, _date_time(ds, date_keyword, "AcquisitionTime", source))
 
 
 def suv_factor(ds: pydicom.Dataset) -> float:
@@ -316,7 +339,7 @@ def suv_factor(ds: pydicom.Dataset) -> float:
       slice's ``AcquisitionDate/AcquisitionTime`` is earlier -- the series time of some vendors' derived
       series is reset after the acquisition, and the acquisition of a static scan never starts after the
       series. The injection time is ``RadiopharmaceuticalStartDateTime`` when present; otherwise
-      ``RadiopharmaceuticalStartTime`` on ``SeriesDate``, or on the day before when that would put the
+      ``RadiopharmaceuticalStartTime`` on the date of the series start, or on the day before when that would put the
       injection after the series start (injection before and scan after midnight).
     - anything else (``NONE``: not decay-corrected, frame-by-frame decay needed) raises ``ValueError``.
 
@@ -331,24 +354,25 @@ def suv_factor(ds: pydicom.Dataset) -> float:
             dose or half-life is not positive, the decay correction is unsupported, or the injection is after
             the decay reference time.
     """
-    source = getattr(ds, "filename", None) or "dataset"
-    units = str(_tag(ds, "Units")).upper()
+    source = _source(ds)
+    units = str(_tag(ds, "Units", source)).upper()
     if units != "BQML":
         raise ValueError(f"{source}: Units is {units!r}; SUV needs activity concentration in BQML (Bq/ml).")
-    weight_g = 1000.0 * _positive(ds, "PatientWeight")
-    sequence = _tag(ds, "RadiopharmaceuticalInformationSequence")
+    weight_g = 1000.0 * _positive(ds, "PatientWeight", source)
+    sequence = _tag(ds, "RadiopharmaceuticalInformationSequence", source)
     if len(sequence) == 0:
         raise ValueError(f"{source}: missing DICOM tag RadiopharmaceuticalInformationSequence item, needed for SUV.")
-    drug, where = sequence[0], " (in RadiopharmaceuticalInformationSequence[0])"
-    dose_bq = _positive(drug, "RadionuclideTotalDose", where)
-    half_life_s = _positive(drug, "RadionuclideHalfLife", where)
-    correction = str(_tag(ds, "DecayCorrection")).upper()
+    drug = sequence[0]
+    dose_bq = _positive(drug, "RadionuclideTotalDose", source, _IN_DRUG)
+    half_life_s = _positive(drug, "RadionuclideHalfLife", source, _IN_DRUG)
+    correction = str(_tag(ds, "DecayCorrection", source)).upper()
     if correction == "ADMIN":
         return weight_g / dose_bq
     if correction != "START":
-        raise ValueError(f"{source}: DecayCorrection {correction!r} is not supported for SUV (expected START or ADMIN).")
-    reference = _decay_reference_time(ds)
-    injection = _injection_time(ds, drug, reference)
+        raise ValueError(f"{source}: DecayCorrection {correction!r} is not supported for SUV (expected START or "
+                         "ADMIN).")
+    reference = _decay_reference_time(ds, source)
+    injection = _injection_time(ds, drug, reference, source)
     delay_s = (reference - injection).total_seconds()
     if delay_s < 0:
         raise ValueError(f"{source}: the injection ({injection}) is after the series start ({reference}).")
@@ -379,11 +403,22 @@ def _read_mask(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------------------------- public
+def _first_acquired(slices: Sequence[pydicom.Dataset]) -> pydicom.Dataset:
+    """The slice with the earliest AcquisitionDate/Time (QIBA: the series' scan start; bed positions differ)."""
+    def acquired(ds: pydicom.Dataset) -> tuple[str, str]:
+        return str(ds.get("AcquisitionDate") or ds.get("SeriesDate") or ""), str(ds.get("AcquisitionTime") or "")
+
+    timed = [ds for ds in slices if ds.get("AcquisitionTime")]
+    return min(timed, key=acquired) if timed else slices[0]
+
+
 def _load(path: Path, config: PETParams) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """(SUV or activity volume (I, J, K), RAS+ affine, QC entries) of a DICOM folder or NIfTI file."""
+    if not path.exists():
+        raise FileNotFoundError(f"PET scan not found: {path}")
     if path.is_dir():
         series = read_dicom_series(path, config.series_uid)
-        factor = suv_factor(series.slices[0])
+        factor = suv_factor(_first_acquired(series.slices))
         qc = {
             "source": "dicom",
             "series_uid": series.series_uid,
@@ -394,8 +429,6 @@ def _load(path: Path, config: PETParams) -> tuple[np.ndarray, np.ndarray, dict[s
         }
         return series.activity * np.float32(factor), series.affine, qc
     if not path.name.endswith(_NIFTI_SUFFIXES):
-        if not path.exists():
-            raise FileNotFoundError(f"PET scan not found: {path}")
         raise ValueError(f"{path}: expected a DICOM series folder or a .nii/.nii.gz file.")
     if config.nifti_units == "BQML" and config.suvr_mask is None:
         raise ValueError(f"{path}: a NIfTI in Bq/ml has no SUV factor; give suvr_mask (SUVR) or an SUV image.")

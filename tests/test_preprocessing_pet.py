@@ -105,10 +105,12 @@ def test_mixed_series_are_refused_unless_one_is_picked(tmp_path: Path) -> None:
 
 
 def test_empty_or_non_dicom_folder_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="no DICOM files"):
+    with pytest.raises(ValueError, match="no DICOM image files"):
         pet.preprocess(tmp_path)
+    with pytest.raises(FileNotFoundError, match="PET scan not found"):
+        pet.preprocess(tmp_path / "missing.nii.gz")
     (tmp_path / "notes.txt").write_text("not a scan")
-    with pytest.raises(ValueError, match="no DICOM files"):
+    with pytest.raises(ValueError, match="no DICOM image files"):
         pet.read_dicom_series(tmp_path)
 
 
@@ -167,6 +169,26 @@ def test_missing_suv_tag_is_named(keyword: str) -> None:
         delattr(header, keyword)
     with pytest.raises(ValueError, match=f"missing DICOM tag .*{keyword}"):
         pet.suv_factor(header)
+
+
+def test_bad_time_value_is_named() -> None:
+    invalid = pytest.raises(ValueError, match="SeriesTime '25xx' is not a valid DICOM TM")
+    with pytest.warns(UserWarning, match="Invalid value"), invalid:
+        pet.suv_factor(_header(SeriesTime="25xx"))
+    with pytest.raises(ValueError, match="injection .* is after the series start"):
+        pet.suv_factor(_header(SeriesDate="20240229", AcquisitionDate="20240229"))
+
+
+def test_series_suv_uses_the_first_acquired_slice(tmp_path: Path) -> None:
+    # two bed positions: the lower slices (the first in volume order) were acquired 5 min after the upper ones
+    volume = np.full(SHAPE, 1000.0, np.float32)
+    _write(tmp_path, volume, _affine(), shuffle_seed=None)
+    for path in sorted(tmp_path.iterdir())[: SHAPE[2] // 2]:
+        ds = pydicom.dcmread(path)
+        ds.SeriesTime = ds.AcquisitionTime = "100500"
+        ds.save_as(path)
+    _, qc = pet.preprocess_with_qc(tmp_path, grid="scan", shape=(8, 8, 8))
+    assert qc["suv_factor"] == pytest.approx(2.76337e-4, rel=1e-5)
 
 
 def test_units_other_than_bqml_are_refused(tmp_path: Path) -> None:
