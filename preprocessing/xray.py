@@ -65,6 +65,7 @@ import torch
 from monai.transforms import Resize, SpatialPad
 from PIL import Image
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 from supremix_med.data.cache import build_cache
@@ -90,6 +91,7 @@ _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 _PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B")
 _SHOWN = 5  # ids listed in a warning
+_Stepped = tuple[np.ndarray, tuple[float, float], str]  # (image, output range (low, high), what was done)
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,8 @@ def _read_dicom(path: Path) -> pydicom.Dataset:
     photometric = ds.get("PhotometricInterpretation")
     if photometric not in _MONOCHROME or int(ds.get("SamplesPerPixel", 1)) != 1:
         raise ValueError(f"{path}: expected a greyscale image (MONOCHROME1/MONOCHROME2, 1 sample per pixel), got "
-                         f"PhotometricInterpretation {photometric!r} with {ds.get('SamplesPerPixel')} samples per pixel.")
+                         f"PhotometricInterpretation {photometric!r} with {ds.get('SamplesPerPixel')} samples per "
+                         "pixel.")
     if not int(ds.get("Rows") or 0) or not int(ds.get("Columns") or 0):
         raise ValueError(f"{path}: empty image ({ds.get('Rows')} rows x {ds.get('Columns')} columns).")
     return ds
@@ -162,27 +165,42 @@ def _modality_values(pixels: np.ndarray, ds: pydicom.Dataset, path: Path) -> np.
     return values
 
 
-def _voi(values: np.ndarray, ds: pydicom.Dataset) -> tuple[np.ndarray, tuple[float, float], str]:
+def _voi(values: np.ndarray, ds: pydicom.Dataset, path: Path) -> _Stepped:
     """Step 4: the first VOI LUT or window; returns (image, output range, description)."""
-    if ds.get("VOILUTSequence"):
-        item = ds.VOILUTSequence[0]
-        count, first_mapped = item.LUTDescriptor[0] or 2**16, item.LUTDescriptor[1]
-        table = apply_voi_lut(np.arange(first_mapped, first_mapped + count), ds, index=0)
-        described = f"VOI LUT Sequence item 1 of {len(ds.VOILUTSequence)} ({count} entries)"
-        return apply_voi_lut(values, ds, index=0), (float(table.min()), float(table.max())), described
-    if "WindowCenter" in ds and "WindowWidth" in ds:
-        centre, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
-        low, high = apply_voi_lut(np.array([-np.inf, np.inf]), ds, index=0)
-        n = len(ds.WindowCenter) if ds["WindowCenter"].VM > 1 else 1
-        function = ds.get("VOILUTFunction", "LINEAR")
-        described = f"window centre {centre:g} width {width:g} ({function}, window 1 of {n})"
-        return apply_voi_lut(values, ds, index=0), (float(low), float(high)), described
+    lut = ds.VOILUTSequence[0] if ds.get("VOILUTSequence") else None
+    try:
+        if lut is not None and "LUTDescriptor" in lut and "LUTData" in lut:
+            return _voi_lut(values, ds, lut)
+        if ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
+            return _window(values, ds)
+    except (ValueError, NotImplementedError, AttributeError) as error:  # e.g. a width < 1, a 12-bit LUT
+        raise ValueError(f"{path}: cannot apply the VOI LUT/window ({error}).") from error
     return values, (float(values.min()), float(values.max())), "none (full range of the modality values)"
+
+
+def _voi_lut(values: np.ndarray, ds: pydicom.Dataset, lut: pydicom.Dataset) -> _Stepped:
+    """The first item of the VOI LUT Sequence; the output range is the table's smallest to largest entry."""
+    if np.issubdtype(values.dtype, np.floating) and np.array_equal(values, np.round(values)):
+        values = values.astype(np.int64)  # a LUT is indexed by integers (an identity rescale gives floats)
+    count, first_mapped = lut.LUTDescriptor[0] or 2**16, lut.LUTDescriptor[1]
+    table = apply_voi_lut(np.arange(first_mapped, first_mapped + count), ds, index=0)
+    described = f"VOI LUT Sequence item 1 of {len(ds.VOILUTSequence)} ({count} entries)"
+    return apply_voi_lut(values, ds, index=0), (float(table.min()), float(table.max())), described
+
+
+def _window(values: np.ndarray, ds: pydicom.Dataset) -> _Stepped:
+    """The first window; the output range is pydicom's, read by windowing the extreme inputs -inf and +inf."""
+    low, high = apply_voi_lut(np.array([-np.inf, np.inf]), ds, index=0)
+    n = len(ds.WindowCenter) if ds["WindowCenter"].VM > 1 else 1
+    function = ds.get("VOILUTFunction", "LINEAR")
+    centre, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
+    described = f"window centre {centre:g} width {width:g} ({function}, window 1 of {n})"
+    return apply_voi_lut(values, ds, index=0), (float(low), float(high)), described
 
 
 def _first(value: Any) -> float:
     """The first value of a possibly multi-valued DICOM number."""
-    return float(value[0] if isinstance(value, pydicom.multival.MultiValue) else value)
+    return float(value[0] if isinstance(value, MultiValue) else value)
 
 
 def _pixel_spacing(ds: pydicom.Dataset) -> tuple[list[float] | None, str | None]:
@@ -193,24 +211,30 @@ def _pixel_spacing(ds: pydicom.Dataset) -> tuple[list[float] | None, str | None]
     return None, None
 
 
+def _modality_lut_description(ds: pydicom.Dataset) -> str:
+    """What step 3 applied, as ``apply_modality_lut`` decides it (the LUT sequence wins over a rescale)."""
+    if ds.get("ModalityLUTSequence"):
+        return "Modality LUT Sequence"
+    if ds.get("RescaleSlope") is not None and ds.get("RescaleIntercept") is not None:
+        return f"rescale slope {float(ds.RescaleSlope):g} intercept {float(ds.RescaleIntercept):g}"
+    return "none"
+
+
 def _load_dicom(path: Path) -> tuple[np.ndarray, tuple[float, float], dict[str, Any]]:
     """Steps 1-5 for a DICOM file: (image with higher = brighter, its output range, QC entries)."""
     ds = _read_dicom(path)
     pixels = _stored_values(ds, path)
     values = _modality_values(pixels, ds, path)
-    image, (low, high), voi = _voi(values, ds)
+    image, (low, high), voi = _voi(values, ds, path)
     inverted = ds.PhotometricInterpretation == "MONOCHROME1"
     image = (low + high) - image if inverted else image
     spacing, spacing_source = _pixel_spacing(ds)
-    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
     qc = {
         "format": "DICOM",
         "modality": ds.get("Modality"),
         "photometric_interpretation": ds.PhotometricInterpretation,
         "inverted": inverted,
-        "modality_lut": "Modality LUT Sequence" if ds.get("ModalityLUTSequence")
-        else f"rescale slope {float(slope):g} intercept {float(intercept):g}" if slope is not None
-        else "none",
+        "modality_lut": _modality_lut_description(ds),
         "voi": voi,
         "pixel_spacing_mm": spacing,
         "pixel_spacing_source": spacing_source,
@@ -224,7 +248,7 @@ def _load_picture(path: Path) -> tuple[np.ndarray, tuple[float, float], dict[str
     try:
         with Image.open(path) as picture:
             picture.load()
-            mode, frames = picture.mode, getattr(picture, "n_frames", 1)
+            mode, kind, frames = picture.mode, picture.format, getattr(picture, "n_frames", 1)
             if frames > 1:
                 raise ValueError(f"{path}: expected a single image, got {frames} frames.")
             if mode in _SIXTEEN_BIT_MODES:
@@ -234,7 +258,7 @@ def _load_picture(path: Path) -> tuple[np.ndarray, tuple[float, float], dict[str
     except (PIL.UnidentifiedImageError, OSError, SyntaxError) as error:
         raise ValueError(f"{path}: not a readable PNG/JPEG image ({error}).") from error
     qc = {
-        "format": (Path(path).suffix.lstrip(".").upper().replace("JPG", "JPEG")),
+        "format": kind,
         "modality": None,
         "photometric_interpretation": f"Pillow mode {mode}",
         "inverted": False,
@@ -374,7 +398,8 @@ def build_rsna_manifest(image_dir: str | os.PathLike, csv: str | os.PathLike) ->
         raise ValueError(f"{csv}: missing column(s) {missing}; expected id,boneage,male, found {list(table.columns)}.")
     boneage = pd.to_numeric(table["boneage"], errors="coerce")
     if boneage.isna().any():
-        raise ValueError(f"{csv}: 'boneage' must be a number of months; got {table['boneage'][boneage.isna()].iloc[0]!r}.")
+        bad = table["boneage"][boneage.isna()].iloc[0]
+        raise ValueError(f"{csv}: 'boneage' must be a number of months; got {bad!r}.")
     male = table["male"].astype(str).str.strip().str.lower().map({"true": True, "false": False, "1": True, "0": False})
     if male.isna().any():
         raise ValueError(f"{csv}: 'male' must be True or False; got {table['male'][male.isna()].iloc[0]!r}.")

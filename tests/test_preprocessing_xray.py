@@ -75,6 +75,14 @@ def test_monochrome1_rescale_and_first_window_by_hand(tmp_path):
     assert qc["pixel_spacing_mm"] == [0.15, 0.14] and qc["pixel_spacing_source"] == "ImagerPixelSpacing"
 
 
+def test_sigmoid_window_by_hand(tmp_path):
+    path = _dicom(tmp_path / "sigmoid.dcm", STORED, "MONOCHROME2", WindowCenter=600, WindowWidth=400,
+                  VOILUTFunction="SIGMOID")
+    image, qc = xray.load_xray(path)
+    np.testing.assert_allclose(image, 1.0 / (1.0 + np.exp(-4.0 * (STORED - 600.0) / 400.0)), atol=1e-12)
+    assert qc["output_range"] == [0.0, 4095.0] and "SIGMOID" in qc["voi"]
+
+
 def test_monochrome1_equals_inverted_monochrome2(tmp_path):
     """Without a VOI, MONOCHROME1 stored values v give the image of MONOCHROME2 stored values (4095 - v)."""
     mono1 = _dicom(tmp_path / "m1.dcm", STORED, "MONOCHROME1")
@@ -92,8 +100,10 @@ def test_voi_lut_sequence_is_preferred_to_the_window(tmp_path):
     other.add_new("LUTDescriptor", "US", [2, 0, 16])
     other.add_new("LUTData", "US", [0, 1])
     path = _dicom(tmp_path / "lut.dcm", STORED, "MONOCHROME2", VOILUTSequence=Sequence([lut, other]),
-                  WindowCenter=500, WindowWidth=100)
-    image, qc = xray.load_xray(path)
+                  WindowCenter=500, WindowWidth=100, RescaleSlope=1, RescaleIntercept=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # pydicom warns when a LUT is applied to floats: the identity rescale's
+        image, qc = xray.load_xray(path)
     table = np.clip(STORED.astype(int) - 200, 0, 3)  # below the first mapped value -> entry 0, above -> last
     expected = (np.array([10, 20, 40, 80])[table] - 10) / 70.0
     np.testing.assert_allclose(image, expected, atol=1e-12)
@@ -190,6 +200,10 @@ def _empty(tmp_path):
                   BitsStored=12, HighBit=11, PixelRepresentation=0, SamplesPerPixel=1)
 
 
+def _bad_window(tmp_path):
+    return _dicom(tmp_path / "window.dcm", STORED, WindowCenter=500, WindowWidth=0.5)
+
+
 def _colour(tmp_path):
     return Path(get_testdata_file("SC_rgb_small_odd.dcm"))
 
@@ -212,6 +226,7 @@ def _corrupt_png(tmp_path):
     (_no_pixel_data, "no pixel data"),
     (_nan, "NaN or infinite"),
     (_empty, "empty image"),
+    (_bad_window, "cannot apply the VOI LUT/window"),
     (_colour, "expected a greyscale image"),
     (_constant, "constant"),
     (_corrupt_png, "not a readable PNG/JPEG"),
