@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
+import SimpleITK as sitk
 from scipy.spatial.transform import Rotation
 
 from preprocessing import pet, t1
@@ -65,6 +66,19 @@ def test_slices_ordered_by_position_not_instance_number(tmp_path: Path, rotation
     np.testing.assert_allclose(series.affine, affine, atol=1e-3)
     np.testing.assert_allclose(series.activity, volume, rtol=1e-4, atol=0.5)
     assert series.slice_spacing_mm == pytest.approx(3.0, abs=1e-3)
+
+
+def test_geometry_agrees_with_simpleitk(tmp_path: Path) -> None:
+    # an independent reader: SimpleITK/GDCM sorts the files itself and reports LPS+ geometry
+    volume, affine = _volume(np.random.default_rng(8)), _affine(rotation_deg=-35.0)
+    _write(tmp_path, volume, affine)
+    image = sitk.ReadImage(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(tmp_path)))
+    lps = np.eye(4)
+    lps[:3, :3] = np.asarray(image.GetDirection()).reshape(3, 3) * np.asarray(image.GetSpacing())
+    lps[:3, 3] = image.GetOrigin()
+    series = pet.read_dicom_series(tmp_path)
+    np.testing.assert_allclose(series.affine, np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps, atol=1e-3)
+    np.testing.assert_allclose(series.activity, sitk.GetArrayFromImage(image).T, rtol=1e-4, atol=0.5)
 
 
 def test_slices_stored_against_the_normal_come_back_flipped(tmp_path: Path) -> None:
