@@ -142,7 +142,7 @@ class PETSeries:
     """A DICOM PET series read by ``read_dicom_series``.
 
     Attributes:
-        activity: float32 array (I, J, K) = (column, row, slice) of activity concentration in ``units``.
+        activity: float32 array (I, J, K) = (column, row, slice) of rescaled values in the series' ``Units``.
         affine: (4, 4) voxel-to-world RAS+ mm affine.
         slices: the slice datasets in volume order (pixel data included).
         series_uid: the ``SeriesInstanceUID``.
@@ -186,17 +186,19 @@ def _select_series(datasets: list[pydicom.Dataset], folder: Path, series_uid: st
     return [ds for ds in datasets if str(ds.get("SeriesInstanceUID", "")) == series_uid]
 
 
-def _common(datasets: Sequence[pydicom.Dataset], keyword: str, folder: Path) -> tuple[float, ...]:
-    """A numeric (multi-)value tag that every slice must have and share."""
-    values = set()
+def _common(datasets: Sequence[pydicom.Dataset], keyword: str, folder: Path) -> np.ndarray:
+    """A numeric (multi-)value tag that every slice must have and share (to 1e-4)."""
+    values = []
     for ds in datasets:
         if keyword not in ds:
             raise ValueError(f"{folder}: slice {ds.filename} has no {keyword}.")
         value = ds[keyword].value
-        values.add(tuple(round(float(v), 6) for v in (value if isinstance(value, Sequence) else [value])))
-    if len(values) > 1:
-        raise ValueError(f"{folder}: slices differ in {keyword} ({sorted(values)}); expected one volume.")
-    return values.pop()
+        values.append([float(v) for v in (value if isinstance(value, Sequence) else [value])])
+    first = values[0]
+    differing = [v for v in values if len(v) != len(first) or not np.allclose(v, first, rtol=0.0, atol=1e-4)]
+    if differing:
+        raise ValueError(f"{folder}: slices differ in {keyword} ({first} and {differing[0]}); expected one volume.")
+    return np.asarray(first)
 
 
 def rescale_slice(ds: pydicom.Dataset) -> np.ndarray:
@@ -225,7 +227,7 @@ def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) 
     if multi_frame:
         raise ValueError(f"{folder}: multi-frame files ({multi_frame[0]}, ...) are not supported; expected one "
                          "file per slice.")
-    orientation = np.asarray(_common(datasets, "ImageOrientationPatient", folder))
+    orientation = _common(datasets, "ImageOrientationPatient", folder)
     row_spacing, column_spacing = _common(datasets, "PixelSpacing", folder)
     for keyword in ("Rows", "Columns"):
         _common(datasets, keyword, folder)

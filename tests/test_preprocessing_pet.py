@@ -135,6 +135,15 @@ def test_missing_slice_is_refused(tmp_path: Path) -> None:
         pet.read_dicom_series(tmp_path)
 
 
+def test_slices_with_another_pixel_grid_are_refused(tmp_path: Path) -> None:
+    _write(tmp_path, _volume(np.random.default_rng(9)), _affine(), shuffle_seed=None)
+    ds = pydicom.dcmread(tmp_path / "slice_005.dcm")
+    ds.PixelSpacing = ["2.5", "2.1"]
+    ds.save_as(tmp_path / "slice_005.dcm")
+    with pytest.raises(ValueError, match="slices differ in PixelSpacing"):
+        pet.read_dicom_series(tmp_path)
+
+
 # --------------------------------------------------------------------------------------------------- SUV
 def test_suv_factor_by_hand() -> None:
     # 60 min after injecting 370 MBq of F-18 (half-life 6586.2 s) the dose has decayed to
