@@ -381,6 +381,15 @@ def suv_factor(ds: pydicom.Dataset) -> float:
     return weight_g / (dose_bq * 2.0 ** (-delay_s / half_life_s))
 
 
+def _first_acquired(slices: Sequence[pydicom.Dataset]) -> pydicom.Dataset:
+    """The slice with the earliest AcquisitionDate/Time (QIBA: the series' scan start; bed positions differ)."""
+    def acquired(ds: pydicom.Dataset) -> tuple[str, str]:
+        return str(ds.get("AcquisitionDate") or ds.get("SeriesDate") or ""), str(ds.get("AcquisitionTime") or "")
+
+    timed = [ds for ds in slices if ds.get("AcquisitionTime")]
+    return min(timed, key=acquired) if timed else slices[0]
+
+
 # ------------------------------------------------------------------------------------------------- SUVR
 def _reference_region(config: PETParams, origin: np.ndarray) -> np.ndarray:
     """The SUVR reference region on the output grid (bool (X, Y, Z))."""
@@ -396,6 +405,7 @@ def _reference_region(config: PETParams, origin: np.ndarray) -> np.ndarray:
 
 
 def _read_mask(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Integer labels (I, J, K) of a mask/atlas NIfTI (rounded: a probability mask is cut at 0.5) and its affine."""
     if not path.is_file():
         raise FileNotFoundError(f"SUVR reference mask not found: {path}")
     image = nib.load(path)
@@ -405,15 +415,6 @@ def _read_mask(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------------------------- public
-def _first_acquired(slices: Sequence[pydicom.Dataset]) -> pydicom.Dataset:
-    """The slice with the earliest AcquisitionDate/Time (QIBA: the series' scan start; bed positions differ)."""
-    def acquired(ds: pydicom.Dataset) -> tuple[str, str]:
-        return str(ds.get("AcquisitionDate") or ds.get("SeriesDate") or ""), str(ds.get("AcquisitionTime") or "")
-
-    timed = [ds for ds in slices if ds.get("AcquisitionTime")]
-    return min(timed, key=acquired) if timed else slices[0]
-
-
 def _load(path: Path, config: PETParams) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """(SUV or activity volume (I, J, K), RAS+ affine, QC entries) of a DICOM folder or NIfTI file."""
     if not path.exists():
@@ -451,8 +452,9 @@ def preprocess_with_qc(path: str | os.PathLike, **params: Any) -> tuple[np.ndarr
         (image, qc): float32 array of shape (1, *shape) (default (1, 100, 100, 100)), RAS+ axis order, SUV
         (or SUVR with ``suvr_mask``); and a JSON-serialisable dict with ``source`` ("dicom"/"nifti"),
         ``series_uid``, ``slices``, ``units`` (of the input), ``decay_correction``, ``suv_factor`` (g/Bq,
-        DICOM), ``input_shape``, ``input_spacing_mm``, ``input_orientation``, ``space``, ``suvr_reference_mean``
-        (mean input-unit value in the reference region, or None) and ``output_units`` ("SUV"/"SUVR").
+        DICOM), ``input_shape``, ``input_spacing_mm``, ``input_orientation``, ``space``,
+        ``suvr_reference_mean`` (mean SUV -- Bq/ml for a ``BQML`` NIfTI -- in the reference region, or None)
+        and ``output_units`` ("SUV"/"SUVR").
 
     Raises:
         FileNotFoundError, ValueError: see ``read_dicom_series``, ``suv_factor`` and ``load_t1``; an empty
