@@ -52,20 +52,22 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import scipy
 import scipy.io
-import torch
 from nilearn.maskers import NiftiLabelsMasker
 from nilearn.signal import clean
 
 from supremix_med.data.cache import build_cache
 from supremix_med.data.manifest import load_manifest
 from supremix_med.data.splits import assign_splits
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "EXTRACTED_SUFFIXES",
@@ -191,18 +193,18 @@ def _file_sha256(path: str | os.PathLike) -> str:
 
 # ----------------------------------------------------------------------------------------- 4-D NIfTI input
 def _load_bold(path: Path) -> nib.Nifti1Image:
-    """The 4-D image held in memory (native dtype), checked: 4-D, >= 2 frames, finite."""
+    """The 4-D image held in memory as float32 (read once), checked: 4-D, >= 2 frames, finite."""
     try:
         image = nib.load(path)
-        data = np.asanyarray(image.dataobj)
+        data = image.get_fdata(dtype=np.float32)
     except (nib.filebasedimages.ImageFileError, OSError, EOFError, zlib.error) as error:
         raise ValueError(f"{path}: cannot be read as a NIfTI image ({error}).") from error
     if data.ndim != 4 or data.shape[3] < 2:
         raise ValueError(f"{path}: expected a 4-D fMRI image (x, y, z, time) with at least 2 frames, got shape "
                          f"{data.shape}.")
-    if np.issubdtype(data.dtype, np.floating) and not np.isfinite(np.sum(data, dtype=np.float64)):
+    if not np.isfinite(np.sum(data, dtype=np.float64)):  # one pass, no full-size temporary
         raise ValueError(f"{path}: {int(np.count_nonzero(~np.isfinite(data)))} voxel values are NaN or infinite.")
-    return nib.Nifti1Image(data, image.affine, image.header)
+    return type(image)(data, image.affine, image.header)
 
 
 def _labels_in_order(signals: np.ndarray, region_ids: dict, n_parcels: int, path: Path) -> np.ndarray:
@@ -226,6 +228,8 @@ def _nifti_timeseries(path: Path, atlas_path: str | os.PathLike | None, confound
                       config: FmriParams) -> np.ndarray:
     if atlas_path is None:
         raise ValueError(f"{path}: a 4-D NIfTI needs a label atlas (atlas_path), e.g. Schaefer 2018 400 parcels.")
+    if not Path(atlas_path).is_file():
+        raise FileNotFoundError(f"atlas not found: {atlas_path}")
     image = _load_bold(path)
     t_r = _repetition_time(image, path, config.t_r)
     _check_band(t_r, config, path)
@@ -237,7 +241,10 @@ def _nifti_timeseries(path: Path, atlas_path: str | os.PathLike | None, confound
     confound_matrix = _confound_matrix(confounds, image.shape[3], config, path)
     with warnings.catch_warnings():  # the labels lost to resampling are reported below, with the file name
         warnings.filterwarnings("ignore", message="After resampling the label image")
-        signals = masker.fit_transform(image, confounds=confound_matrix)
+        try:
+            signals = masker.fit_transform(image, confounds=confound_matrix)
+        except (ValueError, TypeError) as error:  # e.g. a 4-D or empty atlas, or no label left in the scan
+            raise ValueError(f"{path}: parcel extraction with the atlas {atlas_path} failed ({error}).") from error
     return _labels_in_order(signals, masker.region_ids_, config.n_parcels, path)
 
 
@@ -412,7 +419,11 @@ def sliding_windows(series: np.ndarray | torch.Tensor, length: int, stride: int)
     if starts[-1] != n_frames - length:
         starts.append(n_frames - length)
     windows = [series[:, s:s + length] for s in starts]
-    return torch.stack(windows) if isinstance(series, torch.Tensor) else np.stack(windows)
+    if isinstance(series, np.ndarray):
+        return np.stack(windows)
+    import torch  # only for tensors: the preprocessing workers need no torch
+
+    return torch.stack(windows)
 
 
 def assign_subject_splits(manifest: pd.DataFrame, seed: int = 0, fractions: Sequence[float] = (0.7, 0.15, 0.15),

@@ -213,6 +213,11 @@ def test_bad_nifti_input_names_the_file(files, tmp_path):
         parcel_timeseries(files["bold"], n_parcels=4)
     with pytest.raises(ValueError, match=r"labels must be integers 1..n_parcels=3"):
         parcel_timeseries(files["bold"], files["atlas"], n_parcels=3)
+    atlas_4d = _save(nib.Nifti1Image(_blocks()[..., None].repeat(2, 3), AFFINE_2MM), tmp_path / "atlas4d.nii.gz")
+    with pytest.raises(ValueError, match=r"bold\.nii\.gz: parcel extraction with the atlas .*atlas4d"):
+        parcel_timeseries(files["bold"], atlas_4d, n_parcels=4)
+    with pytest.raises(FileNotFoundError, match="atlas not found"):
+        parcel_timeseries(files["bold"], tmp_path / "no_atlas.nii.gz", n_parcels=4)
     text = tmp_path / "bold.json"
     text.write_text("{}")
     with pytest.raises(ValueError, match=r"bold\.json.*unknown fMRI file type"):
