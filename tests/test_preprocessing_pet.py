@@ -306,12 +306,18 @@ def test_demo_is_deterministic(demo_cohort: Path, tmp_path: Path) -> None:
 
 
 def test_cli_builds_a_cache(demo_cohort: Path, tmp_path: Path) -> None:
+    mask = np.zeros(demo_pet.GRID_SHAPE, np.uint8)
+    mask[14:25, 20:31, 18:29] = 1  # a 44 mm cube around the brain centre
+    mask_path = _nifti(tmp_path / "reference.nii.gz", mask, demo_pet.GRID_AFFINE)
     output = tmp_path / "cache"
-    pet.main(["--manifest", str(demo_cohort / "manifest.csv"), "--output", str(output)])
+    pet.main(["--manifest", str(demo_cohort / "manifest.csv"), "--output", str(output), "--suvr_mask", str(mask_path)])
     info = read_cache_info(output)
-    assert info.fingerprint["pipeline"] == "pet" and info.fingerprint["output"]["units"] == "SUV"
+    assert info.fingerprint["pipeline"] == "pet" and info.fingerprint["output"]["units"] == "SUVR"
+    assert info.fingerprint["params"]["suvr_mask"] == str(mask_path)
     cached = pd.read_csv(output / "manifest.csv")
     assert len(cached) == 3
-    sample = np.load(array_path(output, cached.split[0]), mmap_mode="r")[cached["index"][0]]
-    assert sample.shape == (1, 100, 100, 100)
-    assert 4.0 < float(sample.max()) < 15.0  # grey-matter FDG SUV
+    row = cached.iloc[0]
+    sample = np.load(array_path(output, row["split"]), mmap_mode="r")[row["index"]]
+    expected = pet.preprocess(demo_cohort / row["path"], suvr_mask=mask_path)
+    assert sample.shape == expected.shape == (1, 100, 100, 100)
+    np.testing.assert_allclose(sample, expected, rtol=1e-3, atol=1e-3)  # stored as float16
