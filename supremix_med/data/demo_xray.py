@@ -46,6 +46,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 from scipy import ndimage
+from tqdm.auto import tqdm
 
 __all__ = ["IMAGE_SHAPE", "generate_cohort", "synthesize_hand"]
 
@@ -268,8 +269,6 @@ def generate_cohort(
     _check_cohort_parameters(
         output_dir, {"model_version": MODEL_VERSION, "seed": int(seed), "boneage_range": list(boneage_range)}
     )
-    from tqdm.auto import tqdm
-
     rows = []
     for index in tqdm(range(n_subjects), desc="demo X-ray cohort", unit="image", disable=not progress):
         rng = _child_rng(seed, index)
