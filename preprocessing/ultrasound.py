@@ -9,9 +9,12 @@ Inputs (``load_clip`` picks the reader from the file name):
 - **DICOM** (any other name): multi-frame ultrasound or secondary capture read with pydicom. Pixel data in any
   transfer syntax that pydicom's installed decoders handle (uncompressed, RLE, and JPEG baseline through
   Pillow here; JPEG 2000 / JPEG-LS / lossless JPEG need ``pylibjpeg`` plug-ins or GDCM and otherwise fail with a
-  ``ValueError`` naming the missing decoder). Colour handling, one named step each:
-  ``YBR_FULL`` / ``YBR_FULL_422`` are converted to RGB by pydicom itself (``Dataset.pixel_array`` converts YBR
-  to RGB by default in pydicom 3); ``PALETTE COLOR`` is mapped to RGB with ``pydicom.pixels.apply_color_lut``;
+  ``ValueError`` naming the missing decoder). The pixels are decoded in their stored colour space
+  (``Decoder.as_array(ds, as_rgb=False)``, which also reports that space), one named step each:
+  ``YBR_FULL`` / ``YBR_FULL_422`` give their Y channel, which is the luminance of step 1. (pydicom 3's default
+  ``Dataset.pixel_array`` converts YBR to RGB, clipping out-of-gamut colours to [0, 255]; Y recomputed from
+  that RGB differs by up to 6 grey levels on dark, chroma-noisy pixels of pydicom's US example.)
+  ``RGB`` gives the luminance; ``PALETTE COLOR`` is mapped to RGB with ``pydicom.pixels.apply_color_lut``;
   ``MONOCHROME2`` is used as stored and ``MONOCHROME1`` negated (the normalisation below makes the offset of a
   proper inversion, like any linear modality rescale, irrelevant). The frame rate comes from, in order,
   ``FrameTime`` (0018,1063, ms), ``FrameTimeVector`` (0018,1065, ms), ``CineRate`` (0018,0040, frames/s) and
@@ -34,11 +37,14 @@ Steps (``UltrasoundParams`` holds every setting; ``fingerprint`` records them):
 3. **Temporal window** (``duration_s``): ``None`` uses the whole clip; a number uses its first ``duration_s``
    seconds (``round(duration_s * fps)`` frames; needs the frame rate, and a clip at least that long), so every
    output frame spans the same time whatever the clip's length.
-4. **Square and resize**: the frames are zero-padded (centred) to a square with MONAI ``SpatialPad``, keeping
-   the aspect ratio, then the (T, H, W) clip is resampled to (``frames``, ``size``, ``size``) in one step with
-   MONAI ``Resize`` (trilinear, with Gaussian anti-aliasing along every axis that shrinks): output frame ``i``
-   samples the window at ``(i + 0.5) * T / frames - 0.5``, uniformly spread over it. The mask follows
-   (nearest neighbour). 112 x 112 is the EchoNet-Dynamic convention.
+4. **Anti-alias, square and resize**: every axis that shrinks by a factor ``f > 1`` is first smoothed with a
+   Gaussian of ``sigma = (f - 1) / 2`` samples (MONAI ``Resize``'s anti-aliasing width), with edge-replicating
+   borders (``scipy.ndimage.gaussian_filter``; MONAI's own anti-aliasing pads with zeros, which darkens the
+   first and last frames of a clip by about 10 %). The frames are then zero-padded (centred) to a square with
+   MONAI ``SpatialPad``, keeping the aspect ratio, and the (T, H, W) clip is resampled to
+   (``frames``, ``size``, ``size``) in one step with MONAI ``Resize`` (trilinear): output frame ``i`` samples
+   the window at ``(i + 0.5) * T / frames - 0.5``, uniformly spread over it. The mask follows (nearest
+   neighbour). 112 x 112 is the EchoNet-Dynamic convention.
 5. **Normalise**: z-score over all output pixels inside the (resized) mask of all frames:
    ``(x - mean) / std``, and exactly 0 outside the mask.
 """
@@ -62,11 +68,11 @@ import pandas as pd
 import pydicom
 import scipy
 import torch
-from monai.transforms import Resize, SpatialCrop, SpatialPad
+from monai.transforms import Resize, SpatialPad
 from monai.transforms.utils import generate_spatial_bounding_box
 from PIL import Image, ImageDraw, UnidentifiedImageError
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_color_lut
+from pydicom.pixels import apply_color_lut, get_decoder
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
@@ -175,16 +181,18 @@ def dicom_frame_rate(ds: pydicom.Dataset) -> tuple[float | None, str | None]:
 
 
 def _dicom_grey(pixels: np.ndarray, colour: str, ds: pydicom.Dataset, path: Path) -> np.ndarray:
-    """(T, H, W[, 3]) decoded pixels -> (T, H, W) float32 luminance, by photometric interpretation."""
+    """(T, H, W[, 3]) pixels in colour space ``colour`` -> (T, H, W) float32 luminance."""
+    if colour in ("YBR_FULL", "YBR_FULL_422"):
+        return pixels[..., 0].astype(np.float32)
+    if colour == "RGB":
+        return luminance(pixels)
     if colour == "PALETTE COLOR":
         return luminance(apply_color_lut(pixels, ds))
-    if colour in ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT"):  # pixel_array gave RGB
-        return luminance(pixels)
     if colour == "MONOCHROME2":
         return pixels.astype(np.float32)
     if colour == "MONOCHROME1":
         return -pixels.astype(np.float32)
-    raise ValueError(f"{path}: unsupported PhotometricInterpretation {colour!r}.")
+    raise ValueError(f"{path}: unsupported PhotometricInterpretation {colour!r} of the decoded pixels.")
 
 
 def _read_dicom(path: Path) -> Clip:
@@ -194,19 +202,20 @@ def _read_dicom(path: Path) -> Clip:
         raise ValueError(f"{path}: cannot be read as DICOM ({error}).") from error
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise ValueError(f"{path}: the DICOM file has no pixel data.")
-    n_frames = int(ds.get("NumberOfFrames") or 1)
+    declared = ds.get("NumberOfFrames")
+    n_frames = 1 if declared in (None, "") else int(declared)
     if n_frames < _MIN_FRAMES:
         raise ValueError(f"{path}: a clip needs at least {_MIN_FRAMES} frames, the DICOM file has {n_frames} "
-                         f"(a single image, not a cine loop).")
-    colour = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+                         f"(NumberOfFrames).")
+    syntax = ds.file_meta.get("TransferSyntaxUID")
     try:
-        pixels = ds.pixel_array  # pydicom 3 converts YBR_* to RGB here
-    except (RuntimeError, ValueError, NotImplementedError, AttributeError, KeyError) as error:
-        syntax = ds.file_meta.get("TransferSyntaxUID", "unknown")
-        name = getattr(syntax, "name", syntax)
-        raise ValueError(f"{path}: the pixel data ({name}) cannot be decoded ({error}).") from error
+        pixels, decoded = get_decoder(syntax).as_array(ds, as_rgb=False)
+    except (RuntimeError, ValueError, NotImplementedError, AttributeError, KeyError, TypeError) as error:
+        raise ValueError(f"{path}: the pixel data ({getattr(syntax, 'name', syntax)}) cannot be decoded "
+                         f"({error}).") from error
     fps, source = dicom_frame_rate(ds)
-    return Clip(_dicom_grey(pixels, colour, ds, path), fps, source, colour)
+    grey = _dicom_grey(pixels, str(decoded["photometric_interpretation"]), ds, path)
+    return Clip(grey, fps, source, str(ds.get("PhotometricInterpretation", "MONOCHROME2")))
 
 
 def _read_video(path: Path) -> Clip:
@@ -319,15 +328,20 @@ def _window(clip: Clip, config: UltrasoundParams, path: Path) -> tuple[np.ndarra
 
 
 def _resample(frames: np.ndarray, mask: np.ndarray, config: UltrasoundParams) -> tuple[np.ndarray, np.ndarray]:
-    """Crop to the mask's box, pad to a square and resize: (T, H, W) -> (frames, size, size) and the mask."""
-    clip, region = torch.from_numpy(frames[None] * mask), torch.from_numpy(mask[None, None])  # (1, T, H, W)
-    start, end = generate_spatial_bounding_box(region[0])
-    crop = SpatialCrop(roi_start=[0, *start], roi_end=[frames.shape[0], *end])
-    side = max(e - s for s, e in zip(start, end))
+    """Crop to the mask's box, anti-alias, pad to a square and resize (see step 4 of the module docstring).
+
+    Returns:
+        the clip (frames, size, size) float32 and the mask (size, size) bool.
+    """
+    (top, left), (bottom, right) = generate_spatial_bounding_box(mask[None])
+    region = mask[top:bottom, left:right]
+    clip = frames[:, top:bottom, left:right] * region
+    side = max(region.shape)
+    factors = (clip.shape[0] / config.frames, side / config.size, side / config.size)
+    clip = ndimage.gaussian_filter(clip, [max(f - 1.0, 0.0) / 2.0 for f in factors], mode="nearest")
     pad = SpatialPad((-1, side, side))
-    clip, region = pad(crop(clip)), pad(crop(region.float()))
-    clip = Resize((config.frames, config.size, config.size), mode="trilinear", anti_aliasing=True)(clip)
-    region = Resize((1, config.size, config.size), mode="nearest")(region)
+    clip = Resize((config.frames, config.size, config.size), mode="trilinear")(pad(torch.from_numpy(clip[None])))
+    region = Resize((1, config.size, config.size), mode="nearest")(pad(torch.from_numpy(region[None, None] * 1.0)))
     return clip.numpy()[0], region.numpy()[0, 0] > 0.5
 
 
