@@ -31,7 +31,10 @@ detrend/band-pass/z-score steps are NOT applied again unless ``clean_extracted=T
 
 ``preprocess`` keeps the first ``frames`` frames (a shorter run is refused), so every sample of a cache has
 the same shape. A recording can hold several runs per subject: the manifest's ``subject`` column is carried
-into the cache, and ``main`` assigns the splits per subject (all runs of a subject share a split).
+into the cache, and ``main`` assigns the splits per subject (all runs of a subject share a split). The cache
+stores float32 (extracted series may be in raw BOLD units, beyond float16's range). The command line takes
+no confounds (the cache calls ``preprocess`` with a path only): give it denoised runs (e.g. HCP's ICA-FIX
+``clean`` data) or call ``preprocess(path, atlas_path, confounds=...)`` yourself.
 
 Windows. Training on fixed-length windows of a [parcels, T] sample uses MONAI's
 ``RandSpatialCrop(roi_size=[length], random_size=False)`` (or ``RandSpatialCropd``): with the parcels as
