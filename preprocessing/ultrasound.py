@@ -32,7 +32,8 @@ Steps (``UltrasoundParams`` holds every setting; ``fingerprint`` records them):
    filled with Pillow):
    dark, nearly still parts of the sector (blood pools, shadows) are inside the hull, and the fan of a phased
    or linear probe is convex (a curvilinear probe's fan gains the thin black sliver above its inner arc). A
-   path names a mask image (any Pillow format, non-zero = inside) of the frames' size. Pixels outside the mask are set to 0 and the
+   path names a mask image (any Pillow format, non-zero = inside) of the frames' size. The mask is found on
+   (or checked against) the whole clip. Pixels outside the mask are set to 0 and the
    frames are cropped to the mask's bounding box.
 3. **Temporal window** (``duration_s``): ``None`` uses the whole clip; a number uses its first ``duration_s``
    seconds (``round(duration_s * fps)`` frames; needs the frame rate, and a clip at least that long), so every
@@ -134,7 +135,8 @@ class UltrasoundParams:
         if not 0.0 < self.mask_threshold < 1.0:
             raise ValueError(f"mask_threshold must be in (0, 1), got {self.mask_threshold}.")
         if self.sector_mask not in (None, "auto") and not Path(self.sector_mask).is_file():
-            raise ValueError(f"sector_mask must be None, 'auto' or a mask image file; {self.sector_mask} is not a file.")
+            raise ValueError(f"sector_mask must be None, 'auto' or a mask image file; {self.sector_mask} is not "
+                             "a file.")
 
 
 @dataclass(frozen=True)
@@ -170,7 +172,7 @@ def dicom_frame_rate(ds: pydicom.Dataset) -> tuple[float | None, str | None]:
     frame_time = ds.get("FrameTime")
     if frame_time and float(frame_time) > 0:
         return 1000.0 / float(frame_time), "FrameTime"
-    intervals = np.asarray(ds.get("FrameTimeVector") or [0.0], dtype=float)[1:]
+    intervals = np.atleast_1d(np.asarray(ds.get("FrameTimeVector") or [0.0], dtype=float))[1:]
     if intervals.size and intervals.mean() > 0:
         return 1000.0 / float(intervals.mean()), "FrameTimeVector"
     for keyword in ("CineRate", "RecommendedDisplayFrameRate"):
@@ -322,8 +324,8 @@ def _window(clip: Clip, config: UltrasoundParams, path: Path) -> tuple[np.ndarra
     count = round(config.duration_s * clip.fps)
     if count < _MIN_FRAMES or count > clip.frames.shape[0]:
         raise ValueError(f"{path}: duration_s={config.duration_s} s is {count} frames at {clip.fps:.4g} frames/s, "
-                         f"the clip has {clip.frames.shape[0]} ({duration:.3g} s); a window needs 2 frames to "
-                         f"the whole clip.")
+                         f"the clip has {clip.frames.shape[0]} ({duration:.3g} s); the window must hold from 2 frames "
+                         f"to the whole clip.")
     return clip.frames[:count], config.duration_s
 
 

@@ -125,6 +125,7 @@ def test_single_frame_dicom_is_not_a_clip():
     [
         ({"FrameTime": "20"}, (50.0, "FrameTime")),
         ({"FrameTimeVector": [0, 40, 40, 40]}, (25.0, "FrameTimeVector")),
+        ({"FrameTimeVector": 0}, (None, None)),
         ({"FrameTime": "0", "CineRate": 30}, (30.0, "CineRate")),
         ({"RecommendedDisplayFrameRate": 24}, (24.0, "RecommendedDisplayFrameRate")),
         ({}, (None, None)),
@@ -309,7 +310,8 @@ def test_cli_builds_cache(demo: Path, tmp_path: Path):
     assert info.fingerprint == fingerprint(frames=8, size=32, sector_mask="auto")
     cached = pd.read_csv(output / "manifest.csv")
     np.testing.assert_allclose(cached.sort_values("id")["ef"], pd.read_csv(demo / "FileList.csv")["EF"])
-    main(arguments)  # a matching cache is continued, not refused
+    main(["--echonet_root", str(demo), *arguments[2:]])  # the same samples from FileList.csv: continued, not refused
+    assert read_cache_info(output).samples == info.samples
 
 
 # ------------------------------------------------------------------------------------------------- demo
