@@ -61,7 +61,7 @@ from pydicom.pixels import apply_modality_lut
 from pydicom.valuerep import DA, DT, TM
 
 from preprocessing.registration import image_from_array
-from preprocessing.t1 import T1Params, _antialiased_image, _field_of_view_centre, _grid_origin, _resample, load_t1
+from preprocessing.t1 import T1Params, antialiased_image, field_of_view_centre, grid_origin, load_t1, resample_to_grid
 from supremix_med.data.cache import build_cache
 from supremix_med.data.manifest import load_manifest
 
@@ -396,7 +396,7 @@ def _reference_region(config: PETParams, origin: np.ndarray) -> np.ndarray:
     path = Path(config.suvr_mask)
     labels, affine = _read_mask(path)
     region = labels > 0 if config.suvr_label is None else labels == config.suvr_label
-    on_grid = _resample(image_from_array(region.astype(np.float32), affine), config.t1_grid(), origin, sitk.Transform())
+    on_grid = resample_to_grid(image_from_array(region.astype(np.float32), affine), config.t1_grid(), origin, sitk.Transform())
     region = on_grid >= 0.5
     if not region.any():
         what = "mask" if config.suvr_label is None else f"label {config.suvr_label}"
@@ -464,9 +464,9 @@ def preprocess_with_qc(path: str | os.PathLike, **params: Any) -> tuple[np.ndarr
     path = Path(path)
     data, affine, qc = _load(path, config)
     grid = config.t1_grid()
-    centre = config.centre_mm if config.grid == "mni" else _field_of_view_centre(affine, data.shape)
-    origin = _grid_origin(grid, centre)
-    volume = _resample(_antialiased_image(data, affine, grid), grid, origin, sitk.Transform())
+    centre = config.centre_mm if config.grid == "mni" else field_of_view_centre(affine, data.shape)
+    origin = grid_origin(grid, centre)
+    volume = resample_to_grid(antialiased_image(data, affine, grid), grid, origin, sitk.Transform())
     reference_mean = None
     if config.suvr_mask is not None:
         reference_mean = float(volume[_reference_region(config, origin)].mean())
@@ -503,7 +503,7 @@ def fingerprint(**params: Any) -> dict[str, Any]:
     """
     config = PETParams(**params)
     grid = config.t1_grid()
-    origin = _grid_origin(grid, config.centre_mm)
+    origin = grid_origin(grid, config.centre_mm)
     record = {
         "pipeline": PIPELINE,
         "version": VERSION,

@@ -80,7 +80,8 @@ from preprocessing.registration import (
 from supremix_med.data.cache import build_cache
 from supremix_med.data.manifest import load_manifest
 
-__all__ = ["PIPELINE", "VERSION", "T1Params", "fingerprint", "load_t1", "main", "preprocess", "preprocess_with_qc"]
+__all__ = ["PIPELINE", "VERSION", "T1Params", "antialiased_image", "field_of_view_centre", "fingerprint", "grid_origin",
+           "load_t1", "main", "preprocess", "preprocess_with_qc", "resample_to_grid"]
 
 PIPELINE = "t1"
 VERSION = "1.0.0"
@@ -192,13 +193,13 @@ def load_t1(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ------------------------------------------------------------------------------------------------- grids
-def _grid_origin(params: T1Params, centre_mm: Sequence[float]) -> np.ndarray:
+def grid_origin(params: T1Params, centre_mm: Sequence[float]) -> np.ndarray:
     """World coordinate (mm) of the first output voxel's centre for a grid centred on ``centre_mm``."""
     half_extent = (np.asarray(params.shape) - 1) / 2.0 * params.spacing_mm
     return np.asarray(centre_mm, dtype=float) - half_extent
 
 
-def _resample(image: sitk.Image, params: T1Params, origin: np.ndarray, transform: sitk.Transform) -> np.ndarray:
+def resample_to_grid(image: sitk.Image, params: T1Params, origin: np.ndarray, transform: sitk.Transform) -> np.ndarray:
     """Trilinear resampling of ``image`` onto the output grid; returns an (X, Y, Z) float32 array."""
     resampled = sitk.Resample(
         image,
@@ -214,7 +215,7 @@ def _resample(image: sitk.Image, params: T1Params, origin: np.ndarray, transform
     return sitk.GetArrayFromImage(resampled).T
 
 
-def _antialiased_image(data: np.ndarray, affine: np.ndarray, params: T1Params) -> sitk.Image:
+def antialiased_image(data: np.ndarray, affine: np.ndarray, params: T1Params) -> sitk.Image:
     """The scan as a RAS+ SimpleITK image, Gaussian-smoothed to a ``spacing_mm`` resolution if asked."""
     if params.antialias:
         voxel_mm = np.linalg.norm(affine[:3, :3], axis=0)
@@ -241,10 +242,10 @@ class _Template:
 def _template_on_grid(params: T1Params) -> _Template:
     """The template anti-aliased and resampled like a scan, and its brain masks, on the MNI-centred grid."""
     data, mask, affine = mni152_template()
-    origin = _grid_origin(params, params.centre_mm)
+    origin = grid_origin(params, params.centre_mm)
     identity = sitk.Transform()
-    array = _resample(_antialiased_image(data, affine, params), params, origin, identity)
-    brain = _resample(image_from_array(mask, affine), params, origin, identity) >= 0.5
+    array = resample_to_grid(antialiased_image(data, affine, params), params, origin, identity)
+    brain = resample_to_grid(image_from_array(mask, affine), params, origin, identity) >= 0.5
     region = ndi.binary_dilation(brain, _ball(params.brain_mask_dilation_mm / params.spacing_mm))
     image, region_image = (_on_grid(volume, params, origin) for volume in (array, region.astype(np.uint8)))
     return _Template(origin=origin, image=image, array=array, brain=brain, region=region, region_image=region_image)
@@ -302,7 +303,7 @@ def _decide(
         return False, f"register='never' -> not registered ({grid})", None
     if header_problem is not None:
         return True, f"auto: header is not an MNI152 grid ({header_problem}) -> registered", None
-    volume = _resample(image, params, template.origin, sitk.Transform())
+    volume = resample_to_grid(image, params, template.origin, sitk.Transform())
     similarity = normalised_cross_correlation(volume, template.array, template.brain)
     threshold = params.mni_similarity_threshold
     if similarity >= threshold:
@@ -310,7 +311,7 @@ def _decide(
     return True, f"auto: MNI-like header but similarity {similarity:.3f} < {threshold} -> registered", None
 
 
-def _field_of_view_centre(affine: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+def field_of_view_centre(affine: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     """World coordinate (mm) of the centre of a scan's voxel grid."""
     return nib.affines.apply_affine(affine, (np.asarray(shape) - 1) / 2.0)
 
@@ -358,7 +359,7 @@ def preprocess_with_qc(
     path = Path(path)
     data, affine = load_t1(path)
     template = _template_on_grid(config)
-    image = _antialiased_image(data, affine, config)
+    image = antialiased_image(data, affine, config)
     header_problem = _mni_header_problem(affine, data.shape)
     registered, decision, volume = _decide(config, header_problem, image, template)
 
@@ -368,8 +369,8 @@ def preprocess_with_qc(
         transform, mutual_information = result.transform, result.mutual_information
     in_mni = registered or header_problem is None
     if volume is None:
-        origin = template.origin if in_mni else _grid_origin(config, _field_of_view_centre(affine, data.shape))
-        volume = _resample(image, config, origin, transform)
+        origin = template.origin if in_mni else grid_origin(config, field_of_view_centre(affine, data.shape))
+        volume = resample_to_grid(image, config, origin, transform)
     similarity = normalised_cross_correlation(volume, template.array, template.brain)
     region = template.region if in_mni else None
     output = _normalise(volume if region is None else volume * region, region, config, path)
@@ -417,7 +418,7 @@ def fingerprint(**params: Any) -> dict[str, Any]:
         voxel centres. Lists replace tuples, so the dict equals itself after a JSON round trip.
     """
     config = T1Params(**params)
-    origin = _grid_origin(config, config.centre_mm)
+    origin = grid_origin(config, config.centre_mm)
     last = origin + (np.asarray(config.shape) - 1) * config.spacing_mm
     record = {
         "pipeline": PIPELINE,

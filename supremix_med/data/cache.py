@@ -51,6 +51,8 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from supremix_med.io import atomic_write
+
 from .manifest import read_manifest_csv, validate_manifest
 from .splits import assign_splits
 
@@ -131,13 +133,8 @@ def _now() -> str:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` by ``text`` atomically: write a temporary sibling, fsync it, ``os.replace`` it."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Replace ``path`` by ``text`` atomically and durably (fsync before the rename)."""
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), durable=True)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -2,11 +2,11 @@
 
 from supremix_med.engines.batches import ContrastiveBatch, multi_view_transform
 from supremix_med.engines.pretraining import METHODS, PRETRAINING_METHODS, ConRObjective, Pretraining, pretraining_setup
-from supremix_med.engines.reporting import PredictionCollector, atomic_write, atomic_write_json, plot_predictions, write_report
+from supremix_med.engines.reporting import PredictionCollector, plot_predictions, write_report
 from supremix_med.engines.workflow import evaluate_and_report, load_weights, run_pretraining, save_run_config
 
 __all__ = [
     "ContrastiveBatch", "multi_view_transform", "METHODS", "PRETRAINING_METHODS", "ConRObjective", "Pretraining", "pretraining_setup",
-    "PredictionCollector", "atomic_write", "atomic_write_json", "plot_predictions", "write_report",
+    "PredictionCollector", "plot_predictions", "write_report",
     "evaluate_and_report", "load_weights", "run_pretraining", "save_run_config",
 ]

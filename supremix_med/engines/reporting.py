@@ -8,10 +8,8 @@ corrected by a :class:`~supremix_med.metrics.BiasCorrection` fitted on the valid
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +17,7 @@ import pandas as pd
 import torch
 from ignite.engine import Engine, Events
 
+from supremix_med.io import atomic_write, atomic_write_json
 from supremix_med.metrics import BiasCorrection, regression_metrics
 
 __all__ = ["PredictionCollector", "atomic_write", "atomic_write_json", "write_report", "plot_predictions"]
@@ -66,28 +65,6 @@ class PredictionCollector:
         })
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then ``os.replace`` it onto ``path``.
-
-    A failure half-way leaves any existing ``path`` untouched and removes the temporary file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(Path(name))
-        os.replace(name, path)
-    finally:
-        if os.path.exists(name):
-            os.remove(name)
-
-
-def atomic_write_json(data: dict, path: str | os.PathLike) -> None:
-    """Write ``data`` as indented JSON to ``path`` atomically (see :func:`atomic_write`)."""
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=float)))
-
-
 def plot_predictions(frame: pd.DataFrame, path: str | os.PathLike, target_name: str = "age",
                      title: str = "") -> None:
     """Scatter predicted vs true target with the identity line; save a PNG at ``path``."""
@@ -106,7 +83,7 @@ def plot_predictions(frame: pd.DataFrame, path: str | os.PathLike, target_name: 
     ax.set_title(title)
     ax.legend(loc="upper left")
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"), suffix=".png")
     plt.close(fig)
 
 

@@ -19,7 +19,8 @@ from ignite.engine import Engine
 from torch import nn
 
 from supremix_med.data.cache import read_fingerprint
-from supremix_med.engines.reporting import PredictionCollector, atomic_write_json, write_report
+from supremix_med.engines.reporting import PredictionCollector, write_report
+from supremix_med.io import atomic_write_json
 from supremix_med.metrics import BiasCorrection
 
 __all__ = ["save_run_config", "run_pretraining", "load_weights", "evaluate_and_report"]

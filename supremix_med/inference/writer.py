@@ -19,7 +19,8 @@ import pandas as pd
 import torch
 from ignite.engine import Engine, Events
 
-from supremix_med.engines.reporting import PredictionCollector, atomic_write
+from supremix_med.engines.reporting import PredictionCollector
+from supremix_med.io import atomic_write
 from supremix_med.metrics import BiasCorrection
 
 __all__ = ["QC_COLUMNS", "PredictionWriter", "qc_flags"]
