@@ -5,7 +5,9 @@
 Inputs (``load_clip`` picks the reader from the file name):
 
 - **Video** (``.avi``, ``.mp4``, ``.mov``, ``.mkv``, ``.webm``; e.g. EchoNet-Dynamic's ``Videos/*.avi``), read
-  with PyAV (``av``, FFmpeg bundled in its wheel). The frame rate is the stream's average rate.
+  with PyAV (``av``, FFmpeg bundled in its wheel) as 8-bit grey: FFmpeg's converter takes the Y (luma) of YUV
+  streams, expanded to full range, and the BT.601 luminance of RGB ones. The frame rate is the stream's average
+  rate.
 - **DICOM** (any other name): multi-frame ultrasound or secondary capture read with pydicom. Pixel data in any
   transfer syntax that pydicom's installed decoders handle (uncompressed, RLE, and JPEG baseline through
   Pillow here; JPEG 2000 / JPEG-LS / lossless JPEG need ``pylibjpeg`` plug-ins or GDCM and otherwise fail with a
@@ -147,7 +149,8 @@ class Clip:
         frames: float32 luminance, shape (T, H, W), in the source's grey levels.
         fps: frame rate (frames/s), or ``None`` when the file does not say.
         fps_source: where the frame rate came from (a DICOM keyword or ``"container"``), or ``None``.
-        colour: the source's colour model, e.g. ``"YBR_FULL_422"``, ``"PALETTE COLOR"`` or ``"video rgb24"``.
+        colour: the source's colour model: the DICOM PhotometricInterpretation (e.g. ``"YBR_FULL_422"``) or
+            ``"video <pixel format>"`` (e.g. ``"video yuv420p"``).
     """
 
     frames: np.ndarray
@@ -227,13 +230,14 @@ def _read_video(path: Path) -> Clip:
                 raise ValueError(f"{path}: the file has no video stream.")
             stream = container.streams.video[0]
             rate = stream.average_rate or stream.guessed_rate
-            frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+            colour = f"video {stream.codec_context.pix_fmt}"
+            frames = [frame.to_ndarray(format="gray") for frame in container.decode(stream)]
     except av.error.FFmpegError as error:
         raise ValueError(f"{path}: cannot be decoded as a video ({error}).") from error
     if len(frames) < _MIN_FRAMES:
         raise ValueError(f"{path}: a clip needs at least {_MIN_FRAMES} frames, the video has {len(frames)}.")
     fps = float(rate) if rate else None
-    return Clip(luminance(np.stack(frames)), fps, "container" if fps else None, "video rgb24")
+    return Clip(np.stack(frames).astype(np.float32), fps, "container" if fps else None, colour)
 
 
 def load_clip(path: str | os.PathLike) -> Clip:
