@@ -69,7 +69,7 @@ EF_RANGE = (0.15, 0.75)
 ED_SEMI_AXIS_PX = (14.0, 18.0)
 ASPECT_RANGE = (1.8, 2.3)
 TILT_SD_DEG = 8.0
-CENTRE_SD_PX = 1.5
+VENTRICLE_DEPTH_PX, CENTRE_SD_PX = 30.0, 1.5  # mean row of the ventricle's centre and its jitter
 ED_WALL_PX = 2.5  # myocardial thickness at end-diastole along the short axis
 HEART_RATE_BPM = (70.0, 110.0)
 SECTOR_HALF_ANGLE_DEG, SECTOR_DEPTH_PX = 40.0, 62.0
@@ -124,7 +124,8 @@ def draw_geometry(rng: np.random.Generator) -> ClipGeometry:
         ed_semi_axis_px=float(rng.uniform(*ED_SEMI_AXIS_PX)),
         aspect=float(rng.uniform(*ASPECT_RANGE)),
         tilt_deg=float(np.clip(rng.normal(0.0, TILT_SD_DEG), -2 * TILT_SD_DEG, 2 * TILT_SD_DEG)),
-        centre_px=(float(30.0 + rng.normal(0.0, CENTRE_SD_PX)), float(APEX[1] + rng.normal(0.0, CENTRE_SD_PX))),
+        centre_px=(float(VENTRICLE_DEPTH_PX + rng.normal(0.0, CENTRE_SD_PX)),
+                   float(APEX[1] + rng.normal(0.0, CENTRE_SD_PX))),
         heart_rate_bpm=float(rng.uniform(*HEART_RATE_BPM)),
         phase=float(rng.uniform(0.0, 2.0 * math.pi)),
         gain=float(rng.lognormal(0.0, GAIN_SD)),
@@ -143,8 +144,29 @@ def _downsample(fine: np.ndarray) -> np.ndarray:
     return fine.reshape(shape).mean(axis=(-3, -1))
 
 
+def _semi_axes(geometry: ClipGeometry) -> np.ndarray:
+    """Long semi-axis of the blood pool in every frame, pixels, (N_FRAMES,): ED at phase 0, ES at phase pi."""
+    phase = geometry.phase + 2.0 * math.pi * geometry.heart_rate_bpm / 60.0 * np.arange(N_FRAMES) / FPS
+    contraction = 0.5 * (1.0 - np.cos(phase))
+    return geometry.ed_semi_axis_px - (geometry.ed_semi_axis_px - geometry.es_semi_axis_px) * contraction
+
+
+def _ventricle(geometry: ClipGeometry, rows: np.ndarray, columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Blood pool and myocardium of every frame on the fine grid: two bool arrays (N_FRAMES, *rows.shape)."""
+    tilt = math.radians(geometry.tilt_deg)
+    dr, dc = rows - geometry.centre_px[0], columns - geometry.centre_px[1]
+    along, across = dr * math.cos(tilt) + dc * math.sin(tilt), -dr * math.sin(tilt) + dc * math.cos(tilt)
+    semi_axes = _semi_axes(geometry)[:, None, None]
+    radius2 = (along / semi_axes) ** 2 + (across * geometry.aspect / semi_axes) ** 2  # 1 on the pool's edge
+    ed_long, ed_short = geometry.ed_semi_axis_px, geometry.ed_semi_axis_px / geometry.aspect
+    muscle = math.pi * ((ed_long + ED_WALL_PX) * (ed_short + ED_WALL_PX) - ed_long * ed_short)  # pixels^2
+    outer2 = 1.0 + muscle / (math.pi * semi_axes**2 / geometry.aspect)  # the wall keeps the muscle's area
+    pool = radius2 <= 1.0
+    return pool, ~pool & (radius2 <= outer2)
+
+
 def synthesize_clip(rng: np.random.Generator | int) -> tuple[np.ndarray, np.ndarray, ClipGeometry]:
-    """Synthesize one clip.
+    """Synthesize one clip (see the module docstring for the model).
 
     Args:
         rng: random generator, or a seed for ``numpy.random.default_rng``; the generator is advanced.
@@ -159,30 +181,13 @@ def synthesize_clip(rng: np.random.Generator | int) -> tuple[np.ndarray, np.ndar
     depth = np.hypot(rows - APEX[0], columns - APEX[1])
     angle = np.degrees(np.arctan2(columns - APEX[1], rows - APEX[0]))
     sector = (depth <= SECTOR_DEPTH_PX) & (np.abs(angle) <= SECTOR_HALF_ANGLE_DEG)
-    tilt = math.radians(geometry.tilt_deg)
-    along = (rows - geometry.centre_px[0]) * math.cos(tilt) + (columns - geometry.centre_px[1]) * math.sin(tilt)
-    across = -(rows - geometry.centre_px[0]) * math.sin(tilt) + (columns - geometry.centre_px[1]) * math.cos(tilt)
-
-    times = np.arange(N_FRAMES) / FPS
-    contraction = 0.5 * (1.0 - np.cos(geometry.phase + 2.0 * math.pi * geometry.heart_rate_bpm / 60.0 * times))
-    semi_axes = geometry.ed_semi_axis_px - (geometry.ed_semi_axis_px - geometry.es_semi_axis_px) * contraction
-    ed_short = geometry.ed_semi_axis_px / geometry.aspect
-    muscle = math.pi * ((geometry.ed_semi_axis_px + ED_WALL_PX) * (ed_short + ED_WALL_PX)
-                        - geometry.ed_semi_axis_px * ed_short)  # constant myocardial area, pixels^2
-
-    radius2 = (along[None] / semi_axes[:, None, None]) ** 2 + (across[None] * geometry.aspect
-                                                               / semi_axes[:, None, None]) ** 2
-    pool_area = math.pi * semi_axes**2 / geometry.aspect
-    outer_scale2 = 1.0 + muscle / pool_area  # the wall's outer ellipse is the pool's scaled by sqrt of this
-    pool = radius2 <= 1.0
-    wall = ~pool & (radius2 <= outer_scale2[:, None, None])
+    pool, wall = _ventricle(geometry, rows, columns)
     echo = np.where(pool, BLOOD, np.where(wall, MYOCARDIUM, TISSUE)) * np.exp(-depth / ATTENUATION_PX) * sector
-    areas = _downsample(pool.astype(np.float32)).sum(axis=(1, 2)) * PIXEL_CM**2
-
-    speckle = ndimage.gaussian_filter(rng.rayleigh(1.0, (N_FRAMES, SIZE, SIZE)), (0, SPECKLE_SIGMA_PX,
-                                                                                   SPECKLE_SIGMA_PX))
+    speckle = rng.rayleigh(1.0, (N_FRAMES, SIZE, SIZE))
+    speckle = ndimage.gaussian_filter(speckle, (0, SPECKLE_SIGMA_PX, SPECKLE_SIGMA_PX))
     image = geometry.gain * _downsample(echo) * speckle / speckle.mean()
     frames = np.clip(np.rint(255.0 * image), 0, 255).astype(np.uint8)
+    areas = _downsample(pool.astype(np.float32)).sum(axis=(1, 2)) * PIXEL_CM**2
     return frames, areas, geometry
 
 
