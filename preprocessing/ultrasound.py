@@ -292,6 +292,7 @@ def sector_mask(frames: np.ndarray, threshold: float = 0.02) -> np.ndarray:
 
 
 def _read_mask_image(path: Path, shape: tuple[int, int], clip_path: Path) -> np.ndarray:
+    """A mask image as a bool (H, W) array (non-zero = inside); it must have the frames' ``shape``."""
     try:
         with Image.open(path) as image:
             mask = np.asarray(image.convert("L")) > 0
@@ -304,6 +305,7 @@ def _read_mask_image(path: Path, shape: tuple[int, int], clip_path: Path) -> np.
 
 
 def _mask_for(frames: np.ndarray, config: UltrasoundParams, path: Path) -> np.ndarray | None:
+    """The (H, W) bool sector mask that ``config.sector_mask`` asks for, or ``None``; an empty mask is an error."""
     if config.sector_mask is None:
         return None
     if config.sector_mask == "auto":
