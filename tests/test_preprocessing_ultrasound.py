@@ -337,7 +337,7 @@ def test_demo_is_deterministic_and_resumable(demo: Path, tmp_path: Path):
     for name in ("echo-0000.avi", "echo-0002.avi"):
         assert (tmp_path / "again" / "Videos" / name).read_bytes() == (demo / "Videos" / name).read_bytes()
     assert list(again.columns[:3]) == ["FileName", "EF", "ESV"] and again["NumberOfFrames"].eq(N_FRAMES).all()
-    with pytest.raises(ValueError, match="cohort.json records a cohort generated with"):
+    with pytest.raises(ValueError, match="cohort.json records output generated with"):
         generate_cohort(tmp_path / "again", n_clips=3, seed=1, progress=False)
 
 

@@ -49,7 +49,7 @@ import pandas as pd
 from scipy import ndimage
 from tqdm import tqdm
 
-from supremix_med.data.demo_t1 import _check_cohort_parameters, _write_atomically
+from supremix_med.io import atomic_write, check_generator_record
 
 __all__ = ["FPS", "N_FRAMES", "PIXEL_CM", "SIZE", "ClipGeometry", "draw_geometry", "generate_cohort",
            "synthesize_clip", "write_avi"]
@@ -61,6 +61,7 @@ FPS = 50.0
 PIXEL_CM = 0.25
 MODEL_VERSION = 1
 FILE_LIST = "FileList.csv"
+COHORT_RECORD = "cohort.json"
 VIDEOS = "Videos"
 COLUMNS = ("FileName", "EF", "ESV", "EDV", "FrameHeight", "FrameWidth", "FPS", "NumberOfFrames", "Split")
 SPLIT_FRACTIONS = {"TRAIN": 0.70, "VAL": 0.15, "TEST": 0.15}
@@ -227,7 +228,7 @@ def _generate_clip(output_dir: Path, seed: int, index: int) -> dict[str, object]
     row, frames = _row(seed, index)
     path = output_dir / VIDEOS / f"{row['FileName']}.avi"
     if not path.exists():
-        _write_atomically(path, lambda temporary: write_avi(frames, temporary), suffix=".avi")
+        atomic_write(path, lambda temporary: write_avi(frames, temporary), suffix=".avi")
     return row
 
 
@@ -256,12 +257,13 @@ def generate_cohort(
         raise ValueError(f"n_clips and workers must be >= 1, got n_clips={n_clips}, workers={workers}")
     output_dir = Path(output_dir)
     (output_dir / VIDEOS).mkdir(parents=True, exist_ok=True)
-    _check_cohort_parameters(output_dir, {"model_version": MODEL_VERSION, "seed": int(seed), "kind": "echo"})
+    check_generator_record(output_dir / COHORT_RECORD, {"model_version": MODEL_VERSION, "seed": int(seed),
+                                                        "kind": "echo"})
     with ProcessPoolExecutor(workers) if workers > 1 else nullcontext() as pool:
         clips = (pool.map if pool else map)(_generate_clip, repeat(output_dir), repeat(seed), range(n_clips))
         rows = list(tqdm(clips, total=n_clips, desc="demo echo cohort", unit="clip", disable=not progress))
     table = pd.DataFrame(rows, columns=list(COLUMNS))
-    _write_atomically(output_dir / FILE_LIST, lambda temporary: table.to_csv(temporary, index=False))
+    atomic_write(output_dir / FILE_LIST, lambda temporary: table.to_csv(temporary, index=False))
     return table
 
 
