@@ -67,7 +67,7 @@ def test_deterministic_resumable_and_independent_of_cohort_size(cohort, tmp_path
 
 def test_refuses_to_mix_cohorts(cohort):
     folder, _ = cohort
-    with pytest.raises(ValueError, match="cohort.json records a cohort generated with"):
+    with pytest.raises(ValueError, match="cohort.json records output generated with"):
         generate_cohort(folder, n_subjects=2, seed=1, n_parcels=N_PARCELS, n_runs=2, progress=False)
 
 

@@ -40,10 +40,7 @@ order or the number of subjects.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -51,6 +48,8 @@ import numpy as np
 import pandas as pd
 from scipy.signal import lfilter
 from tqdm import tqdm
+
+from supremix_med.io import atomic_write, check_generator_record
 
 __all__ = ["NETWORKS", "SITES", "CohortParams", "generate_cohort", "main", "network_of_parcels", "synthesize_run"]
 
@@ -170,40 +169,12 @@ def synthesize_run(params: CohortParams, index: int, run: int) -> np.ndarray:
     return series.astype(np.float32)
 
 
-def _write_atomically(path: Path, write: Callable[[str], object]) -> None:
-    """Call ``write(temporary)`` on a temporary file next to ``path``, then ``os.replace`` it onto ``path``."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(handle)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-
-
 def _save_npy(array: np.ndarray, path: Path) -> None:
     def write(temporary: str) -> None:
         with open(temporary, "wb") as handle:  # np.save on a name would append ".npy"
             np.save(handle, array)
 
-    _write_atomically(path, write)
-
-
-def _check_cohort_parameters(output_dir: Path, params: CohortParams) -> None:
-    """Record the generator parameters, or refuse to mix with a cohort generated with different ones."""
-    path = output_dir / COHORT_NAME
-    record = json.loads(json.dumps({"model_version": MODEL_VERSION, **asdict(params)}))
-    if not path.exists():
-        _write_atomically(path, lambda temporary: Path(temporary).write_text(json.dumps(record, indent=2) + "\n"))
-        return
-    try:
-        recorded = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON ({error}); remove it or use another output folder.") from error
-    if recorded != record:
-        raise ValueError(f"{path} records a cohort generated with {recorded}, but this call asks for {record}; use "
-                         "another output folder or remove the old cohort.")
+    atomic_write(path, write)
 
 
 def generate_cohort(output_dir: str | Path, n_subjects: int = 200, seed: int = 0, n_parcels: int = 400,
@@ -235,7 +206,7 @@ def generate_cohort(output_dir: str | Path, n_subjects: int = 200, seed: int = 0
                           age_range=age_range)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    _check_cohort_parameters(output_dir, params)
+    check_generator_record(output_dir / COHORT_NAME, {"model_version": MODEL_VERSION, **asdict(params)})
     rows = []
     for index in tqdm(range(n_subjects), desc="demo fMRI cohort", unit="subject", disable=not progress):
         subject, subject_id = _draw_subject(params, index), f"sub-{index:04d}"
@@ -247,7 +218,7 @@ def generate_cohort(output_dir: str | Path, n_subjects: int = 200, seed: int = 0
             rows.append({"id": f"{subject_id}_run-{run}", "path": path, "subject": subject_id, "run": run,
                          "age": subject.age, "sex": subject.sex, "site": subject.site})
     manifest = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
-    _write_atomically(output_dir / MANIFEST_NAME, lambda temporary: manifest.to_csv(temporary, index=False))
+    atomic_write(output_dir / MANIFEST_NAME, lambda temporary: manifest.to_csv(temporary, index=False))
     return manifest
 
 

@@ -59,7 +59,7 @@ from pydicom.uid import ExplicitVRLittleEndian, PositronEmissionTomographyImageS
 from scipy import ndimage
 from tqdm import tqdm
 
-from supremix_med.data.demo_t1 import _check_cohort_parameters, _write_atomically
+from supremix_med.io import atomic_write, check_generator_record
 
 __all__ = ["F18_HALF_LIFE_S", "GRID_AFFINE", "GRID_SHAPE", "generate_cohort", "pet_header", "synthesize_suv",
            "write_pet_series"]
@@ -72,6 +72,7 @@ GRID_AFFINE = np.array([[4.0, 0, 0, -76.0], [0, 4.0, 0, -112.0], [0, 0, 4.0, -76
 """Voxel-to-MNI (RAS+ mm) affine of the stored scans."""
 F18_HALF_LIFE_S = 6586.2
 MODEL_VERSION = 1
+COHORT_NAME = "cohort.json"
 MANIFEST_NAME = "manifest.csv"
 MANIFEST_COLUMNS = ("id", "path", "age", "sex")
 SERIES_FOLDER = "pet"
@@ -302,8 +303,8 @@ def generate_cohort(
         raise ValueError(f"age_range must be (youngest, oldest) with youngest < oldest, got {age_range}")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    _check_cohort_parameters(
-        output_dir, {"model": "demo_pet", "model_version": MODEL_VERSION, "seed": int(seed),
+    check_generator_record(
+        output_dir / COHORT_NAME, {"model": "demo_pet", "model_version": MODEL_VERSION, "seed": int(seed),
                      "age_range": list(age_range)}
     )
     rows = []
@@ -326,7 +327,7 @@ def generate_cohort(
                 future.result()
                 bar.update()
     bar.close()
-    _write_atomically(output_dir / MANIFEST_NAME, lambda temporary: manifest.to_csv(temporary, index=False))
+    atomic_write(output_dir / MANIFEST_NAME, lambda temporary: manifest.to_csv(temporary, index=False))
     return manifest
 
 

@@ -56,11 +56,8 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import logging
-import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +68,8 @@ import pandas as pd
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 from tqdm import tqdm
+
+from supremix_med.io import atomic_write, check_generator_record
 
 __all__ = [
     "MNI_1MM_AFFINE",
@@ -401,28 +400,13 @@ def _draw_covariates(rng: np.random.Generator, age_range: tuple[float, float]) -
     return age, sex, site
 
 
-def _write_atomically(path: Path, write: Callable[[str], object], suffix: str = "") -> None:
-    """Call ``write(temporary)`` on a hidden temporary file next to ``path``, then ``os.replace`` it to ``path``.
-
-    ``suffix`` ends the temporary name (nibabel picks the format from it). A failed write leaves no file.
-    """
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{suffix}", dir=path.parent)
-    os.close(handle)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-
-
 def _write_nifti(data: np.ndarray, path: Path) -> None:
     """Write ``data`` (``MNI_1MM_SHAPE``) rounded to int16 as a NIfTI on the 1 mm MNI grid, atomically."""
     image = nib.Nifti1Image(np.clip(np.rint(data), 0, np.iinfo(np.int16).max).astype(np.int16), MNI_1MM_AFFINE)
     image.header.set_xyzt_units("mm", "sec")
     image.set_sform(MNI_1MM_AFFINE, code="mni")
     image.set_qform(MNI_1MM_AFFINE, code="mni")
-    _write_atomically(path, lambda temporary: nib.save(image, temporary), suffix=".nii.gz")
+    atomic_write(path, lambda temporary: nib.save(image, temporary), suffix=".nii.gz")
 
 
 def _generate_subject(output_dir: Path, seed: int, index: int, age_range: tuple[float, float]) -> None:
@@ -432,23 +416,6 @@ def _generate_subject(output_dir: Path, seed: int, index: int, age_range: tuple[
     path = output_dir / _subject_id(index) / IMAGE_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
     _write_nifti(upsample_to_1mm(synthesize_subject(rng, age, sex, site)), path)
-
-
-def _check_cohort_parameters(output_dir: Path, parameters: dict[str, object]) -> None:
-    """Record the generator parameters, or refuse to mix with a cohort generated with different ones."""
-    path = output_dir / COHORT_NAME
-    if path.exists():
-        try:
-            recorded = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path} is not valid JSON ({error}); remove it or use another output folder") from error
-        if recorded != parameters:
-            raise ValueError(
-                f"{path} records a cohort generated with {recorded}, but this call asks for {parameters}; "
-                "use another output directory or remove the old cohort"
-            )
-        return
-    _write_atomically(path, lambda temporary: Path(temporary).write_text(json.dumps(parameters, indent=2) + "\n"))
 
 
 def generate_cohort(
@@ -492,8 +459,8 @@ def generate_cohort(
         raise ValueError(f"age_range must be (youngest, oldest) with youngest < oldest, got {age_range}")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    _check_cohort_parameters(
-        output_dir, {"model_version": MODEL_VERSION, "seed": int(seed), "age_range": list(age_range)}
+    check_generator_record(
+        output_dir / COHORT_NAME, {"model_version": MODEL_VERSION, "seed": int(seed), "age_range": list(age_range)}
     )
 
     rows = []
@@ -519,7 +486,7 @@ def generate_cohort(
                 bar.update()
     bar.close()
 
-    _write_atomically(output_dir / MANIFEST_NAME, lambda temporary: manifest.to_csv(temporary, index=False))
+    atomic_write(output_dir / MANIFEST_NAME, lambda temporary: manifest.to_csv(temporary, index=False))
     return manifest
 
 

@@ -36,10 +36,7 @@ number of children and are byte-identical for the same seed.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +44,8 @@ import pandas as pd
 from PIL import Image
 from scipy import ndimage
 from tqdm.auto import tqdm
+
+from supremix_med.io import atomic_write, check_generator_record
 
 __all__ = ["IMAGE_SHAPE", "generate_cohort", "synthesize_hand"]
 
@@ -197,37 +196,10 @@ def _draw_covariates(rng: np.random.Generator, boneage_range: tuple[float, float
     return round(float(rng.uniform(*boneage_range)), 1), ("F", "M")[int(rng.integers(2))]
 
 
-def _write_atomically(path: Path, write: Callable[[str], object]) -> None:
-    """``write(temporary)`` on a hidden sibling of ``path``, then ``os.replace``; a failure leaves no file."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(handle)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-
-
 def _write_png(image: np.ndarray, path: Path) -> None:
     """Write a [0, 1] image as an 8-bit greyscale PNG, atomically."""
     pixels = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
-    _write_atomically(path, lambda temporary: Image.fromarray(pixels, mode="L").save(temporary, format="PNG"))
-
-
-def _check_cohort_parameters(output_dir: Path, parameters: dict[str, object]) -> None:
-    """Record the generator parameters, or refuse to mix with a cohort generated with different ones."""
-    path = output_dir / COHORT_NAME
-    if not path.exists():
-        _write_atomically(path, lambda temporary: Path(temporary).write_text(json.dumps(parameters, indent=2) + "\n"))
-        return
-    try:
-        recorded = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON ({error}); remove it or use another output folder") from error
-    if recorded != parameters:
-        raise ValueError(f"{path} records a cohort generated with {recorded}, but this call asks for {parameters}; "
-                         "use another output folder or remove the old cohort")
+    atomic_write(path, lambda temporary: Image.fromarray(pixels, mode="L").save(temporary, format="PNG"))
 
 
 def generate_cohort(
@@ -266,8 +238,8 @@ def generate_cohort(
                          f"got {boneage_range}")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    _check_cohort_parameters(
-        output_dir, {"model_version": MODEL_VERSION, "seed": int(seed), "boneage_range": list(boneage_range)}
+    check_generator_record(
+        output_dir / COHORT_NAME, {"model_version": MODEL_VERSION, "seed": int(seed), "boneage_range": list(boneage_range)}
     )
     rows = []
     for index in tqdm(range(n_subjects), desc="demo X-ray cohort", unit="image", disable=not progress):
@@ -278,7 +250,7 @@ def generate_cohort(
             _write_png(synthesize_hand(rng, boneage, sex), output_dir / path)
         rows.append({"id": _child_id(index), "path": path, "boneage": boneage, "sex": sex})
     manifest = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
-    _write_atomically(output_dir / MANIFEST_NAME, lambda temporary: manifest.to_csv(temporary, index=False))
+    atomic_write(output_dir / MANIFEST_NAME, lambda temporary: manifest.to_csv(temporary, index=False))
     return manifest
 
 
