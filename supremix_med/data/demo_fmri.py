@@ -40,6 +40,7 @@ order or the number of subjects.
 from __future__ import annotations
 
 import argparse
+import functools
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -47,8 +48,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy.signal import lfilter
-from tqdm import tqdm
 
+from supremix_med.data.generation import add_cohort_arguments, map_indices, write_table
 from supremix_med.io import atomic_write, check_generator_record
 
 __all__ = ["NETWORKS", "SITES", "CohortParams", "generate_cohort", "main", "network_of_parcels", "synthesize_run"]
@@ -177,6 +178,20 @@ def _save_npy(array: np.ndarray, path: Path) -> None:
     atomic_write(path, write)
 
 
+def _generate_subject(output_dir: Path, params: CohortParams, index: int) -> list[dict[str, object]]:
+    """Write the runs of subject ``index`` that do not exist yet; return its manifest rows, one per run."""
+    subject, subject_id = _draw_subject(params, index), f"sub-{index:04d}"
+    (output_dir / subject_id).mkdir(exist_ok=True)
+    rows = []
+    for run in range(1, params.n_runs + 1):
+        path = f"{subject_id}/run-{run}_parcels.npy"
+        if not (output_dir / path).exists():
+            _save_npy(synthesize_run(params, index, run), output_dir / path)
+        rows.append({"id": f"{subject_id}_run-{run}", "path": path, "subject": subject_id, "run": run,
+                     "age": subject.age, "sex": subject.sex, "site": subject.site})
+    return rows
+
+
 def generate_cohort(output_dir: str | Path, n_subjects: int = 200, seed: int = 0, n_parcels: int = 400,
                     n_frames: int = 480, n_runs: int = 1, t_r: float = 0.8,
                     age_range: tuple[float, float] = (36.0, 100.0), progress: bool = True) -> pd.DataFrame:
@@ -207,33 +222,21 @@ def generate_cohort(output_dir: str | Path, n_subjects: int = 200, seed: int = 0
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     check_generator_record(output_dir / COHORT_NAME, {"model_version": MODEL_VERSION, **asdict(params)})
-    rows = []
-    for index in tqdm(range(n_subjects), desc="demo fMRI cohort", unit="subject", disable=not progress):
-        subject, subject_id = _draw_subject(params, index), f"sub-{index:04d}"
-        (output_dir / subject_id).mkdir(exist_ok=True)
-        for run in range(1, n_runs + 1):
-            path = f"{subject_id}/run-{run}_parcels.npy"
-            if not (output_dir / path).exists():
-                _save_npy(synthesize_run(params, index, run), output_dir / path)
-            rows.append({"id": f"{subject_id}_run-{run}", "path": path, "subject": subject_id, "run": run,
-                         "age": subject.age, "sex": subject.sex, "site": subject.site})
-    manifest = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
-    atomic_write(output_dir / MANIFEST_NAME, lambda temporary: manifest.to_csv(temporary, index=False))
+    write = functools.partial(_generate_subject, output_dir, params)
+    subjects = map_indices(write, range(n_subjects), progress=progress, desc="demo fMRI cohort")
+    manifest = pd.DataFrame([row for rows in subjects for row in rows], columns=list(MANIFEST_COLUMNS))
+    write_table(manifest, output_dir / MANIFEST_NAME)
     return manifest
 
 
 def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     """Command line: ``python -m supremix_med.data.demo_fmri --output DIR [--n_subjects N] [--n_runs R] ...``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", required=True, type=Path, help="cohort folder")
-    parser.add_argument("--n_subjects", type=int, default=200)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = add_cohort_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]), 200, workers=False)
     parser.add_argument("--n_parcels", type=int, default=400)
     parser.add_argument("--n_frames", type=int, default=480)
     parser.add_argument("--n_runs", type=int, default=1)
     parser.add_argument("--age_min", type=float, default=36.0)
     parser.add_argument("--age_max", type=float, default=100.0)
-    parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
     return generate_cohort(args.output, n_subjects=args.n_subjects, seed=args.seed, n_parcels=args.n_parcels,
                            n_frames=args.n_frames, n_runs=args.n_runs, age_range=(args.age_min, args.age_max),

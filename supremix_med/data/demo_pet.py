@@ -47,7 +47,6 @@ import os
 import shutil
 import tempfile
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -57,9 +56,9 @@ import pydicom
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, PositronEmissionTomographyImageStorage, generate_uid
 from scipy import ndimage
-from tqdm import tqdm
 
-from supremix_med.io import atomic_write, check_generator_record
+from supremix_med.data.generation import add_cohort_arguments, map_indices, write_table
+from supremix_med.io import check_generator_record
 
 __all__ = ["F18_HALF_LIFE_S", "GRID_AFFINE", "GRID_SHAPE", "generate_cohort", "pet_header", "synthesize_suv",
            "write_pet_series"]
@@ -315,32 +314,18 @@ def generate_cohort(
 
     missing = [i for i, row in enumerate(rows) if not (output_dir / row["path"]).is_dir()]
     logger.info("%d of %d subjects already exist in %s", n_subjects - len(missing), n_subjects, output_dir)
-    bar = tqdm(total=len(missing), desc="demo PET cohort", unit="subject", disable=not progress)
-    if workers == 1 or len(missing) < 2:
-        for index in missing:
-            _generate_subject(output_dir, seed, index, age_range)
-            bar.update()
-    else:
-        _tissue_maps()  # forked workers inherit the maps instead of loading them again
-        with ProcessPoolExecutor(max_workers=min(workers, len(missing))) as pool:
-            for future in [pool.submit(_generate_subject, output_dir, seed, i, age_range) for i in missing]:
-                future.result()
-                bar.update()
-    bar.close()
-    atomic_write(output_dir / MANIFEST_NAME, lambda temporary: manifest.to_csv(temporary, index=False))
+    write = functools.partial(_generate_subject, output_dir, seed, age_range=age_range)
+    # the maps are loaded before a pool starts: forked workers inherit them instead of loading them again
+    map_indices(write, missing, workers, progress, desc="demo PET cohort", prepare=_tissue_maps)
+    write_table(manifest, output_dir / MANIFEST_NAME)
     return manifest
 
 
 def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     """Command line: ``python -m supremix_med.data.demo_pet --output DIR [--n_subjects N] [--seed S] [--workers W]``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", required=True, type=Path, help="cohort folder")
-    parser.add_argument("--n_subjects", type=int, default=50)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = add_cohort_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]), 50)
     parser.add_argument("--age_min", type=float, default=20.0)
     parser.add_argument("--age_max", type=float, default=80.0)
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
     return generate_cohort(
         args.output,

@@ -58,7 +58,6 @@ import argparse
 import functools
 import logging
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,8 +66,8 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
-from tqdm import tqdm
 
+from supremix_med.data.generation import add_cohort_arguments, map_indices, write_table
 from supremix_med.io import atomic_write, check_generator_record
 
 __all__ = [
@@ -472,34 +471,18 @@ def generate_cohort(
 
     missing = [i for i, row in enumerate(rows) if not (output_dir / row["path"]).exists()]
     logger.info("%d of %d subjects already exist in %s", n_subjects - len(missing), n_subjects, output_dir)
-    bar = tqdm(total=len(missing), desc="demo T1 cohort", unit="subject", disable=not progress)
-    if workers == 1 or len(missing) < 2:
-        for index in missing:
-            _generate_subject(output_dir, seed, index, age_range)
-            bar.update()
-    else:
-        _load_template()  # workers forked from this process inherit it instead of loading it again
-        with ProcessPoolExecutor(max_workers=min(workers, len(missing))) as pool:
-            futures = [pool.submit(_generate_subject, output_dir, seed, i, age_range) for i in missing]
-            for future in futures:
-                future.result()
-                bar.update()
-    bar.close()
-
-    atomic_write(output_dir / MANIFEST_NAME, lambda temporary: manifest.to_csv(temporary, index=False))
+    write = functools.partial(_generate_subject, output_dir, seed, age_range=age_range)
+    # the template is loaded before a pool starts: forked workers inherit it instead of loading it again
+    map_indices(write, missing, workers, progress, desc="demo T1 cohort", prepare=_load_template)
+    write_table(manifest, output_dir / MANIFEST_NAME)
     return manifest
 
 
 def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     """Command line: ``python -m supremix_med.data.demo_t1 --output DIR [--n_subjects N] [--seed S] [--workers W]``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", required=True, type=Path, help="cohort folder")
-    parser.add_argument("--n_subjects", type=int, default=240)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = add_cohort_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]), 240)
     parser.add_argument("--age_min", type=float, default=42.0)
     parser.add_argument("--age_max", type=float, default=82.0)
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
     return generate_cohort(
         args.output,

@@ -35,20 +35,18 @@ byte-identical for the same seed, any number of workers, and any cohort size. Sp
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
-from contextlib import nullcontext
 from dataclasses import dataclass
-from itertools import repeat
 from pathlib import Path
 
 import av
 import numpy as np
 import pandas as pd
 from scipy import ndimage
-from tqdm import tqdm
 
+from supremix_med.data.generation import add_cohort_arguments, map_indices, write_table
 from supremix_med.io import atomic_write, check_generator_record
 
 __all__ = ["FPS", "N_FRAMES", "PIXEL_CM", "SIZE", "ClipGeometry", "draw_geometry", "generate_cohort",
@@ -259,22 +257,16 @@ def generate_cohort(
     (output_dir / VIDEOS).mkdir(parents=True, exist_ok=True)
     check_generator_record(output_dir / COHORT_RECORD, {"model_version": MODEL_VERSION, "seed": int(seed),
                                                         "kind": "echo"})
-    with ProcessPoolExecutor(workers) if workers > 1 else nullcontext() as pool:
-        clips = (pool.map if pool else map)(_generate_clip, repeat(output_dir), repeat(seed), range(n_clips))
-        rows = list(tqdm(clips, total=n_clips, desc="demo echo cohort", unit="clip", disable=not progress))
+    write = functools.partial(_generate_clip, output_dir, seed)
+    rows = map_indices(write, range(n_clips), workers, progress, desc="demo echo cohort", unit="clip")
     table = pd.DataFrame(rows, columns=list(COLUMNS))
-    atomic_write(output_dir / FILE_LIST, lambda temporary: table.to_csv(temporary, index=False))
+    write_table(table, output_dir / FILE_LIST)
     return table
 
 
 def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     """Command line: ``python -m supremix_med.data.demo_ultrasound --output DIR [--n_clips N] [--seed S]``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", required=True, type=Path, help="cohort folder")
-    parser.add_argument("--n_clips", type=int, default=200)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+    parser = add_cohort_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]), 200, "n_clips")
     args = parser.parse_args(argv)
     return generate_cohort(args.output, args.n_clips, args.seed, args.workers, progress=not args.no_progress)
 

@@ -36,6 +36,7 @@ number of children and are byte-identical for the same seed.
 from __future__ import annotations
 
 import argparse
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -43,8 +44,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 from scipy import ndimage
-from tqdm.auto import tqdm
 
+from supremix_med.data.generation import add_cohort_arguments, map_indices, write_table
 from supremix_med.io import atomic_write, check_generator_record
 
 __all__ = ["IMAGE_SHAPE", "generate_cohort", "synthesize_hand"]
@@ -202,6 +203,16 @@ def _write_png(image: np.ndarray, path: Path) -> None:
     atomic_write(path, lambda temporary: Image.fromarray(pixels, mode="L").save(temporary, format="PNG"))
 
 
+def _generate_child(output_dir: Path, seed: int, index: int, boneage_range: tuple[float, float]) -> dict[str, object]:
+    """Write the radiograph of child ``index`` unless it exists; return its manifest row."""
+    rng = _child_rng(seed, index)
+    boneage, sex = _draw_covariates(rng, boneage_range)
+    path = f"{_child_id(index)}.png"
+    if not (output_dir / path).exists():
+        _write_png(synthesize_hand(rng, boneage, sex), output_dir / path)
+    return {"id": _child_id(index), "path": path, "boneage": boneage, "sex": sex}
+
+
 def generate_cohort(
     output_dir: str | Path,
     n_subjects: int = 400,
@@ -241,28 +252,18 @@ def generate_cohort(
     check_generator_record(
         output_dir / COHORT_NAME, {"model_version": MODEL_VERSION, "seed": int(seed), "boneage_range": list(boneage_range)}
     )
-    rows = []
-    for index in tqdm(range(n_subjects), desc="demo X-ray cohort", unit="image", disable=not progress):
-        rng = _child_rng(seed, index)
-        boneage, sex = _draw_covariates(rng, boneage_range)
-        path = f"{_child_id(index)}.png"
-        if not (output_dir / path).exists():
-            _write_png(synthesize_hand(rng, boneage, sex), output_dir / path)
-        rows.append({"id": _child_id(index), "path": path, "boneage": boneage, "sex": sex})
+    write = functools.partial(_generate_child, output_dir, seed, boneage_range=boneage_range)
+    rows = map_indices(write, range(n_subjects), progress=progress, desc="demo X-ray cohort", unit="image")
     manifest = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
-    atomic_write(output_dir / MANIFEST_NAME, lambda temporary: manifest.to_csv(temporary, index=False))
+    write_table(manifest, output_dir / MANIFEST_NAME)
     return manifest
 
 
 def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     """Command line: ``python -m supremix_med.data.demo_xray --output DIR [--n_subjects N] [--seed S]``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", required=True, type=Path, help="cohort folder")
-    parser.add_argument("--n_subjects", type=int, default=400)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = add_cohort_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]), 400, workers=False)
     parser.add_argument("--boneage_min", type=float, default=12.0, help="months")
     parser.add_argument("--boneage_max", type=float, default=216.0, help="months")
-    parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
     return generate_cohort(args.output, n_subjects=args.n_subjects, seed=args.seed,
                            boneage_range=(args.boneage_min, args.boneage_max), progress=not args.no_progress)
