@@ -45,7 +45,6 @@ channels, time is its one spatial axis, so it cuts a random contiguous window of
 from __future__ import annotations
 
 import argparse
-import functools
 import hashlib
 import json
 import os
@@ -53,7 +52,6 @@ import warnings
 import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -65,7 +63,7 @@ import scipy.io
 from nilearn.maskers import NiftiLabelsMasker
 from nilearn.signal import clean
 
-from supremix_med.data.cache import build_cache
+from preprocessing._common import add_cache_arguments, build_cache_from_cli, library_versions
 from supremix_med.data.manifest import load_manifest
 from supremix_med.data.splits import assign_splits
 
@@ -391,8 +389,7 @@ def fingerprint(atlas_path: str | os.PathLike | None = None, **params: Any) -> d
         "version": VERSION,
         "params": asdict(config),
         "atlas": atlas,
-        "libraries": {"nilearn": version("nilearn"), "nibabel": nib.__version__, "numpy": np.__version__,
-                      "scipy": scipy.__version__},
+        "libraries": library_versions("nilearn", "nibabel", "numpy", "scipy"),
         "output": {"shape": [config.n_parcels, config.frames], "dtype": "float32", "axes": ["parcel", "time"],
                    "rows": "atlas labels 1..n_parcels"},
     }
@@ -456,27 +453,17 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--frames", type=int, default=FmriParams.frames, help="frames kept per run (default 478)")
     parser.add_argument("--n_parcels", type=int, default=FmriParams.n_parcels, help="parcels (default 400)")
     parser.add_argument("--t_r", type=float, help="repetition time in s (default: the NIfTI header's)")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace a cache built with other settings (a matching one continues)"
-    )
-    return parser.parse_args(argv)
+    return add_cache_arguments(parser).parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line: build a cache from a manifest with ``supremix_med.data.cache.build_cache``."""
     args = _parse_args(argv)
-    params = {"frames": args.frames, "n_parcels": args.n_parcels, "t_r": args.t_r}
-    cached = build_cache(
-        assign_subject_splits(load_manifest(args.manifest)),
-        args.output,
-        preprocess=functools.partial(preprocess, atlas_path=args.atlas, **params),
-        fingerprint=fingerprint(atlas_path=args.atlas, **params),
-        workers=args.workers,
-        overwrite=args.overwrite,
+    params = {"atlas_path": args.atlas, "frames": args.frames, "n_parcels": args.n_parcels, "t_r": args.t_r}
+    build_cache_from_cli(
+        assign_subject_splits(load_manifest(args.manifest)), args, preprocess, fingerprint, params, "runs",
         dtype="float32",  # extracted series may be raw BOLD units, beyond float16's range
     )
-    print(f"{len(cached)} runs in the cache at {args.output}")
 
 
 if __name__ == "__main__":

@@ -41,28 +41,25 @@ Values are quantitative (SUV or SUVR) and are not z-scored; the cache's float16 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import numpy as np
 import pydicom
-import scipy
 import SimpleITK as sitk
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut
 from pydicom.valuerep import DA, DT, TM
 
 from preprocessing.registration import image_from_array
+from preprocessing._common import add_cache_arguments, build_cache_from_cli, library_versions
 from preprocessing.t1 import T1Params, antialiased_image, field_of_view_centre, grid_origin, load_t1, resample_to_grid
-from supremix_med.data.cache import build_cache
 from supremix_med.data.manifest import load_manifest
 
 __all__ = [
@@ -508,14 +505,7 @@ def fingerprint(**params: Any) -> dict[str, Any]:
         "pipeline": PIPELINE,
         "version": VERSION,
         "params": asdict(config),
-        "libraries": {
-            "nibabel": nib.__version__,
-            "pydicom": pydicom.__version__,
-            "SimpleITK": sitk.Version.VersionString(),
-            "numpy": np.__version__,
-            "scipy": scipy.__version__,
-            "supremix-med": version("supremix-med"),
-        },
+        "libraries": library_versions("nibabel", "pydicom", "SimpleITK", "numpy", "scipy", "supremix-med"),
         "output": {
             "shape": [1, *config.shape],
             "dtype": "float32",
@@ -541,11 +531,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--suvr_mask", type=Path, default=None, help="NIfTI reference-region mask/atlas (SUVR)")
     parser.add_argument("--suvr_label", type=int, default=None, help="atlas label of the reference region")
     parser.add_argument("--nifti_units", choices=NIFTI_UNITS, default="SUV", help="units of NIfTI inputs")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace a cache built with other settings (a matching one continues)"
-    )
-    return parser.parse_args(argv)
+    return add_cache_arguments(parser).parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -556,15 +542,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "suvr_label": args.suvr_label,
         "nifti_units": args.nifti_units,
     }
-    cached = build_cache(
-        load_manifest(args.manifest),
-        args.output,
-        preprocess=functools.partial(preprocess, **params),
-        fingerprint=fingerprint(**params),
-        workers=args.workers,
-        overwrite=args.overwrite,
-    )
-    print(f"{len(cached)} scans in the cache at {args.output}")
+    build_cache_from_cli(load_manifest(args.manifest), args, preprocess, fingerprint, params, "scans")
 
 
 if __name__ == "__main__":

@@ -60,13 +60,11 @@ import os
 import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import numpy as np
-import scipy
 import scipy.ndimage as ndi
 import SimpleITK as sitk
 
@@ -77,7 +75,7 @@ from preprocessing.registration import (
     normalised_cross_correlation,
     register_affine,
 )
-from supremix_med.data.cache import build_cache
+from preprocessing._common import add_cache_arguments, build_cache_from_cli, library_versions
 from supremix_med.data.manifest import load_manifest
 
 __all__ = ["PIPELINE", "VERSION", "T1Params", "antialiased_image", "field_of_view_centre", "fingerprint", "grid_origin",
@@ -424,13 +422,7 @@ def fingerprint(**params: Any) -> dict[str, Any]:
         "pipeline": PIPELINE,
         "version": VERSION,
         "params": asdict(config),
-        "libraries": {
-            "nibabel": nib.__version__,
-            "SimpleITK": sitk.Version.VersionString(),
-            "nilearn": version("nilearn"),
-            "numpy": np.__version__,
-            "scipy": scipy.__version__,
-        },
+        "libraries": library_versions("nibabel", "SimpleITK", "nilearn", "numpy", "scipy"),
         "output": {
             "shape": [1, *config.shape],
             "dtype": "float32",
@@ -452,26 +444,15 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--manifest", required=True, type=Path, help="CSV; relative paths are relative to it.")
     parser.add_argument("--output", required=True, type=Path, help="cache folder")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument("--register", choices=REGISTER_MODES, default="auto", help="registration to MNI152")
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace a cache built with other settings (a matching one continues)"
-    )
-    return parser.parse_args(argv)
+    return add_cache_arguments(parser).parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line: build a cache from a manifest with ``supremix_med.data.cache.build_cache``."""
     args = _parse_args(argv)
-    cached = build_cache(
-        load_manifest(args.manifest),
-        args.output,
-        preprocess=functools.partial(preprocess, register=args.register),
-        fingerprint=fingerprint(register=args.register),
-        workers=args.workers,
-        overwrite=args.overwrite,
-    )
-    print(f"{len(cached)} scans in the cache at {args.output}")
+    build_cache_from_cli(load_manifest(args.manifest), args, preprocess, fingerprint, {"register": args.register},
+                         "scans")
 
 
 if __name__ == "__main__":

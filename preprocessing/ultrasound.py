@@ -55,13 +55,11 @@ Steps (``UltrasoundParams`` holds every setting; ``fingerprint`` records them):
 from __future__ import annotations
 
 import argparse
-import functools
 import hashlib
 import json
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +67,6 @@ import av
 import numpy as np
 import pandas as pd
 import pydicom
-import scipy
 import torch
 from monai.transforms import Resize, SpatialPad
 from monai.transforms.utils import generate_spatial_bounding_box
@@ -79,7 +76,7 @@ from pydicom.pixels import apply_color_lut, get_decoder
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
-from supremix_med.data.cache import build_cache
+from preprocessing._common import add_cache_arguments, build_cache_from_cli, library_versions
 from supremix_med.data.manifest import load_manifest
 
 __all__ = [
@@ -435,14 +432,7 @@ def fingerprint(**params: Any) -> dict[str, Any]:
         "pipeline": PIPELINE,
         "version": VERSION,
         "params": recorded,
-        "libraries": {
-            "pydicom": pydicom.__version__,
-            "av": av.__version__,
-            "monai": version("monai"),
-            "torch": torch.__version__,
-            "numpy": np.__version__,
-            "scipy": scipy.__version__,
-        },
+        "libraries": library_versions("pydicom", "av", "monai", "torch", "numpy", "scipy"),
         "output": {
             "shape": [1, config.frames, config.size, config.size],
             "dtype": "float32",
@@ -506,11 +496,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration_s", type=float, default=None, help="window from the start, s (default: whole)")
     parser.add_argument("--sector_mask", default=None, help="'auto' or a mask image (default: none)")
     parser.add_argument("--target", default="ef", help="target column stratifying assigned splits (default ef)")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace a cache built with other settings (a matching one continues)"
-    )
-    return parser.parse_args(argv)
+    return add_cache_arguments(parser).parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -519,16 +505,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     params = {"frames": args.frames, "size": args.size, "duration_s": args.duration_s,
               "sector_mask": args.sector_mask}
     manifest = load_manifest(args.manifest) if args.manifest else build_echonet_manifest(args.echonet_root)
-    cached = build_cache(
-        manifest,
-        args.output,
-        preprocess=functools.partial(preprocess, **params),
-        fingerprint=fingerprint(**params),
-        workers=args.workers,
-        overwrite=args.overwrite,
-        stratify=args.target,
-    )
-    print(f"{len(cached)} clips in the cache at {args.output}")
+    build_cache_from_cli(manifest, args, preprocess, fingerprint, params, "clips", stratify=args.target)
 
 
 if __name__ == "__main__":

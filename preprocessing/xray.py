@@ -47,7 +47,6 @@ Axis order: rows (top to bottom) then columns (left to right), as displayed; no 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import warnings
@@ -68,7 +67,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-from supremix_med.data.cache import build_cache
+from preprocessing._common import add_cache_arguments, build_cache_from_cli, library_versions
 from supremix_med.data.manifest import load_manifest, validate_manifest
 
 __all__ = [
@@ -359,13 +358,7 @@ def fingerprint(**params: Any) -> dict[str, Any]:
             "monochrome1": "inverted within the VOI output range",
             "pad": "symmetric, black",
         },
-        "libraries": {
-            "pydicom": pydicom.__version__,
-            "Pillow": PIL.__version__,
-            "monai": monai.__version__,
-            "torch": torch.__version__,
-            "numpy": np.__version__,
-        },
+        "libraries": library_versions("pydicom", "Pillow", "monai", "torch", "numpy"),
         "output": {"shape": [1, config.size, config.size], "dtype": "float32", "axes": "channel, row, column"},
     }
     return json.loads(json.dumps(record))
@@ -437,11 +430,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--normalize", choices=NORMALIZATIONS, default="zscore", help="intensity normalisation")
     parser.add_argument("--target", default=None,
                         help="target column the splits are stratified by (default 'age'; 'boneage' with --rsna_images)")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace a cache built with other settings (a matching one continues)"
-    )
-    args = parser.parse_args(argv)
+    args = add_cache_arguments(parser).parse_args(argv)
     if (args.rsna_images is None) != (args.rsna_csv is None):
         parser.error("--rsna_images and --rsna_csv go together")
     return args
@@ -458,17 +447,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise ValueError(f"the manifest has no target column {target!r} (columns: {list(manifest.columns)}); "
                          "choose it with --target.")
     params = {"size": args.size, "normalize": args.normalize}
-    cached = build_cache(
-        manifest,
-        args.output,
-        preprocess=functools.partial(preprocess, **params),
-        fingerprint=fingerprint(**params),
-        workers=args.workers,
-        overwrite=args.overwrite,
-        stratify=target,
-        sample_shape=(1, args.size, args.size),
-    )
-    print(f"{len(cached)} radiographs in the cache at {args.output}")
+    build_cache_from_cli(manifest, args, preprocess, fingerprint, params, "radiographs", stratify=target,
+                         sample_shape=(1, args.size, args.size))
 
 
 if __name__ == "__main__":

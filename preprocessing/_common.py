@@ -1,0 +1,65 @@
+"""Pieces the preprocessing modules share: library versions for fingerprints, and the manifest -> cache CLI tail."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+from collections.abc import Callable
+from importlib.metadata import version
+from typing import Any
+
+import pandas as pd
+
+from supremix_med.data.cache import build_cache
+
+__all__ = ["add_cache_arguments", "build_cache_from_cli", "library_versions"]
+
+
+def library_versions(*packages: str) -> dict[str, str]:
+    """``{package: installed version}`` for the given distribution names (``importlib.metadata.version``).
+
+    Raises:
+        importlib.metadata.PackageNotFoundError: a package is not installed.
+    """
+    return {package: version(package) for package in packages}
+
+
+def add_cache_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the options every preprocessing CLI ends with, ``--workers W`` and ``--overwrite``; return ``parser``."""
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace a cache built with other settings (a matching one continues)"
+    )
+    return parser
+
+
+def build_cache_from_cli(
+    manifest: pd.DataFrame,
+    args: argparse.Namespace,
+    preprocess: Callable[..., Any],
+    fingerprint: Callable[..., dict[str, Any]],
+    params: dict[str, Any],
+    noun: str,
+    **options: Any,
+) -> None:
+    """Cache ``manifest`` with ``preprocess(path, **params)`` and print how many ``noun`` the cache holds.
+
+    Args:
+        manifest: the samples (see ``supremix_med.data.manifest``).
+        args: parsed CLI arguments with ``output``, ``workers`` and ``overwrite``.
+        preprocess: the module's ``preprocess(path, **params)``.
+        fingerprint: the module's ``fingerprint(**params)``.
+        params: preprocessing parameters given to both.
+        noun: what a sample is, for the summary line ("scans", "clips").
+        **options: further ``build_cache`` keywords (``stratify``, ``dtype``, ``sample_shape``).
+    """
+    cached = build_cache(
+        manifest,
+        args.output,
+        preprocess=functools.partial(preprocess, **params),
+        fingerprint=fingerprint(**params),
+        workers=args.workers,
+        overwrite=args.overwrite,
+        **options,
+    )
+    print(f"{len(cached)} {noun} in the cache at {args.output}")
