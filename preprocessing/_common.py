@@ -6,13 +6,14 @@ import argparse
 import functools
 from collections.abc import Callable
 from importlib.metadata import version
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from supremix_med.data.cache import build_cache
 
-__all__ = ["add_cache_arguments", "build_cache_from_cli", "library_versions"]
+__all__ = ["add_cache_arguments", "build_cache_from_cli", "cache_parser", "library_versions"]
 
 
 def library_versions(*packages: str) -> dict[str, str]:
@@ -22,6 +23,28 @@ def library_versions(*packages: str) -> dict[str, str]:
         importlib.metadata.PackageNotFoundError: a package is not installed.
     """
     return {package: version(package) for package in packages}
+
+
+def cache_parser(prog: str, description: str, alternative: tuple[str, str] | None = None) -> argparse.ArgumentParser:
+    """Parser of a preprocessing CLI with its input and output: ``--manifest CSV`` and ``--output DIR``.
+
+    Args:
+        prog: program name shown in the usage line (``python -m preprocessing.<module>``).
+        description: what the CLI does.
+        alternative: ``(flag, help)`` of a dataset folder option (a path) that may replace ``--manifest``;
+            exactly one of the two is then required.
+
+    Returns:
+        The parser; the module adds its own options, then :func:`add_cache_arguments`.
+    """
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    source = parser if alternative is None else parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--manifest", required=alternative is None, type=Path,
+                        help="CSV; relative paths are relative to it.")
+    if alternative is not None:
+        source.add_argument(alternative[0], type=Path, help=alternative[1])
+    parser.add_argument("--output", required=True, type=Path, help="cache folder")
+    return parser
 
 
 def add_cache_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

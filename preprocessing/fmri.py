@@ -63,7 +63,7 @@ import scipy.io
 from nilearn.maskers import NiftiLabelsMasker
 from nilearn.signal import clean
 
-from preprocessing._common import add_cache_arguments, build_cache_from_cli, library_versions
+from preprocessing._common import add_cache_arguments, build_cache_from_cli, cache_parser, library_versions
 from supremix_med.data.manifest import load_manifest
 from supremix_med.data.splits import assign_splits
 
@@ -442,13 +442,11 @@ def assign_subject_splits(manifest: pd.DataFrame, seed: int = 0, fractions: Sequ
 
 # --------------------------------------------------------------------------------------------------- CLI
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m preprocessing.fmri",
-        description="Parcel time series of the fMRI runs of a manifest (columns id,path[,subject,age,sex,site,"
-                    "split]) into a cache; runs of one subject share a split.",
+    parser = cache_parser(
+        "python -m preprocessing.fmri",
+        "Parcel time series of the fMRI runs of a manifest (columns id,path[,subject,age,sex,site,split]) into a "
+        "cache; runs of one subject share a split.",
     )
-    parser.add_argument("--manifest", required=True, type=Path, help="CSV; relative paths are relative to it.")
-    parser.add_argument("--output", required=True, type=Path, help="cache folder")
     parser.add_argument("--atlas", type=Path, help="label atlas (NIfTI), needed for 4-D NIfTI runs")
     parser.add_argument("--frames", type=int, default=FmriParams.frames, help="frames kept per run (default 478)")
     parser.add_argument("--n_parcels", type=int, default=FmriParams.n_parcels, help="parcels (default 400)")

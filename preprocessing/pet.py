@@ -58,7 +58,7 @@ from pydicom.pixels import apply_modality_lut
 from pydicom.valuerep import DA, DT, TM
 
 from preprocessing.registration import image_from_array
-from preprocessing._common import add_cache_arguments, build_cache_from_cli, library_versions
+from preprocessing._common import add_cache_arguments, build_cache_from_cli, cache_parser, library_versions
 from preprocessing.t1 import T1Params, antialiased_image, field_of_view_centre, grid_origin, load_t1, resample_to_grid
 from supremix_med.data.manifest import load_manifest
 
@@ -522,12 +522,10 @@ def fingerprint(**params: Any) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------------------------------- CLI
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m preprocessing.pet",
-        description="Preprocess the PET scans (DICOM folders or NIfTI) of a manifest (id,path[,age,...]) into a cache.",
+    parser = cache_parser(
+        "python -m preprocessing.pet",
+        "Preprocess the PET scans (DICOM folders or NIfTI) of a manifest (id,path[,age,...]) into a cache.",
     )
-    parser.add_argument("--manifest", required=True, type=Path, help="CSV; relative paths are relative to it.")
-    parser.add_argument("--output", required=True, type=Path, help="cache folder")
     parser.add_argument("--suvr_mask", type=Path, default=None, help="NIfTI reference-region mask/atlas (SUVR)")
     parser.add_argument("--suvr_label", type=int, default=None, help="atlas label of the reference region")
     parser.add_argument("--nifti_units", choices=NIFTI_UNITS, default="SUV", help="units of NIfTI inputs")

@@ -75,7 +75,7 @@ from preprocessing.registration import (
     normalised_cross_correlation,
     register_affine,
 )
-from preprocessing._common import add_cache_arguments, build_cache_from_cli, library_versions
+from preprocessing._common import add_cache_arguments, build_cache_from_cli, cache_parser, library_versions
 from supremix_med.data.manifest import load_manifest
 
 __all__ = ["PIPELINE", "VERSION", "T1Params", "antialiased_image", "field_of_view_centre", "fingerprint", "grid_origin",
@@ -438,12 +438,10 @@ def fingerprint(**params: Any) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------------------------------- CLI
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m preprocessing.t1",
-        description="Preprocess the T1 scans of a manifest (columns id,path[,age,sex,site,split]) into a cache.",
+    parser = cache_parser(
+        "python -m preprocessing.t1",
+        "Preprocess the T1 scans of a manifest (columns id,path[,age,sex,site,split]) into a cache.",
     )
-    parser.add_argument("--manifest", required=True, type=Path, help="CSV; relative paths are relative to it.")
-    parser.add_argument("--output", required=True, type=Path, help="cache folder")
     parser.add_argument("--register", choices=REGISTER_MODES, default="auto", help="registration to MNI152")
     return add_cache_arguments(parser).parse_args(argv)
 

@@ -76,7 +76,7 @@ from pydicom.pixels import apply_color_lut, get_decoder
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
-from preprocessing._common import add_cache_arguments, build_cache_from_cli, library_versions
+from preprocessing._common import add_cache_arguments, build_cache_from_cli, cache_parser, library_versions
 from supremix_med.data.manifest import load_manifest
 
 __all__ = [
@@ -482,15 +482,11 @@ def build_echonet_manifest(root: str | os.PathLike) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------------------------------- CLI
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m preprocessing.ultrasound",
-        description="Preprocess the echo clips of a manifest (id,path[,ef,split]) or of an EchoNet-Dynamic folder "
-                    "into a cache.",
+    parser = cache_parser(
+        "python -m preprocessing.ultrasound",
+        "Preprocess the echo clips of a manifest (id,path[,ef,split]) or of an EchoNet-Dynamic folder into a cache.",
+        alternative=("--echonet_root", "folder with FileList.csv and Videos/"),
     )
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--manifest", type=Path, help="CSV; relative paths are relative to it.")
-    source.add_argument("--echonet_root", type=Path, help="folder with FileList.csv and Videos/")
-    parser.add_argument("--output", required=True, type=Path, help="cache folder")
     parser.add_argument("--frames", type=int, default=32, help="output frames (default 32)")
     parser.add_argument("--size", type=int, default=112, help="output height and width, pixels (default 112)")
     parser.add_argument("--duration_s", type=float, default=None, help="window from the start, s (default: whole)")

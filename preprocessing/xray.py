@@ -67,7 +67,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-from preprocessing._common import add_cache_arguments, build_cache_from_cli, library_versions
+from preprocessing._common import add_cache_arguments, build_cache_from_cli, cache_parser, library_versions
 from supremix_med.data.manifest import load_manifest, validate_manifest
 
 __all__ = [
@@ -416,16 +416,13 @@ def _warn_unmatched(ids: list[str], what: str) -> None:
 
 # --------------------------------------------------------------------------------------------------- CLI
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m preprocessing.xray",
-        description="Preprocess the radiographs of a manifest (columns id,path,<target>[,sex,site,split]) into a "
-        "cache, or of the RSNA bone-age layout (--rsna_images DIR --rsna_csv CSV).",
+    parser = cache_parser(
+        "python -m preprocessing.xray",
+        "Preprocess the radiographs of a manifest (columns id,path,<target>[,sex,site,split]) into a cache, or of "
+        "the RSNA bone-age layout (--rsna_images DIR --rsna_csv CSV).",
+        alternative=("--rsna_images", "RSNA bone-age folder of <id>.png (needs --rsna_csv)"),
     )
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--manifest", type=Path, help="CSV; relative paths are relative to it.")
-    source.add_argument("--rsna_images", type=Path, help="RSNA bone-age folder of <id>.png (needs --rsna_csv)")
     parser.add_argument("--rsna_csv", type=Path, help="RSNA bone-age table with columns id,boneage,male")
-    parser.add_argument("--output", required=True, type=Path, help="cache folder")
     parser.add_argument("--size", type=int, default=512, help="side of the square output in pixels (default 512)")
     parser.add_argument("--normalize", choices=NORMALIZATIONS, default="zscore", help="intensity normalisation")
     parser.add_argument("--target", default=None,
