@@ -49,7 +49,7 @@ import numpy as np
 import pandas as pd
 from scipy.signal import lfilter
 
-from supremix_med.data.generation import add_cohort_arguments, map_indices, write_table
+from supremix_med.data.generation import add_cohort_arguments, cohort_options, map_indices, write_table
 from supremix_med.io import atomic_write, check_generator_record
 
 __all__ = ["NETWORKS", "SITES", "CohortParams", "generate_cohort", "main", "network_of_parcels", "synthesize_run"]
@@ -231,16 +231,14 @@ def generate_cohort(output_dir: str | Path, n_subjects: int = 200, seed: int = 0
 
 def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     """Command line: ``python -m supremix_med.data.demo_fmri --output DIR [--n_subjects N] [--n_runs R] ...``."""
-    parser = add_cohort_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]), 200, workers=False)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_cohort_arguments(parser, 200, workers=False, age_range=(36.0, 100.0))
     parser.add_argument("--n_parcels", type=int, default=400)
     parser.add_argument("--n_frames", type=int, default=480)
     parser.add_argument("--n_runs", type=int, default=1)
-    parser.add_argument("--age_min", type=float, default=36.0)
-    parser.add_argument("--age_max", type=float, default=100.0)
     args = parser.parse_args(argv)
-    return generate_cohort(args.output, n_subjects=args.n_subjects, seed=args.seed, n_parcels=args.n_parcels,
-                           n_frames=args.n_frames, n_runs=args.n_runs, age_range=(args.age_min, args.age_max),
-                           progress=not args.no_progress)
+    return generate_cohort(args.output, n_parcels=args.n_parcels, n_frames=args.n_frames, n_runs=args.n_runs,
+                           **cohort_options(args))
 
 
 if __name__ == "__main__":

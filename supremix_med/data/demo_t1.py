@@ -67,7 +67,9 @@ import pandas as pd
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from supremix_med.data.generation import add_cohort_arguments, map_indices, write_table
+from supremix_med.data.generation import (
+    add_cohort_arguments, check_cohort_request, cohort_options, map_indices, write_table,
+)
 from supremix_med.io import atomic_write, check_generator_record
 
 __all__ = [
@@ -449,13 +451,7 @@ def generate_cohort(
         ValueError: on a non-positive ``n_subjects`` or ``workers``, an empty ``age_range``, or an
             ``output_dir`` that holds a cohort generated with another seed, age range or model version.
     """
-    if n_subjects < 1:
-        raise ValueError(f"n_subjects must be >= 1, got {n_subjects}")
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
-    age_range = (float(age_range[0]), float(age_range[1]))
-    if not age_range[0] < age_range[1]:
-        raise ValueError(f"age_range must be (youngest, oldest) with youngest < oldest, got {age_range}")
+    age_range = check_cohort_request(n_subjects, workers, age_range)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     check_generator_record(
@@ -480,18 +476,10 @@ def generate_cohort(
 
 def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     """Command line: ``python -m supremix_med.data.demo_t1 --output DIR [--n_subjects N] [--seed S] [--workers W]``."""
-    parser = add_cohort_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]), 240)
-    parser.add_argument("--age_min", type=float, default=42.0)
-    parser.add_argument("--age_max", type=float, default=82.0)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_cohort_arguments(parser, 240, age_range=(42.0, 82.0))
     args = parser.parse_args(argv)
-    return generate_cohort(
-        args.output,
-        n_subjects=args.n_subjects,
-        seed=args.seed,
-        age_range=(args.age_min, args.age_max),
-        workers=args.workers,
-        progress=not args.no_progress,
-    )
+    return generate_cohort(args.output, **cohort_options(args))
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from supremix_med.data.generation import add_cohort_arguments, map_indices, write_table
+from supremix_med.data.generation import add_cohort_arguments, cohort_options, map_indices, write_table
 from supremix_med.io import atomic_write, check_generator_record
 
 __all__ = ["FPS", "N_FRAMES", "PIXEL_CM", "SIZE", "ClipGeometry", "draw_geometry", "generate_cohort",
@@ -268,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     """Command line: ``python -m supremix_med.data.demo_ultrasound --output DIR [--n_clips N] [--seed S]``."""
     parser = add_cohort_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]), 200, "n_clips")
     args = parser.parse_args(argv)
-    return generate_cohort(args.output, args.n_clips, args.seed, args.workers, progress=not args.no_progress)
+    return generate_cohort(args.output, **cohort_options(args))
 
 
 if __name__ == "__main__":

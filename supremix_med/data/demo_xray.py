@@ -45,7 +45,7 @@ import pandas as pd
 from PIL import Image
 from scipy import ndimage
 
-from supremix_med.data.generation import add_cohort_arguments, map_indices, write_table
+from supremix_med.data.generation import add_cohort_arguments, cohort_options, map_indices, write_table
 from supremix_med.io import atomic_write, check_generator_record
 
 __all__ = ["IMAGE_SHAPE", "generate_cohort", "synthesize_hand"]
@@ -265,8 +265,7 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--boneage_min", type=float, default=12.0, help="months")
     parser.add_argument("--boneage_max", type=float, default=216.0, help="months")
     args = parser.parse_args(argv)
-    return generate_cohort(args.output, n_subjects=args.n_subjects, seed=args.seed,
-                           boneage_range=(args.boneage_min, args.boneage_max), progress=not args.no_progress)
+    return generate_cohort(args.output, boneage_range=(args.boneage_min, args.boneage_max), **cohort_options(args))
 
 
 if __name__ == "__main__":

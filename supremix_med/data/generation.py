@@ -1,8 +1,9 @@
 """Shared machinery of the demo cohort generators (``supremix_med.data.demo_*``).
 
-Each generator writes its subjects with a per-index writer and the manifest with :func:`write_table`; this
-module maps the writer over the indices (serially or on a process pool, behind a tqdm bar) and gives the
-command lines their common arguments.
+Each generator checks its request with :func:`check_cohort_request` (those with an age range), writes its
+subjects with a per-index writer that :func:`map_indices` maps over the indices (serially or on a process
+pool, behind a tqdm bar), writes the manifest with :func:`write_table`, and builds its command line on
+:func:`add_cohort_arguments` and :func:`cohort_options`.
 """
 
 from __future__ import annotations
@@ -11,14 +12,14 @@ import argparse
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pandas as pd
 from tqdm import tqdm
 
 from supremix_med.io import atomic_write
 
-__all__ = ["add_cohort_arguments", "map_indices", "write_table"]
+__all__ = ["add_cohort_arguments", "check_cohort_request", "cohort_options", "map_indices", "write_table"]
 
 T = TypeVar("T")
 
@@ -70,22 +71,44 @@ def map_indices(
             return results
 
 
+def check_cohort_request(n_subjects: int, workers: int, age_range: tuple[float, float]) -> tuple[float, float]:
+    """Check a cohort's size, worker count and age range (years); return the range as floats.
+
+    Raises:
+        ValueError: a non-positive ``n_subjects`` or ``workers``, or ``age_range`` not (youngest, oldest)
+            with youngest < oldest.
+    """
+    if n_subjects < 1:
+        raise ValueError(f"n_subjects must be >= 1, got {n_subjects}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    age_range = (float(age_range[0]), float(age_range[1]))
+    if not age_range[0] < age_range[1]:
+        raise ValueError(f"age_range must be (youngest, oldest) with youngest < oldest, got {age_range}")
+    return age_range
+
+
 def write_table(table: pd.DataFrame, path: str | Path) -> None:
     """Write ``table`` as CSV without its index to ``path``, atomically (see ``supremix_med.io.atomic_write``)."""
     atomic_write(path, lambda temporary: table.to_csv(temporary, index=False))
 
 
 def add_cohort_arguments(
-    parser: argparse.ArgumentParser, n_default: int, n_name: str = "n_subjects", workers: bool = True
+    parser: argparse.ArgumentParser,
+    n_default: int,
+    n_name: str = "n_subjects",
+    workers: bool = True,
+    age_range: tuple[float, float] | None = None,
 ) -> argparse.ArgumentParser:
-    """Add the arguments every demo generator takes: ``--output DIR``, ``--<n_name> N``, ``--seed S``,
-    ``--workers W`` (when ``workers``) and ``--no_progress``.
+    """Add the arguments the demo generators share: ``--output DIR``, ``--<n_name> N``, ``--seed S``,
+    ``--age_min A --age_max B`` (when ``age_range``), ``--workers W`` (when ``workers``) and ``--no_progress``.
 
     Args:
         parser: the generator's parser; it adds its own model arguments after this call.
         n_default: default cohort size.
         n_name: name of the cohort-size option (``n_subjects``, ``n_clips``).
         workers: whether the generator runs a process pool (``--workers``, default 1).
+        age_range: default (youngest, oldest) age in years, for generators with an age range.
 
     Returns:
         ``parser``.
@@ -93,7 +116,26 @@ def add_cohort_arguments(
     parser.add_argument("--output", required=True, type=Path, help="cohort folder")
     parser.add_argument(f"--{n_name}", type=int, default=n_default)
     parser.add_argument("--seed", type=int, default=0)
+    if age_range is not None:
+        parser.add_argument("--age_min", type=float, default=age_range[0])
+        parser.add_argument("--age_max", type=float, default=age_range[1])
     if workers:
         parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     return parser
+
+
+def cohort_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``generate_cohort`` keywords from the arguments :func:`add_cohort_arguments` added.
+
+    Returns:
+        The cohort size (``n_subjects`` or ``n_clips``), ``seed``, ``age_range`` (``(age_min, age_max)``) and
+        ``workers`` where the parser has them, and ``progress`` (``not no_progress``).
+    """
+    options = {name: getattr(args, name) for name in ("n_subjects", "n_clips", "seed") if hasattr(args, name)}
+    if hasattr(args, "age_min"):
+        options["age_range"] = (args.age_min, args.age_max)
+    if hasattr(args, "workers"):
+        options["workers"] = args.workers
+    options["progress"] = not args.no_progress
+    return options
