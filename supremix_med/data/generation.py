@@ -1,6 +1,6 @@
 """Shared machinery of the demo cohort generators (``supremix_med.data.demo_*``).
 
-Each generator checks its request with :func:`check_cohort_request` (those with an age range), writes its
+Each generator checks its request (T1 and PET with :func:`check_cohort_request`), writes its
 subjects with a per-index writer that :func:`map_indices` maps over the indices (serially or on a process
 pool, behind a tqdm bar), writes the manifest with :func:`write_table`, and builds its command line on
 :func:`add_cohort_arguments` and :func:`cohort_options`.
