@@ -20,7 +20,7 @@ from torch import nn
 
 from supremix_med.data.cache import read_fingerprint
 from supremix_med.engines.reporting import PredictionCollector, write_report
-from supremix_med.io import atomic_write_json
+from supremix_med.io import atomic_write, atomic_write_json
 from supremix_med.metrics import BiasCorrection
 
 __all__ = ["save_run_config", "run_pretraining", "load_weights", "evaluate_and_report"]
@@ -58,11 +58,8 @@ def run_pretraining(method: str, trainer: Engine | None, encoder: nn.Module,
     trainer.run()
     if not save:
         return
-    path = Path(ckpt_dir) / "pretrained_encoder.pt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".pt.tmp")
-    torch.save(encoder.state_dict(), tmp)
-    os.replace(tmp, path)
+    state = encoder.state_dict()
+    atomic_write(Path(ckpt_dir) / "pretrained_encoder.pt", lambda tmp: torch.save(state, tmp))
 
 
 def load_weights(network: nn.Module, checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> bool:
