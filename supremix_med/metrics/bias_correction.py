@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Any
 
 import numpy as np
 from scipy import stats
+
+from supremix_med.io import atomic_write_json
 
 from .regression import as_vector
 
@@ -99,19 +100,9 @@ class BiasCorrection:
         return correction
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write :meth:`to_dict` as JSON atomically (temporary file in the same folder, then ``os.replace``)."""
-        path = os.fspath(path)
-        content = json.dumps(self.to_dict(), indent=2)
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".bias_correction.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(content)
-            os.chmod(tmp, 0o644)  # mkstemp makes the file private; the correction travels with the model
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        """Write :meth:`to_dict` as JSON atomically (:func:`supremix_med.io.atomic_write_json`), readable by all."""
+        atomic_write_json(self.to_dict(), path)
+        os.chmod(path, 0o644)  # the temporary file is private; the correction travels with the model
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> BiasCorrection:
