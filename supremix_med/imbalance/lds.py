@@ -34,6 +34,8 @@ from scipy.ndimage import convolve1d
 from scipy.signal import windows
 from torch.nn.modules.loss import _Loss
 
+from supremix_med.metrics.regression import as_vector
+
 __all__ = ["KERNELS", "REWEIGHTS", "kernel_window", "LDSWeights", "lds_weights", "WeightedL1Loss"]
 
 KERNELS = ("gaussian", "triangular", "laplace")
@@ -81,13 +83,7 @@ def kernel_window(kernel: str, kernel_size: int, sigma: float) -> np.ndarray:
 
 def _as_labels(labels: ArrayLike, name: str) -> np.ndarray:
     """Return ``labels`` ([N] or [N, 1], array-like or tensor) as a finite, non-empty float64 [N] array."""
-    if isinstance(labels, torch.Tensor):
-        labels = labels.detach().cpu().numpy()
-    values = np.asarray(labels, dtype=np.float64)
-    if values.ndim == 2 and values.shape[1] == 1:
-        values = values[:, 0]
-    if values.ndim != 1:
-        raise ValueError(f"{name} must have shape [N] or [N, 1], got {values.shape}.")
+    values = as_vector(labels, name)
     if values.size == 0:
         raise ValueError(f"{name} must not be empty.")
     if not np.isfinite(values).all():
