@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
-import logging
 import os
 import shutil
 import tempfile
@@ -58,14 +57,12 @@ from pydicom.uid import ExplicitVRLittleEndian, PositronEmissionTomographyImageS
 from scipy import ndimage
 
 from supremix_med.data.generation import (
-    add_cohort_arguments, check_cohort_request, cohort_options, map_indices, write_table,
+    add_cohort_arguments, check_cohort_request, cohort_options, write_missing,
 )
 from supremix_med.io import check_generator_record
 
 __all__ = ["F18_HALF_LIFE_S", "GRID_AFFINE", "GRID_SHAPE", "generate_cohort", "pet_header", "synthesize_suv",
            "write_pet_series"]
-
-logger = logging.getLogger(__name__)
 
 GRID_SHAPE = (39, 48, 41)
 """Voxel grid of the stored scans (4 mm, MNI)."""
@@ -308,12 +305,10 @@ def generate_cohort(
         rows.append({"id": _subject_id(index), "path": f"{_subject_id(index)}/{SERIES_FOLDER}", "age": age, "sex": sex})
     manifest = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
 
-    missing = [i for i, row in enumerate(rows) if not (output_dir / row["path"]).is_dir()]
-    logger.info("%d of %d subjects already exist in %s", n_subjects - len(missing), n_subjects, output_dir)
     write = functools.partial(_generate_subject, output_dir, seed, age_range=age_range)
     # the maps are loaded before a pool starts: forked workers inherit them instead of loading them again
-    map_indices(write, missing, workers, progress, desc="demo PET cohort", prepare=_tissue_maps)
-    write_table(manifest, output_dir / MANIFEST_NAME)
+    write_missing(manifest, output_dir, Path.is_dir, write, output_dir / MANIFEST_NAME, workers, progress,
+                  desc="demo PET cohort", prepare=_tissue_maps)
     return manifest
 
 

@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +67,7 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from supremix_med.data.generation import (
-    add_cohort_arguments, check_cohort_request, cohort_options, map_indices, write_table,
+    add_cohort_arguments, check_cohort_request, cohort_options, write_missing,
 )
 from supremix_med.io import atomic_write, check_generator_record
 
@@ -82,8 +81,6 @@ __all__ = [
     "synthesize_subject",
     "upsample_to_1mm",
 ]
-
-logger = logging.getLogger(__name__)
 
 MNI_1MM_SHAPE = (182, 218, 182)
 """Voxel grid of UK Biobank's ``T1_brain_to_MNI`` (FSL's MNI152_T1_1mm)."""
@@ -465,12 +462,10 @@ def generate_cohort(
         rows.append({"id": _subject_id(index), "path": path, "age": age, "sex": sex, "site": site})
     manifest = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
 
-    missing = [i for i, row in enumerate(rows) if not (output_dir / row["path"]).exists()]
-    logger.info("%d of %d subjects already exist in %s", n_subjects - len(missing), n_subjects, output_dir)
     write = functools.partial(_generate_subject, output_dir, seed, age_range=age_range)
     # the template is loaded before a pool starts: forked workers inherit it instead of loading it again
-    map_indices(write, missing, workers, progress, desc="demo T1 cohort", prepare=_load_template)
-    write_table(manifest, output_dir / MANIFEST_NAME)
+    write_missing(manifest, output_dir, Path.exists, write, output_dir / MANIFEST_NAME, workers, progress,
+                  desc="demo T1 cohort", prepare=_load_template)
     return manifest
 
 

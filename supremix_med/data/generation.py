@@ -2,13 +2,15 @@
 
 Each generator checks its request (T1 and PET with :func:`check_cohort_request`), writes its
 subjects with a per-index writer that :func:`map_indices` maps over the indices (serially or on a process
-pool, behind a tqdm bar), writes the manifest with :func:`write_table`, and builds its command line on
+pool, behind a tqdm bar), writes the manifest with :func:`write_table` (T1 and PET write only the subjects
+not on disk yet, then the manifest, with :func:`write_missing`), and builds its command line on
 :func:`add_cohort_arguments` and :func:`cohort_options`.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -19,9 +21,13 @@ from tqdm import tqdm
 
 from supremix_med.io import atomic_write
 
-__all__ = ["add_cohort_arguments", "check_cohort_request", "cohort_options", "map_indices", "write_table"]
+__all__ = [
+    "add_cohort_arguments", "check_cohort_request", "cohort_options", "map_indices", "write_missing", "write_table",
+]
 
 T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
 
 
 def map_indices(
@@ -91,6 +97,33 @@ def check_cohort_request(n_subjects: int, workers: int, age_range: tuple[float, 
 def write_table(table: pd.DataFrame, path: str | Path) -> None:
     """Write ``table`` as CSV without its index to ``path``, atomically (see ``supremix_med.io.atomic_write``)."""
     atomic_write(path, lambda temporary: table.to_csv(temporary, index=False))
+
+
+def write_missing(
+    manifest: pd.DataFrame,
+    output_dir: Path,
+    exists: Callable[[Path], bool],
+    write: Callable[[int], object],
+    manifest_path: Path,
+    workers: int = 1,
+    progress: bool = True,
+    desc: str = "",
+    prepare: Callable[[], object] | None = None,
+) -> None:
+    """Write the subjects of ``manifest`` not on disk yet, then ``manifest`` itself.
+
+    Args:
+        manifest: one row per subject, in index order, with ``path`` relative to ``output_dir``.
+        output_dir: cohort folder.
+        exists: whether a subject's ``output_dir / path`` is already written (``Path.exists``, ``Path.is_dir``).
+        write: per-index writer of one subject; see :func:`map_indices` for ``workers``, ``progress``,
+            ``desc`` and ``prepare``.
+        manifest_path: where :func:`write_table` writes ``manifest``.
+    """
+    missing = [index for index, path in enumerate(manifest["path"]) if not exists(output_dir / path)]
+    logger.info("%d of %d subjects already exist in %s", len(manifest) - len(missing), len(manifest), output_dir)
+    map_indices(write, missing, workers, progress, desc=desc, prepare=prepare)
+    write_table(manifest, manifest_path)
 
 
 def add_cohort_arguments(
