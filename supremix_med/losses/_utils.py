@@ -62,13 +62,17 @@ def _flatten(features: torch.Tensor, labels: torch.Tensor, name: str) -> tuple[t
                          f"{tuple(features.shape)}), got {labels.shape[0]}.")
     if batch == 0 or features.shape[-1] == 0:
         raise ValueError(f"{name}: features must be non-empty, got shape {tuple(features.shape)}.")
-    if not torch.isfinite(features).all():
+    labels = labels.to(features.device)
+    # one device sync for both checks
+    features_finite, labels_finite = torch.stack((torch.isfinite(features).all(),
+                                                  torch.isfinite(labels).all())).tolist()
+    if not features_finite:
         raise ValueError(f"{name}: features contain NaN or Inf values.")
-    if not torch.isfinite(labels).all():
+    if not labels_finite:
         raise ValueError(f"{name}: labels contain NaN or Inf values.")
     dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
     features = features.to(dtype)
-    labels = labels.to(device=features.device, dtype=dtype)
+    labels = labels.to(dtype)
     if features.dim() == 3:
         views = features.shape[1]
         features = features.transpose(0, 1).reshape(views * batch, features.shape[-1])
