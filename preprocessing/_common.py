@@ -1,9 +1,12 @@
-"""Pieces the preprocessing modules share: library versions for fingerprints, and the manifest -> cache CLI tail."""
+"""Pieces the preprocessing modules share: library versions and file digests for fingerprints, and the manifest ->
+cache CLI tail."""
 
 from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
+import os
 from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
@@ -13,7 +16,7 @@ import pandas as pd
 
 from supremix_med.data.cache import build_cache
 
-__all__ = ["add_cache_arguments", "build_cache_from_cli", "cache_parser", "library_versions"]
+__all__ = ["add_cache_arguments", "build_cache_from_cli", "cache_parser", "file_sha256", "library_versions"]
 
 
 def library_versions(*packages: str) -> dict[str, str]:
@@ -23,6 +26,15 @@ def library_versions(*packages: str) -> dict[str, str]:
         importlib.metadata.PackageNotFoundError: a package is not installed.
     """
     return {package: version(package) for package in packages}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of the file at ``path``, read in 1 MiB blocks (for fingerprints that name an input file)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def cache_parser(prog: str, description: str, alternative: tuple[str, str] | None = None) -> argparse.ArgumentParser:

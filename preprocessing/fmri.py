@@ -45,7 +45,6 @@ channels, time is its one spatial axis, so it cuts a random contiguous window of
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import warnings
@@ -63,7 +62,7 @@ import scipy.io
 from nilearn.maskers import NiftiLabelsMasker
 from nilearn.signal import clean
 
-from preprocessing._common import add_cache_arguments, build_cache_from_cli, cache_parser, library_versions
+from preprocessing._common import add_cache_arguments, build_cache_from_cli, cache_parser, file_sha256, library_versions
 from supremix_med.data.manifest import load_manifest
 from supremix_med.data.splits import assign_splits
 
@@ -182,14 +181,6 @@ def _confound_matrix(confounds: Confounds, n_frames: int, config: FmriParams, pa
         raise ValueError(f"{path}: {source} must have one row per frame ({n_frames}) and numeric columns; got "
                          f"{len(table)} rows and {table.shape[1]} numeric columns.")
     return table.fillna(table.mean()).fillna(0.0).to_numpy(dtype=np.float64)
-
-
-def _file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------- 4-D NIfTI input
@@ -383,7 +374,7 @@ def fingerprint(atlas_path: str | os.PathLike | None = None, **params: Any) -> d
         ``{"pipeline", "version", "params", "atlas", "libraries", "output"}``.
     """
     config = FmriParams(**params)
-    atlas = None if atlas_path is None else {"name": Path(atlas_path).name, "sha256": _file_sha256(atlas_path)}
+    atlas = None if atlas_path is None else {"name": Path(atlas_path).name, "sha256": file_sha256(atlas_path)}
     record = {
         "pipeline": PIPELINE,
         "version": VERSION,

@@ -55,7 +55,6 @@ Steps (``UltrasoundParams`` holds every setting; ``fingerprint`` records them):
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -76,7 +75,7 @@ from pydicom.pixels import apply_color_lut, get_decoder
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
-from preprocessing._common import add_cache_arguments, build_cache_from_cli, cache_parser, library_versions
+from preprocessing._common import add_cache_arguments, build_cache_from_cli, cache_parser, file_sha256, library_versions
 from supremix_med.data.manifest import load_manifest
 
 __all__ = [
@@ -409,10 +408,6 @@ def preprocess(path: str | os.PathLike, **params: Any) -> np.ndarray:
     return preprocess_with_qc(path, **params)[0]
 
 
-def _file_sha256(path: str) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def fingerprint(**params: Any) -> dict[str, Any]:
     """Everything that determines ``preprocess``'s output, as a JSON-ready dict.
 
@@ -427,7 +422,7 @@ def fingerprint(**params: Any) -> dict[str, Any]:
     config = UltrasoundParams(**params)
     recorded = asdict(config)
     if config.sector_mask not in (None, "auto"):
-        recorded["sector_mask_sha256"] = _file_sha256(config.sector_mask)
+        recorded["sector_mask_sha256"] = file_sha256(config.sector_mask)
     record = {
         "pipeline": PIPELINE,
         "version": VERSION,
