@@ -1,7 +1,8 @@
 """Slow, obviously-correct references for SupCon and SupReMix, written straight from the equations.
 
 Every mixture vector is built explicitly, every anchor is its own loop iteration and the denominator is a
-plain sum of exponentials. Only for tests (tiny batches, float64), with :func:`make_batch` for their inputs.
+plain sum of exponentials. Only for tests (tiny batches, float64), with :func:`make_batch` and
+:func:`random_batch` for their inputs.
 Notation as in DESIGN.md "The loss":
 
     L_i = -1/|P_i| * sum_{p in P_i} [ z_i.p / tau - log sum_{c in C_i} w(y_i, y_c) exp(z_i.c / tau) ]
@@ -29,6 +30,21 @@ def make_batch(kind: str, views: int, seed: int = 0, batch: int = 6, dim: int = 
         labels[batch // 2], labels[-1] = labels[0], labels[1]
     lam = torch.rand(batch * views, batch * views, generator=gen, dtype=dtype)
     return features, labels, lam
+
+
+def random_batch(batch: int, views: int, labels: str, *, dim: int, classes: int, scale: float,
+                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float64 features [B, (V,) D] (requiring grad) and labels [B] drawn from ``generator``.
+
+    ``integer`` labels lie in 0..classes-1 (many ties); ``continuous`` labels are uniform in [0, scale).
+    """
+    shape = (batch, dim) if views == 1 else (batch, views, dim)
+    features = torch.randn(shape, generator=generator, dtype=torch.float64)
+    if labels == "integer":
+        y = torch.randint(0, classes, (batch,), generator=generator).double()
+    else:
+        y = torch.rand(batch, generator=generator, dtype=torch.float64) * scale
+    return features.requires_grad_(), y
 
 
 def flatten_views(features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, list[float]]:

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from _loss_references import random_batch
 from supremix_med.losses.conr import ConRLoss
 
 
@@ -46,14 +47,9 @@ def make_batch(batch: int, views: int, labels: str, seed: int = 0
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Features, labels and predictions with plenty of positives and confused (negative) pairs."""
     gen = torch.Generator().manual_seed(seed)
-    shape = (batch, 4) if views == 1 else (batch, views, 4)
-    features = torch.randn(shape, generator=gen, dtype=torch.float64)
-    if labels == "integer":
-        y = torch.randint(0, 4, (batch,), generator=gen).double()
-    else:
-        y = torch.rand(batch, generator=gen, dtype=torch.float64) * 4
+    features, y = random_batch(batch, views, labels, dim=4, classes=4, scale=4.0, generator=gen)
     predictions = torch.rand(batch, generator=gen, dtype=torch.float64) * 2
-    return features.requires_grad_(), y, predictions
+    return features, y, predictions
 
 
 @pytest.mark.parametrize("views", [1, 2])

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from _loss_references import random_batch
 from supremix_med.losses.rnc import RnCLoss
 
 
@@ -39,14 +40,9 @@ def rnc_reference(features: torch.Tensor, labels: torch.Tensor, temperature: flo
 
 
 def make_batch(batch: int, views: int, labels: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    shape = (batch, 5) if views == 1 else (batch, views, 5)
-    features = torch.randn(shape, generator=gen, dtype=torch.float64)
-    if labels == "integer":  # few values: many ties, on both sides of an anchor
-        y = torch.randint(0, 3, (batch,), generator=gen).double()
-    else:
-        y = torch.rand(batch, generator=gen, dtype=torch.float64) * 10
-    return features.requires_grad_(), y
+    """Integer labels in 0..2: few values, many ties on both sides of an anchor; continuous in [0, 10)."""
+    return random_batch(batch, views, labels, dim=5, classes=3, scale=10.0,
+                        generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize("views", [1, 2])
