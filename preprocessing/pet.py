@@ -41,6 +41,7 @@ Values are quantitative (SUV or SUVR) and are not z-scored; the cache's float16 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 from collections.abc import Sequence
@@ -388,13 +389,18 @@ def _first_acquired(slices: Sequence[pydicom.Dataset]) -> pydicom.Dataset:
 
 
 # ------------------------------------------------------------------------------------------------- SUVR
-def _reference_region(config: PETParams, origin: np.ndarray) -> np.ndarray:
-    """The SUVR reference region on the output grid (bool (X, Y, Z))."""
+@functools.lru_cache(maxsize=1)
+def _reference_region(config: PETParams, origin: tuple[float, float, float]) -> np.ndarray:
+    """The SUVR reference region on the output grid with first voxel centre ``origin`` (mm): bool (X, Y, Z),
+    read-only. Cached per process, so the scans of an MNI grid read and resample the mask once, not per scan."""
     path = Path(config.suvr_mask)
     labels, affine = _read_mask(path)
     region = labels > 0 if config.suvr_label is None else labels == config.suvr_label
-    on_grid = resample_to_grid(image_from_array(region.astype(np.float32), affine), config.t1_grid(), origin, sitk.Transform())
+    on_grid = resample_to_grid(
+        image_from_array(region.astype(np.float32), affine), config.t1_grid(), np.asarray(origin), sitk.Transform()
+    )
     region = on_grid >= 0.5
+    region.flags.writeable = False
     if not region.any():
         what = "mask" if config.suvr_label is None else f"label {config.suvr_label}"
         raise ValueError(f"{path}: the SUVR reference {what} is empty on the output grid.")
@@ -466,7 +472,7 @@ def preprocess_with_qc(path: str | os.PathLike, **params: Any) -> tuple[np.ndarr
     volume = resample_to_grid(antialiased_image(data, affine, grid), grid, origin, sitk.Transform())
     reference_mean = None
     if config.suvr_mask is not None:
-        reference_mean = float(volume[_reference_region(config, origin)].mean())
+        reference_mean = float(volume[_reference_region(config, tuple(origin.tolist()))].mean())
         if not reference_mean > 0:
             raise ValueError(f"{path}: mean uptake {reference_mean} in the SUVR reference region is not positive.")
         volume = volume / np.float32(reference_mean)
