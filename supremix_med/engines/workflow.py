@@ -1,5 +1,8 @@
 """The steps a bundle's ``run`` list calls between and after the MONAI engines.
 
+Under ``torch.distributed`` every rank runs every step (the evaluators' metrics synchronise across ranks)
+and only rank 0 writes files, so the multi-GPU overlay reuses ``train.json``'s ``run`` list as it is.
+
 ``train.json`` runs: :func:`save_run_config` -> :func:`run_pretraining` (skipped for ``vanilla``) ->
 fine-tuning ``SupervisedTrainer.run()`` -> :func:`evaluate_and_report` (best checkpoint, bias correction
 fitted on validation predictions, test metrics and files). ``evaluate.json`` runs :func:`evaluate_and_report`
@@ -32,12 +35,23 @@ BIAS_CORRECTION = "bias_correction.json"
 FINGERPRINT = "preprocessing.json"
 
 
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _writes_files() -> bool:
+    """True on the process that writes a run's files: the only one, or rank 0."""
+    return not _distributed() or dist.get_rank() == 0
+
+
 def save_run_config(ckpt_dir: str | os.PathLike, network_config: dict, dataset_dir: str | os.PathLike) -> None:
     """Store what inference needs beside the model: how to build the network and the data's fingerprint.
 
     Writes ``<ckpt_dir>/model_config.json`` (``build_model`` keyword arguments) and, when the dataset is a
     cache, ``<ckpt_dir>/preprocessing.json`` with the fingerprint of the preprocessing that built it.
     """
+    if not _writes_files():
+        return
     ckpt_dir = Path(ckpt_dir)
     atomic_write_json(dict(network_config), ckpt_dir / MODEL_CONFIG)
     if (Path(dataset_dir) / FINGERPRINT).is_file():
@@ -45,18 +59,17 @@ def save_run_config(ckpt_dir: str | os.PathLike, network_config: dict, dataset_d
 
 
 def run_pretraining(method: str, trainer: Engine | None, encoder: nn.Module,
-                    ckpt_dir: str | os.PathLike, save: bool = True) -> None:
+                    ckpt_dir: str | os.PathLike) -> None:
     """Run contrastive pre-training unless ``method`` is ``vanilla``; save the encoder.
 
     The pre-trained encoder's state dict goes to ``<ckpt_dir>/pretrained_encoder.pt`` (loadable by
-    ``ContrastiveRegressor.load_encoder``), written through a temporary file. ``save=False`` (ranks other
-    than 0) trains without writing.
+    ``ContrastiveRegressor.load_encoder``), written through a temporary file (by rank 0 when distributed).
     """
     if method.lower() == "vanilla" or trainer is None or trainer.state.max_epochs == 0:
         logger.info("method %r: no contrastive pre-training", method)
         return
     trainer.run()
-    if not save:
+    if not _writes_files():
         return
     state = encoder.state_dict()
     atomic_write(Path(ckpt_dir) / "pretrained_encoder.pt", lambda tmp: torch.save(state, tmp))
@@ -82,7 +95,7 @@ def evaluate_and_report(network: nn.Module, checkpoint: str | os.PathLike, test_
                         test_collector: PredictionCollector, train_targets: Any, output_dir: str | os.PathLike,
                         ckpt_dir: str | os.PathLike, val_evaluator: Engine | None = None,
                         val_collector: PredictionCollector | None = None, bias_method: str = "beheshti",
-                        target_name: str = "age", extra: dict | None = None, write: bool = True) -> dict:
+                        target_name: str = "age", extra: dict | None = None) -> dict:
     """Load the best checkpoint, fit or load the bias correction, predict the test set, write the report.
 
     Args:
@@ -96,14 +109,12 @@ def evaluate_and_report(network: nn.Module, checkpoint: str | os.PathLike, test_
         val_evaluator, val_collector: when given, the bias correction is fitted on validation predictions.
         bias_method: ``"beheshti"`` or ``"cole"``.
         target_name: name of the target column.
-        extra: more entries for ``metrics.json``.
-        write: write files (False on ranks other than 0, which still run the evaluators: their metrics
-            synchronise across ranks).
+        extra: more entries for ``metrics.json`` (``world_size`` is added).
 
     Returns:
-        The metrics written (empty when ``write`` is False).
+        The metrics written (empty on ranks other than 0).
     """
-    if dist.is_available() and dist.is_initialized():
+    if _distributed():
         dist.barrier()  # rank 0 may still be writing the best checkpoint
     if not load_weights(network, checkpoint, device=next(network.parameters()).device):
         logger.warning("no checkpoint at %s: reporting the network's current weights", checkpoint)
@@ -111,11 +122,13 @@ def evaluate_and_report(network: nn.Module, checkpoint: str | os.PathLike, test_
     if val_evaluator is not None and val_collector is not None:
         val = _predict(val_evaluator, val_collector, target_name)
         correction = BiasCorrection(bias_method).fit(val[f"predicted_{target_name}"], val[target_name])
-        if write:
+        if _writes_files():
             correction.save(bias_path)
     else:
         correction = BiasCorrection.load(bias_path)
     test = _predict(test_evaluator, test_collector, target_name)
-    if not write:
+    if not _writes_files():
         return {}
-    return write_report(test, output_dir, train_targets, correction, target_name, extra)
+    world_size = dist.get_world_size() if _distributed() else 1
+    return write_report(test, output_dir, train_targets, correction, target_name,
+                        {**(extra or {}), "world_size": world_size})
