@@ -22,11 +22,16 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object], suffi
     A failure half-way leaves any existing ``path`` untouched and removes the temporary file. ``suffix`` ends
     the temporary name, for writers that pick the format from it (nibabel's ``.nii.gz``, matplotlib's ``.png``).
     ``durable`` fsyncs the data before the rename, so a power cut cannot leave an empty file behind it.
+    The file gets the permissions a plain ``open(path, "w")`` would (0666 less the umask), not the private
+    0600 of the temporary file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".partial{suffix}")
     os.close(handle)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(name, 0o666 & ~umask)
     try:
         write(Path(name))
         if durable:

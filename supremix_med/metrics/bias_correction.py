@@ -102,7 +102,6 @@ class BiasCorrection:
     def save(self, path: str | os.PathLike) -> None:
         """Write :meth:`to_dict` as JSON atomically (:func:`supremix_med.io.atomic_write_json`), readable by all."""
         atomic_write_json(self.to_dict(), path)
-        os.chmod(path, 0o644)  # the temporary file is private; the correction travels with the model
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> BiasCorrection:
