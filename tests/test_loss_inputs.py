@@ -1,4 +1,5 @@
-"""What every contrastive loss shares: input checks with clear errors and float32 maths under autocast."""
+"""What every contrastive loss shares: input checks with clear errors, float32 maths under autocast and an
+attached zero for a single row."""
 
 from __future__ import annotations
 
@@ -58,3 +59,12 @@ def test_autocast_and_half_inputs_compute_in_float32(name):
 def _seeded(call, features, labels):
     torch.manual_seed(1)
     return call(features, labels)
+
+
+@pytest.mark.parametrize("name", LOSS_CALLS)
+def test_single_row_gives_attached_zero(name):
+    features = torch.randn(1, 4, requires_grad=True)
+    loss = LOSS_CALLS[name](features, torch.tensor([1.0]))
+    assert loss.item() == 0.0 and loss.grad_fn is not None
+    loss.backward()
+    assert torch.equal(features.grad, torch.zeros_like(features))
