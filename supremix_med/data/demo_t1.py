@@ -67,7 +67,7 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from supremix_med.data.generation import (
-    add_cohort_arguments, check_cohort_request, cohort_options, write_missing,
+    add_cohort_arguments, check_cohort_request, cohort_options, truncated_normal, write_missing,
 )
 from supremix_med.io import atomic_write, check_generator_record
 
@@ -272,11 +272,6 @@ def _template_space_image(
     return (c_csf * csf + keep * (tissue + template.residual)) * template.mask
 
 
-def _truncated_normal(rng: np.random.Generator, sd: float, size: int) -> np.ndarray:
-    """``size`` draws of N(0, sd) clipped to +-2 sd (no gross misregistration in the tails)."""
-    return np.clip(rng.normal(0.0, sd, size=size), -2.0 * sd, 2.0 * sd)
-
-
 def _subject_to_template_coordinates(
     template: _Template, rng: np.random.Generator, biological_age: float, sex: str
 ) -> np.ndarray:
@@ -286,10 +281,10 @@ def _subject_to_template_coordinates(
         float array of shape ``(3, *WORK_SHAPE)``.
     """
     volume_factor = 1.0 - VOLUME_LOSS_PER_YEAR * (biological_age - TEMPLATE_AGE)
-    scale = SEX_SCALE[sex] * volume_factor ** (1.0 / 3.0) * (1.0 + _truncated_normal(rng, SCALE_SD, 1)[0])
-    scales = scale * (1.0 + _truncated_normal(rng, AXIS_SCALE_SD, 3))
-    rotation = Rotation.from_euler("xyz", _truncated_normal(rng, ROTATION_SD_DEG, 3), degrees=True).as_matrix()
-    translation = _truncated_normal(rng, TRANSLATION_SD_MM, 3) / WORK_SPACING_MM
+    scale = SEX_SCALE[sex] * volume_factor ** (1.0 / 3.0) * (1.0 + truncated_normal(rng, SCALE_SD, 1)[0])
+    scales = scale * (1.0 + truncated_normal(rng, AXIS_SCALE_SD, 3))
+    rotation = Rotation.from_euler("xyz", truncated_normal(rng, ROTATION_SD_DEG, 3), degrees=True).as_matrix()
+    translation = truncated_normal(rng, TRANSLATION_SD_MM, 3) / WORK_SPACING_MM
     inverse = np.linalg.inv(rotation @ np.diag(scales)).astype(np.float32)
     grid = np.indices(WORK_SHAPE, dtype=np.float32).reshape(3, -1)
     centre = template.centre.astype(np.float32)[:, None]

@@ -45,7 +45,9 @@ import pandas as pd
 from PIL import Image
 from scipy import ndimage
 
-from supremix_med.data.generation import add_cohort_arguments, cohort_options, map_indices, write_table
+from supremix_med.data.generation import (
+    add_cohort_arguments, cohort_options, map_indices, truncated_normal, write_table,
+)
 from supremix_med.io import atomic_write, check_generator_record
 
 __all__ = ["IMAGE_SHAPE", "generate_cohort", "synthesize_hand"]
@@ -81,11 +83,6 @@ PALM_RADIUS = 27.0  # the palm's soft tissue: a capsule from the wrist (0, 0) to
 SOFT_TISSUE_MARGIN = 5.0  # soft tissue reaches this far beyond the bones (hand units, before jitter)
 BACKGROUND, SOFT_TISSUE = 0.04, 0.22
 NOISE_SD, BLUR_SIGMA = 0.02, 0.8
-
-
-def _truncated_normal(rng: np.random.Generator, sd: float, size: int | None = None) -> np.ndarray | float:
-    """N(0, sd) clipped to +-2 sd."""
-    return np.clip(rng.normal(0.0, sd, size=size), -2.0 * sd, 2.0 * sd)
 
 
 def _capsule(rows: np.ndarray, cols: np.ndarray, start: np.ndarray, end: np.ndarray, radius: float) -> np.ndarray:
@@ -157,10 +154,10 @@ def synthesize_hand(rng: np.random.Generator, boneage: float, sex: str) -> np.nd
     plate = PLATE_UNITS * float(np.clip((FUSION_MONTHS[sex] - boneage) / PLATE_CLOSING_MONTHS, 0.0, 1.0))
     density = 0.55 + 0.35 * min(boneage / 216.0, 1.0)
     canvas = _Canvas(
-        scale=growth * (1.0 + _truncated_normal(rng, 0.06)),
-        rotation_deg=_truncated_normal(rng, 6.0),
-        shift=_truncated_normal(rng, 6.0, 2),
-        soft_margin=SOFT_TISSUE_MARGIN * (1.0 + _truncated_normal(rng, 0.15)),
+        scale=growth * (1.0 + truncated_normal(rng, 0.06)),
+        rotation_deg=truncated_normal(rng, 6.0),
+        shift=truncated_normal(rng, 6.0, 2),
+        soft_margin=SOFT_TISSUE_MARGIN * (1.0 + truncated_normal(rng, 0.15)),
     )
     for elbow, wrist, radius in FOREARM:  # radius and ulna: the epiphysis is at the wrist end
         elbow, wrist = np.asarray(elbow), np.asarray(wrist)
@@ -172,7 +169,7 @@ def synthesize_hand(rng: np.random.Generator, boneage: float, sex: str) -> np.nd
             canvas.bone_capsule(np.array([x, y]), np.array([x, y]), radius * size, soft=False)
     canvas.soft_capsule(np.array([0.0, 0.0]), np.array([0.0, 28.0]), PALM_RADIUS)
     for base, angle, lengths, radius in RAYS:
-        theta = np.deg2rad(angle + _truncated_normal(rng, 3.0))
+        theta = np.deg2rad(angle + truncated_normal(rng, 3.0))
         direction = np.array([np.sin(theta), np.cos(theta)])
         point = np.asarray(base)
         for length in lengths:

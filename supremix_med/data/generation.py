@@ -1,10 +1,10 @@
 """Shared machinery of the demo cohort generators (``supremix_med.data.demo_*``).
 
-Each generator checks its request (T1 and PET with :func:`check_cohort_request`), writes its
-subjects with a per-index writer that :func:`map_indices` maps over the indices (serially or on a process
-pool, behind a tqdm bar), writes the manifest with :func:`write_table` (T1 and PET write only the subjects
-not on disk yet, then the manifest, with :func:`write_missing`), and builds its command line on
-:func:`add_cohort_arguments` and :func:`cohort_options`.
+Each generator checks its request (T1 and PET with :func:`check_cohort_request`), draws its jitter with
+:func:`truncated_normal` (T1, X-ray), writes its subjects with a per-index writer that :func:`map_indices` maps
+over the indices (serially or on a process pool, behind a tqdm bar), writes the manifest with :func:`write_table`
+(T1 and PET write only the subjects not on disk yet, then the manifest, with :func:`write_missing`), and builds
+its command line on :func:`add_cohort_arguments` and :func:`cohort_options`.
 """
 
 from __future__ import annotations
@@ -16,13 +16,15 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
 from supremix_med.io import atomic_write
 
 __all__ = [
-    "add_cohort_arguments", "check_cohort_request", "cohort_options", "map_indices", "write_missing", "write_table",
+    "add_cohort_arguments", "check_cohort_request", "cohort_options", "map_indices", "truncated_normal", "write_missing",
+    "write_table",
 ]
 
 T = TypeVar("T")
@@ -92,6 +94,12 @@ def check_cohort_request(n_subjects: int, workers: int, age_range: tuple[float, 
     if not age_range[0] < age_range[1]:
         raise ValueError(f"age_range must be (youngest, oldest) with youngest < oldest, got {age_range}")
     return age_range
+
+
+def truncated_normal(rng: np.random.Generator, sd: float, size: int | None = None) -> np.ndarray | float:
+    """``size`` draws (one float when ``size`` is None) of N(0, sd) clipped to +-2 sd: anatomy and pose jitter
+    without gross outliers in the tails."""
+    return np.clip(rng.normal(0.0, sd, size=size), -2.0 * sd, 2.0 * sd)
 
 
 def write_table(table: pd.DataFrame, path: str | Path) -> None:
