@@ -26,13 +26,11 @@ Two behaviours of the public ConR code are deliberately not reproduced:
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from ._utils import all_gather_rows, anchor_mean, is_distributed, prepare_contrast_batch
-from .supcon import check_positive, masked_logsumexp, pair_masks, similarities
+from .supcon import check_label_range, check_positive, masked_logsumexp, pair_masks, similarities
 
 __all__ = ["ConRLoss"]
 
@@ -78,7 +76,7 @@ class ConRLoss(nn.Module):
         self.window = check_positive(window, "window", name, allow_zero=True)
         self.prediction_window = check_positive(prediction_window, "prediction_window", name, allow_zero=True)
         self.pushing_weight = check_positive(pushing_weight, "pushing_weight", name, allow_zero=True)
-        self.label_range = None if label_range is None else _check_range(label_range)
+        self.label_range = None if label_range is None else check_label_range(label_range, name)
         self._label_scale = 1.0 if self.label_range is None else self.label_range[1] - self.label_range[0]
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor, predictions: torch.Tensor,
@@ -131,13 +129,3 @@ class ConRLoss(nn.Module):
             # the paper's normalisation: every anchor counts in the mean, unselected ones with 0
             return anchor_mean(anchor_losses, torch.ones_like(selected), distributed=distributed)
 
-
-def _check_range(label_range: tuple[float, float]) -> tuple[float, float]:
-    """Return ``label_range`` as floats after checking it is a finite (lo, hi) with lo < hi."""
-    try:
-        lo, hi = (float(v) for v in label_range)
-    except (TypeError, ValueError):
-        raise ValueError(f"ConRLoss: label_range must be a pair (lo, hi) of numbers, got {label_range!r}.") from None
-    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-        raise ValueError(f"ConRLoss: label_range must be finite with lo < hi, got {label_range!r}.")
-    return lo, hi

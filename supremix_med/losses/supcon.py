@@ -13,6 +13,7 @@ This is SupContrast's loss with labels compared for equality, which is SupReMix 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +21,7 @@ from torch import nn
 
 from ._utils import anchor_mean, prepare_contrast_batch
 
-__all__ = ["SupConLoss", "masked_logsumexp", "similarities", "pair_masks", "check_positive"]
+__all__ = ["SupConLoss", "masked_logsumexp", "similarities", "pair_masks", "check_positive", "check_label_range"]
 
 
 def check_positive(value: float, name: str, owner: str, allow_zero: bool = False) -> float:
@@ -30,6 +31,18 @@ def check_positive(value: float, name: str, owner: str, allow_zero: bool = False
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{owner}: {name} must be a finite number {bound}, got {value}.")
     return value
+
+
+def check_label_range(value: Sequence[float], owner: str) -> tuple[float, float]:
+    """``value`` as floats ``(lo, hi)`` if it is a pair of finite numbers with lo < hi, else ValueError."""
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        lo = hi = math.nan
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(f"{owner}: label_range must be a pair (lo, hi) of finite numbers with lo < hi, "
+                         f"got {value!r}.")
+    return lo, hi
 
 
 def masked_logsumexp(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ._utils import anchor_mean, prepare_contrast_batch
-from .supcon import check_positive, masked_logsumexp, pair_masks, similarities
+from .supcon import check_label_range, check_positive, masked_logsumexp, pair_masks, similarities
 
 __all__ = ["SupReMixLoss"]
 
@@ -161,9 +161,7 @@ class SupReMixLoss(nn.Module):
             raise ValueError(f"{name}: beta must hold two finite Beta concentrations > 0, got {beta!r}.")
         self._log_range = 0.0  # log R
         if label_range is not None:
-            low, high = _pair(label_range, "label_range", name)
-            if high <= low:
-                raise ValueError(f"{name}: label_range must be (low, high) with low < high, got {label_range!r}.")
+            low, high = check_label_range(label_range, name)
             self._log_range = math.log(high - low)
         self.label_range = label_range
         self.mix_neg = mix_neg
