@@ -128,4 +128,3 @@ class ConRLoss(nn.Module):
             anchor_losses = torch.where(selected, log_denominator - positive_mean, 0.0)
             # the paper's normalisation: every anchor counts in the mean, unselected ones with 0
             return anchor_mean(anchor_losses, torch.ones_like(selected), distributed=distributed)
-
