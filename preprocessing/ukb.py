@@ -31,6 +31,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from supremix_med.io import atomic_write
+
 __all__ = ["IMAGE_RELATIVE_PATH", "build_ukb_manifest", "main"]
 
 IMAGE_RELATIVE_PATH = Path("T1") / "T1_brain_to_MNI.nii.gz"
@@ -194,8 +196,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     manifest = build_ukb_manifest(
         args.ukb_root, args.age_table, args.age_column, args.sex_column, args.site_column, args.instance
     )
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    manifest.to_csv(args.output, index=False)
+    atomic_write(args.output, lambda temporary: manifest.to_csv(temporary, index=False))
     print(f"{len(manifest)} subjects written to {args.output}")
 
 
