@@ -126,7 +126,7 @@ def run_case(spec: dict) -> dict:
     if spec["kind"] == "loss":
         return result | measure(loss_call(spec["loss"], features, labels), features, spec["repeats"])
     lam = torch.distributions.Beta(2.0, 8.0).sample((spec["n"], spec["n"])).to(features)
-    fast = SupReMixLoss(window=5.0, label_range=LABEL_RANGE)
+    fast = SupReMixLoss(**LOSS_KWARGS["supremix"])
     result |= measure(lambda: materialising_supremix(features, labels, lam), features, spec["repeats"])
     with torch.no_grad():
         difference = materialising_supremix(features, labels, lam) - fast(features, labels, lam)
