@@ -90,8 +90,9 @@ def _mix_pos_block(sim: torch.Tensor, gram: torch.Tensor, anchor_labels: torch.T
     """
     labels, inverse, counts = torch.unique_consecutive(anchor_labels, return_inverse=True, return_counts=True)
     first = torch.cumsum(counts, 0) - counts  # one anchor per distinct label
-    steps_low = torch.arange(int(num_below.max()), device=sim.device)
-    steps_high = torch.arange(int(num_above.max()), device=sim.device)
+    widest_low, widest_high = torch.stack((num_below.max(), num_above.max())).tolist()  # one sync
+    steps_low = torch.arange(widest_low, device=sim.device)
+    steps_high = torch.arange(widest_high, device=sim.device)
     last = contrast_labels.shape[0] - 1
     low = (below_start[first, None] + steps_low).clamp_max(last)  # [U, Wb] columns of the lower rows
     high = (above_start[first, None] + steps_high).clamp_max(last)  # [U, Wa] columns of the upper rows
