@@ -155,9 +155,8 @@ def anchor_mean(anchor_losses: torch.Tensor, valid: torch.Tensor, distributed: b
     if distributed is None:
         distributed = is_distributed()
     total = torch.where(valid, anchor_losses, torch.zeros_like(anchor_losses)).sum()
-    count = valid.sum().to(anchor_losses.dtype)
+    count = valid.sum().to(anchor_losses.dtype)  # a new tensor: safe to reduce in place
     if distributed:
-        count = count.clone()
         dist.all_reduce(count)
         total = total * dist.get_world_size()
     return total / count.clamp_min(1.0)
