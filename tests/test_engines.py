@@ -111,3 +111,18 @@ def test_collector_and_report(tmp_path):
     assert (tmp_path / "predictions.png").stat().st_size > 0
     with pytest.raises(ValueError, match="no predictions"):
         write_report(frame.iloc[:0], tmp_path, train_targets=[1.0])
+
+
+def test_report_shot_metrics(tmp_path):
+    """Shot groups by training samples per 10-year bin: [50, 60) has 3 (many > 2), [60, 70) 2 (medium), 70+ none."""
+    frame = pd.DataFrame({"id": ["a", "b", "c"], "age": [55.0, 65.0, 75.0], "predicted_age": [57.0, 60.0, 75.0]})
+    rule = {"bin_width": 10.0, "many": 2, "few": 1}
+    metrics = write_report(frame, tmp_path, train_targets=[50.0, 52.0, 58.0, 61.0, 69.0], shots=rule)
+    shots = metrics["shots"]
+    assert shots["rule"] == rule
+    assert shots["many"]["mae"] == pytest.approx(2.0) and shots["many"]["n"] == 1
+    assert shots["medium"]["mse"] == pytest.approx(25.0) and shots["medium"]["n"] == 1
+    assert shots["few"]["mae"] == pytest.approx(0.0) and shots["few"]["n"] == 1
+    no_few = write_report(frame.iloc[:2], tmp_path, train_targets=[50.0, 52.0, 58.0, 61.0, 69.0], shots=rule)
+    assert no_few["shots"]["few"] == {"mae": None, "mse": None, "gm": None, "n": 0}
+    assert json.loads((tmp_path / "metrics.json").read_text())["shots"]["few"]["mae"] is None

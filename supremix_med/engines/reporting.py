@@ -9,7 +9,7 @@ corrected by a :class:`~supremix_med.metrics.BiasCorrection` fitted on the valid
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +18,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from supremix_med.io import atomic_write, atomic_write_json
-from supremix_med.metrics import BiasCorrection, regression_metrics
+from supremix_med.metrics import BiasCorrection, regression_metrics, shot_metrics
 
 __all__ = ["PredictionCollector", "atomic_write", "atomic_write_json", "write_report", "plot_predictions"]
 
@@ -87,9 +87,19 @@ def plot_predictions(frame: pd.DataFrame, path: str | os.PathLike, target_name: 
     plt.close(fig)
 
 
+def _shot_report(pred: np.ndarray, truth: np.ndarray, train_targets: Sequence[float],
+                 shots: Mapping) -> dict[str, dict[str, float | None]]:
+    """Many/medium/few-shot MAE, MSE and GM (``None`` where a group has no test sample) and the rule used."""
+    groups = shot_metrics(pred, truth, train_targets, **shots)
+    report: dict = {group: {name: None if np.isnan(value) else value for name, value in values.items()}
+                    for group, values in groups.items() if group != "all"}
+    report["rule"] = dict(shots)
+    return report
+
+
 def write_report(test: pd.DataFrame, output_dir: str | os.PathLike, train_targets: Sequence[float],
                  bias_correction: BiasCorrection | None = None, target_name: str = "age",
-                 extra: dict | None = None) -> dict:
+                 extra: dict | None = None, shots: Mapping | None = None) -> dict:
     """Write ``metrics.json``, ``predictions.csv`` and ``predictions.png`` under ``output_dir``.
 
     Args:
@@ -100,6 +110,9 @@ def write_report(test: pd.DataFrame, output_dir: str | os.PathLike, train_target
             and ``mae_corrected`` to the metrics.
         target_name: the target column's name (``age`` for brain age).
         extra: more entries for ``metrics.json`` (method, epochs, ...).
+        shots: when given, ``metrics["shots"]`` holds MAE/MSE/GM of the many-, medium- and few-shot test
+            samples: ``bin_width`` (label units), ``many`` and ``few`` (training samples per bin) of
+            :func:`~supremix_med.metrics.shot_groups`; the rule is recorded with the numbers.
 
     Returns:
         The metrics dict that was written.
@@ -112,6 +125,8 @@ def write_report(test: pd.DataFrame, output_dir: str | os.PathLike, train_target
     pred = test[f"predicted_{target_name}"].to_numpy(dtype=float)
     metrics = regression_metrics(pred, truth)
     metrics["baseline_mae"] = float(np.mean(np.abs(truth - float(np.mean(train_targets)))))
+    if shots is not None:
+        metrics["shots"] = _shot_report(pred, truth, train_targets, shots)
     frame = test.copy()
     if bias_correction is not None:
         frame["brain_age_gap"] = pred - truth

@@ -91,11 +91,25 @@ def _predict(evaluator: Engine, collector: PredictionCollector, target_name: str
     return collector.frame(target_name)
 
 
+def _bias_correction(method: str | None, path: Path, val_evaluator: Engine | None,
+                     val_collector: PredictionCollector | None, target_name: str) -> BiasCorrection | None:
+    """Fit the correction on validation predictions (and save it), load the saved one, or none (``method=None``)."""
+    if method is None:
+        return None
+    if val_evaluator is None or val_collector is None:
+        return BiasCorrection.load(path)
+    val = _predict(val_evaluator, val_collector, target_name)
+    correction = BiasCorrection(method).fit(val[f"predicted_{target_name}"], val[target_name])
+    if _writes_files():
+        correction.save(path)
+    return correction
+
+
 def evaluate_and_report(network: nn.Module, checkpoint: str | os.PathLike, test_evaluator: Engine,
                         test_collector: PredictionCollector, train_targets: Any, output_dir: str | os.PathLike,
                         ckpt_dir: str | os.PathLike, val_evaluator: Engine | None = None,
-                        val_collector: PredictionCollector | None = None, bias_method: str = "beheshti",
-                        target_name: str = "age", extra: dict | None = None) -> dict:
+                        val_collector: PredictionCollector | None = None, bias_method: str | None = "beheshti",
+                        target_name: str = "age", extra: dict | None = None, shots: dict | None = None) -> dict:
     """Load the best checkpoint, fit or load the bias correction, predict the test set, write the report.
 
     Args:
@@ -107,9 +121,10 @@ def evaluate_and_report(network: nn.Module, checkpoint: str | os.PathLike, test_
         output_dir: where ``metrics.json``, ``predictions.csv`` and the plot go.
         ckpt_dir: where ``bias_correction.json`` is stored (fitted) or read (``val_evaluator`` is None).
         val_evaluator, val_collector: when given, the bias correction is fitted on validation predictions.
-        bias_method: ``"beheshti"`` or ``"cole"``.
+        bias_method: ``"beheshti"`` or ``"cole"``; ``None`` for targets other than brain age (no correction).
         target_name: name of the target column.
         extra: more entries for ``metrics.json`` (``world_size`` is added).
+        shots: shot-group rule for many/medium/few-shot metrics (see :func:`write_report`); ``None``: none.
 
     Returns:
         The metrics written (empty on ranks other than 0).
@@ -118,17 +133,11 @@ def evaluate_and_report(network: nn.Module, checkpoint: str | os.PathLike, test_
         dist.barrier()  # rank 0 may still be writing the best checkpoint
     if not load_weights(network, checkpoint, device=next(network.parameters()).device):
         logger.warning("no checkpoint at %s: reporting the network's current weights", checkpoint)
-    bias_path = Path(ckpt_dir) / BIAS_CORRECTION
-    if val_evaluator is not None and val_collector is not None:
-        val = _predict(val_evaluator, val_collector, target_name)
-        correction = BiasCorrection(bias_method).fit(val[f"predicted_{target_name}"], val[target_name])
-        if _writes_files():
-            correction.save(bias_path)
-    else:
-        correction = BiasCorrection.load(bias_path)
+    correction = _bias_correction(bias_method, Path(ckpt_dir) / BIAS_CORRECTION, val_evaluator, val_collector,
+                                  target_name)
     test = _predict(test_evaluator, test_collector, target_name)
     if not _writes_files():
         return {}
     world_size = dist.get_world_size() if _distributed() else 1
     return write_report(test, output_dir, train_targets, correction, target_name,
-                        {**(extra or {}), "world_size": world_size})
+                        {**(extra or {}), "world_size": world_size}, shots)
