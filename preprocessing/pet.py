@@ -65,6 +65,8 @@ from supremix_med.data.manifest import load_manifest
 
 __all__ = [
     "PIPELINE",
+    "QC_FIELDS",
+    "RUN_PARAMS",
     "VERSION",
     "PETParams",
     "PETSeries",
@@ -84,6 +86,11 @@ GRIDS = ("mni", "scan")
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _SPACING_TOLERANCE = (0.01, 0.01)  # relative, absolute (mm): slice gaps that count as equal
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
+#: QC record entries reported per scan by inference (``supremix_med.inference``), with a failed scan's value.
+QC_FIELDS = {"source": "", "series_uid": "", "slices": 0, "units": "", "suv_factor": float("nan"),
+             "suvr_reference_mean": float("nan"), "output_units": ""}
+#: Parameters chosen per run, not compared between a model's cache and inference (which series of a folder).
+RUN_PARAMS = ("series_uid",)
 
 
 @dataclass(frozen=True)

@@ -78,12 +78,17 @@ from preprocessing.registration import (
 from preprocessing._common import add_cache_arguments, build_cache_from_cli, cache_parser, library_versions
 from supremix_med.data.manifest import load_manifest
 
-__all__ = ["PIPELINE", "VERSION", "T1Params", "antialiased_image", "field_of_view_centre", "fingerprint", "grid_origin",
-           "load_t1", "main", "preprocess", "preprocess_with_qc", "resample_to_grid"]
+__all__ = ["PIPELINE", "QC_FIELDS", "RUN_PARAMS", "VERSION", "T1Params", "antialiased_image", "field_of_view_centre",
+           "fingerprint", "grid_origin", "load_t1", "main", "preprocess", "preprocess_with_qc", "resample_to_grid"]
 
 PIPELINE = "t1"
 VERSION = "1.0.0"
 REGISTER_MODES = ("auto", "always", "never")
+#: QC record entries reported per scan by inference (``supremix_med.inference``), with a failed scan's value.
+QC_FIELDS = {"registered": False, "register_decision": "", "registration_similarity": math.nan}
+#: Parameters chosen per run, not compared between a model's cache and inference: ``"auto"`` keeps MNI-space
+#: scans as they are and registers the others, which is what training did to every scan.
+RUN_PARAMS = ("register",)
 _MIN_VOXELS_PER_AXIS = 8
 _VOXEL_SIZE_RANGE_MM = (0.1, 10.0)
 _MNI_VOXEL_SIZES_MM = (1.0, 2.0)

@@ -80,6 +80,7 @@ from supremix_med.data.manifest import load_manifest
 
 __all__ = [
     "PIPELINE",
+    "QC_FIELDS",
     "VERSION",
     "VIDEO_SUFFIXES",
     "Clip",
@@ -102,6 +103,9 @@ LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 """ITU-R BT.601 luma weights of (R, G, B): the Y of DICOM's YBR_FULL."""
 _MIN_FRAMES = 2
 _ECHONET_SPLITS = {"TRAIN": "train", "VAL": "val", "TEST": "test"}
+#: QC record entries reported per scan by inference (``supremix_med.inference``), with a failed clip's value.
+QC_FIELDS = {"colour": "", "input_frames": 0, "fps": float("nan"), "fps_source": "", "window_s": float("nan"),
+             "mask_fraction": float("nan")}
 
 
 @dataclass(frozen=True)

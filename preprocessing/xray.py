@@ -72,6 +72,7 @@ from supremix_med.data.manifest import load_manifest, validate_manifest
 
 __all__ = [
     "PIPELINE",
+    "QC_FIELDS",
     "VERSION",
     "XRayParams",
     "build_rsna_manifest",
@@ -86,6 +87,8 @@ PIPELINE = "xray"
 VERSION = "1.0.0"
 NORMALIZATIONS = ("zscore", "unit")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+#: QC record entries reported per scan by inference (``supremix_med.inference``), with a failed scan's value.
+QC_FIELDS = {"format": "", "modality": "", "photometric_interpretation": "", "inverted": False, "voi": ""}
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 _PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B")

@@ -171,7 +171,8 @@ def test_list_scans_rejects_bad_csv(tmp_path, text, message):
 
 
 def test_qc_flags_name_each_reason():
-    flags = qc_flags(np.array([60.0, 90.0, 60.0, np.nan]), np.array([0.9, 0.9, 0.3, np.nan]), (45, 82), 0.7)
-    assert flags[0] == "" and flags[3] == ""
+    qc = {"registration_similarity": np.array([0.9, 0.9, 0.3, np.nan, 0.1])}
+    flags = qc_flags(np.array([60.0, 90.0, 60.0, 60.0, np.nan]), (45, 82), qc, {"registration_similarity": (0.7, None)})
+    assert flags[0] == "" and flags[3] == "" and flags[4] == ""  # NaN: not measured / the scan failed
     assert flags[1] == "predicted age 90.0 outside the training range [45, 82]"
-    assert flags[2] == "registration similarity 0.300 below 0.7"
+    assert flags[2] == "registration similarity 0.3 below 0.7"

@@ -1,121 +1,193 @@
-"""Which scans to predict, and their preprocessing with per-scan error capture.
+"""Which scans to predict, and their preprocessing with per-scan error capture, for any modality.
 
-- :func:`list_scans` turns the bundle's ``dataset_dir`` (a folder of NIfTI files, or a CSV ``id,path[,age]``)
-  into MONAI dataset items ``{"id", "path", "label"}`` (``label`` is the known age in years, NaN if unknown).
+Every modality's ``preprocessing.<modality>`` module (the *pipeline*) offers ``preprocess(path, **params)``
+(optionally ``preprocess_with_qc``, returning its QC record too) and ``fingerprint(**params)``; a module may
+also declare
+
+- ``QC_FIELDS``: ``{QC record entry: value of a failed scan}``, the per-scan QC columns inference reports. The
+  default's type is the column's type (bool, int, float or str) and a ``None`` in the record becomes it.
+- ``RUN_PARAMS``: parameters chosen per run that may differ between the model's training cache and inference
+  (e.g. T1's ``register``), so :func:`check_fingerprint` does not compare them.
+
+The pieces, used by every bundle's ``inference.json``:
+
+- :func:`list_scans` turns the bundle's ``dataset_dir`` (a folder of scans, or a CSV ``id,path[,<target>]``)
+  into MONAI dataset items ``{"id", "path", "label"}`` (``label`` is the known target, NaN if unknown).
 - :func:`check_fingerprint` refuses a model whose stored ``preprocessing.json`` differs from what this code's
-  pipeline does: a scan preprocessed differently from the training data gets a confidently wrong age.
-- :class:`PreprocessScan` is the bundle's ``preprocessing``: it runs the training pipeline
-  (``preprocessing.t1.preprocess_with_qc``) on one item and never raises for a bad scan. It stores the
-  reason in ``error`` and a zero image instead, so one unreadable file does not stop a batch of thousands
-  and the collated batch keeps its shape.
+  pipeline does: a scan preprocessed differently from the training data gets a confidently wrong prediction.
+- :class:`PreprocessScan` is the bundle's ``preprocessing``: it runs the training pipeline on one item and
+  never raises for a bad scan. It stores the reason in ``error`` and a zero image instead, so one unreadable
+  file does not stop a batch of thousands and the collated batch keeps its shape.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pandas as pd
 import torch
 from monai.transforms import Transform
+from pydicom.misc import is_dicom
 
-from preprocessing.t1 import fingerprint, preprocess_with_qc
-
-__all__ = ["NIFTI_SUFFIXES", "FINGERPRINT_IGNORED", "list_scans", "check_fingerprint", "PreprocessScan"]
+__all__ = ["DICOM_LAYOUTS", "FINGERPRINT_IGNORED", "NIFTI_SUFFIXES", "PreprocessScan", "check_fingerprint",
+           "list_scans", "load_pipeline", "qc_fields"]
 
 logger = logging.getLogger(__name__)
 
-#: File name endings read as scans when ``dataset_dir`` is a folder.
+#: File name endings of NIfTI scans, the default of :func:`list_scans`.
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
-_CSV_COLUMNS = ("id", "path")
-#: Fingerprint entries that may differ between the model's cache and inference: the registration mode is a
-#: per-run choice (``"auto"`` keeps MNI-space scans as they are and registers the others, which is what
-#: training did to every scan), and library versions are logged as a warning instead.
-FINGERPRINT_IGNORED = ("params.register", "libraries")
+#: How :func:`list_scans` finds DICOM input in a folder: ``"files"`` (each DICOM file is a scan) or
+#: ``"series"`` (each folder directly holding DICOM files is a scan).
+DICOM_LAYOUTS = ("files", "series")
+_DICOM_SUFFIXES = (".dcm", ".dicom")
+_NOT_SCANS = ("DICOMDIR",)  # DICOM media index files
+#: Fingerprint entries never compared: library versions differ between machines and are logged as a warning.
+FINGERPRINT_IGNORED = ("libraries",)
 
 
-def _strip_nifti_suffix(name: str) -> str:
-    for suffix in NIFTI_SUFFIXES:
-        if name.endswith(suffix):
+def load_pipeline(pipeline: str) -> ModuleType:
+    """Import a preprocessing module (e.g. ``"preprocessing.pet"``) and check it has ``preprocess`` and
+    ``fingerprint``.
+
+    Raises:
+        ValueError: the module cannot be imported or lacks either function.
+    """
+    try:
+        module = importlib.import_module(pipeline)
+    except ImportError as err:
+        raise ValueError(f"pipeline {pipeline!r} cannot be imported ({err}); expected a preprocessing module such "
+                         "as 'preprocessing.t1'.") from err
+    missing = [name for name in ("preprocess", "fingerprint") if not callable(getattr(module, name, None))]
+    if missing:
+        raise ValueError(f"pipeline {pipeline!r} has no {' or '.join(missing)}(); it is not a preprocessing module.")
+    return module
+
+
+def qc_fields(pipeline: str) -> dict[str, Any]:
+    """The pipeline's ``QC_FIELDS`` (``{entry: value of a failed scan}``), ``{}`` when it declares none."""
+    return dict(getattr(load_pipeline(pipeline), "QC_FIELDS", {}))
+
+
+# --------------------------------------------------------------------------------------------- listing
+def _strip_suffix(name: str, suffixes: Sequence[str]) -> str:
+    """``name`` without the first of ``suffixes`` it ends with (case-insensitive)."""
+    for suffix in suffixes:
+        if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
 
 
-def _scans_in_folder(folder: Path) -> pd.DataFrame:
-    """Every ``*.nii`` / ``*.nii.gz`` under ``folder`` (recursive); id = relative path without extension."""
-    paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.name.endswith(NIFTI_SUFFIXES))
-    if not paths:
-        raise ValueError(f"list_scans: no {' or '.join(NIFTI_SUFFIXES)} files under folder {str(folder)!r}.")
-    ids = [_strip_nifti_suffix(p.relative_to(folder).as_posix()) for p in paths]
-    return pd.DataFrame({"id": ids, "path": [str(p) for p in paths], "label": math.nan})
+def _is_dicom_file(path: Path) -> bool:
+    return path.name not in _NOT_SCANS and is_dicom(path)
 
 
-def _scans_in_csv(csv: Path) -> pd.DataFrame:
-    """Rows of ``csv`` with columns ``id,path[,age]``; relative paths are resolved against the CSV's folder."""
+def _scans_in_folder(folder: Path, suffixes: Sequence[str], dicom: str | None) -> pd.DataFrame:
+    """The scans under ``folder`` (recursive); id = path relative to the folder without the matched suffix."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    scans = {p: _strip_suffix(p.relative_to(folder).as_posix(), suffixes) for p in files
+             if p.name.lower().endswith(suffixes)}
+    if dicom == "files":
+        scans.update({p: _strip_suffix(p.relative_to(folder).as_posix(), _DICOM_SUFFIXES) for p in files
+                      if p not in scans and _is_dicom_file(p)})
+    elif dicom == "series":
+        series = {p.parent for p in files if p not in scans and _is_dicom_file(p)}
+        scans.update({p: p.relative_to(folder).as_posix() if p != folder else folder.name for p in series})
+    if not scans:
+        kinds = " or ".join(suffixes) + " files"
+        kinds += {None: "", "files": " or DICOM files", "series": " or DICOM series folders"}[dicom]
+        raise ValueError(f"list_scans: no {kinds} under folder {str(folder)!r}.")
+    ordered = sorted(scans.items(), key=lambda item: item[0].as_posix())
+    return pd.DataFrame({"id": [i for _, i in ordered], "path": [str(p) for p, _ in ordered], "label": math.nan})
+
+
+def _scans_in_csv(csv: Path, target: str) -> pd.DataFrame:
+    """Rows of ``csv`` with columns ``id,path[,<target>]``; relative paths are resolved against the CSV's folder."""
     try:
-        # ids and paths verbatim (an id "NA" stays "NA"); empty or NA-like ages are unknown
+        # ids and paths verbatim (an id "NA" stays "NA"); empty or NA-like targets are unknown
         table = pd.read_csv(csv, dtype={"id": str, "path": str}, keep_default_na=False,
-                            na_values={"age": ["", "NA", "NaN", "nan"]})
+                            na_values={target: ["", "NA", "NaN", "nan"]})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise ValueError(f"list_scans: cannot read {str(csv)!r} as a CSV: {err}") from err
-    missing = [c for c in _CSV_COLUMNS if c not in table.columns]
+    missing = [c for c in ("id", "path") if c not in table.columns]
     if missing:
-        raise ValueError(f"list_scans: {str(csv)!r} needs columns id,path[,age]; missing {missing}, "
+        raise ValueError(f"list_scans: {str(csv)!r} needs columns id,path[,{target}]; missing {missing}, "
                          f"found {list(table.columns)}.")
     if table.empty:
         raise ValueError(f"list_scans: {str(csv)!r} lists no scans.")
     blank = table.index[(table["id"].str.strip() == "") | (table["path"].str.strip() == "")]
     if len(blank):
         raise ValueError(f"list_scans: {str(csv)!r} has an empty id or path on data row(s) {(blank + 1).tolist()}.")
-    age = pd.Series(math.nan, index=table.index)
-    if "age" in table.columns:
-        age = pd.to_numeric(table["age"], errors="coerce")
-        bad = table.index[age.isna() & table["age"].notna()]
+    label = pd.Series(math.nan, index=table.index)
+    if target in table.columns:
+        label = pd.to_numeric(table[target], errors="coerce")
+        bad = table.index[label.isna() & table[target].notna()]
         if len(bad):
-            raise ValueError(f"list_scans: {str(csv)!r} has non-numeric age on data row(s) {(bad + 1).tolist()}: "
-                             f"{table.loc[bad, 'age'].tolist()}.")
+            raise ValueError(f"list_scans: {str(csv)!r} has non-numeric {target} on data row(s) "
+                             f"{(bad + 1).tolist()}: {table.loc[bad, target].tolist()}.")
     paths = [str(csv.parent / Path(raw.strip()).expanduser()) for raw in table["path"]]  # absolute paths stay
-    return pd.DataFrame({"id": table["id"].str.strip(), "path": paths, "label": age.astype(float)})
+    return pd.DataFrame({"id": table["id"].str.strip(), "path": paths, "label": label.astype(float)})
 
 
-def list_scans(source: str | os.PathLike) -> list[dict[str, Any]]:
+def list_scans(source: str | os.PathLike, suffixes: Sequence[str] = NIFTI_SUFFIXES, dicom: str | None = None,
+               target: str = "age") -> list[dict[str, Any]]:
     """List the scans to predict as MONAI dataset items.
 
     Args:
-        source: either a folder, searched recursively for ``*.nii`` and ``*.nii.gz`` files whose ids are their
-            paths relative to the folder without the extension (a flat folder gives plain file names; nested
-            layouts such as ``<subject>/T1/T1.nii.gz`` stay unique as ``<subject>/T1/T1``), or a CSV file with
-            columns ``id,path`` and optionally ``age`` (years; empty where unknown), whose relative paths are
-            resolved against the CSV's folder. Listed files that do not exist are not an error here: they
-            get an ``error`` in the predictions like any other unreadable scan.
+        source: either a folder, searched recursively, or a CSV file with columns ``id,path`` and optionally
+            ``target`` (empty where unknown), whose relative paths are resolved against the CSV's folder. In
+            a folder, a scan is
+
+            - a file whose name ends with one of ``suffixes`` (any case); its id is its path relative to the
+              folder without that suffix (a flat folder gives plain file names; nested layouts such as
+              ``<subject>/T1/T1.nii.gz`` stay unique as ``<subject>/T1/T1``);
+            - with ``dicom="files"``, also any other DICOM file (recognised by its ``DICM`` preamble, whatever
+              its name; e.g. X-ray or ultrasound exports); its id is its relative path without a ``.dcm`` or
+              ``.dicom`` suffix;
+            - with ``dicom="series"``, also every folder directly holding DICOM files (one series each, e.g.
+              PET ``<subject>/pet/*.dcm``); its id is the folder's relative path (the folder's name when
+              ``source`` itself is the series).
+
+            Listed files that do not exist are not an error here: they get an ``error`` in the predictions
+            like any other unreadable scan.
+        suffixes: lower-case file name endings of scans, e.g. ``(".png", ".jpg", ".jpeg")``,
+            ``(".avi", ".mp4")`` or ``(".npy", ".csv", ".mat")``.
+        dicom: ``None`` (no DICOM search), or one of :data:`DICOM_LAYOUTS`.
+        target: CSV column of the known target (e.g. ``"age"``, ``"ef"``).
 
     Returns:
-        one dict per scan, ``{"id": str, "path": str, "label": float}`` (``label`` = age, NaN if unknown), in
-        folder (sorted path) or CSV order.
+        one dict per scan, ``{"id": str, "path": str, "label": float}`` (``label`` = the target, NaN if unknown),
+        in folder (sorted path) or CSV order.
 
     Raises:
         FileNotFoundError: ``source`` does not exist.
-        ValueError: an empty folder; a CSV that cannot be parsed, lacks ``id``/``path``, has empty ids or paths,
-            non-numeric ages or duplicate ids (the message names the file and rows).
+        ValueError: an unknown ``dicom`` layout; a folder without scans; a CSV that cannot be parsed, lacks
+            ``id``/``path``, has empty ids or paths, non-numeric targets or duplicate ids (the message names
+            the file and rows).
     """
+    if dicom not in (None, *DICOM_LAYOUTS):
+        raise ValueError(f"list_scans: dicom must be None or one of {DICOM_LAYOUTS}, got {dicom!r}.")
     source = Path(source).expanduser()
     if source.is_dir():
-        table = _scans_in_folder(source)
+        table = _scans_in_folder(source, tuple(s.lower() for s in suffixes), dicom)
     elif source.is_file():
-        table = _scans_in_csv(source)
+        table = _scans_in_csv(source, target)
     else:
-        raise FileNotFoundError(f"list_scans: {str(source)!r} is neither a folder of NIfTI files nor a CSV file.")
+        raise FileNotFoundError(f"list_scans: {str(source)!r} is neither a folder of scans nor a CSV file.")
     duplicated = table["id"][table["id"].duplicated()].unique().tolist()
     if duplicated:
         raise ValueError(f"list_scans: ids must be unique in {str(source)!r}; repeated: {duplicated}.")
     return table.to_dict("records")
 
 
+# ----------------------------------------------------------------------------------------- fingerprint
 def _flatten(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested dict -> ``{"a.b.c": leaf}``."""
     flat: dict[str, Any] = {}
@@ -131,17 +203,32 @@ def _differences(stored: dict[str, Any], current: dict[str, Any], keys: list[str
             if stored.get(k, missing) != current.get(k, missing)]
 
 
-def check_fingerprint(stored_path: str | os.PathLike, register: str = "auto") -> dict[str, Any]:
+def _read_fingerprint(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"check_fingerprint: the model's preprocessing fingerprint {str(path)!r} does not "
+                                "exist; without it the scans cannot be checked against the training data.")
+    try:
+        stored = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"check_fingerprint: {str(path)!r} is not valid JSON: {err}") from err
+    if not isinstance(stored, dict):
+        raise ValueError(f"check_fingerprint: {str(path)!r} must hold a JSON object, got {type(stored).__name__}.")
+    return stored
+
+
+def check_fingerprint(stored_path: str | os.PathLike, pipeline: str = "preprocessing.t1",
+                      **params: Any) -> dict[str, Any]:
     """Refuse to predict if this code would preprocess scans differently from the model's training data.
 
     Compares the model's ``preprocessing.json`` (the training cache's fingerprint, copied next to
-    ``model.pt``) with ``preprocessing.t1.fingerprint(register=register)`` entry by entry: pipeline, version,
-    every parameter and the output grid. Entries under :data:`FINGERPRINT_IGNORED` are not compared;
-    different library versions are logged as a warning.
+    ``model.pt``) with ``<pipeline>.fingerprint(**params)`` entry by entry: pipeline name, version, every
+    parameter and the output. Entries under :data:`FINGERPRINT_IGNORED` and the pipeline's ``RUN_PARAMS``
+    are not compared; different library versions are logged as a warning.
 
     Args:
         stored_path: the model's ``preprocessing.json``.
-        register: the registration mode inference will use.
+        pipeline: the preprocessing module inference will run.
+        **params: the preprocessing parameters inference will use (as given to :class:`PreprocessScan`).
 
     Returns:
         this code's fingerprint.
@@ -152,25 +239,18 @@ def check_fingerprint(stored_path: str | os.PathLike, register: str = "auto") ->
             differing entry with both values).
     """
     path = Path(stored_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"check_fingerprint: the model's preprocessing fingerprint {str(path)!r} does not "
-                                "exist; without it the scans cannot be checked against the training data.")
-    try:
-        stored = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"check_fingerprint: {str(path)!r} is not valid JSON: {err}") from err
-    if not isinstance(stored, dict):
-        raise ValueError(f"check_fingerprint: {str(path)!r} must hold a JSON object, got {type(stored).__name__}.")
-    current = fingerprint(register=register)
+    stored = _read_fingerprint(path)
+    module = load_pipeline(pipeline)
+    current = module.fingerprint(**params)
     flat_stored, flat_current = _flatten(stored), _flatten(current)
     keys = sorted(flat_stored.keys() | flat_current.keys())
-    ignored = [k for k in keys if any(k == i or k.startswith(i + ".") for i in FINGERPRINT_IGNORED)]
-    compared = [k for k in keys if k not in ignored]
-    differing = _differences(flat_stored, flat_current, compared)
+    ignored_prefixes = (*FINGERPRINT_IGNORED, *(f"params.{name}" for name in getattr(module, "RUN_PARAMS", ())))
+    ignored = [k for k in keys if any(k == i or k.startswith(i + ".") for i in ignored_prefixes)]
+    differing = _differences(flat_stored, flat_current, [k for k in keys if k not in ignored])
     if differing:
         raise ValueError(
-            f"check_fingerprint: this code's T1 preprocessing differs from the one the model was trained on "
-            f"({str(path)!r}), so its predictions would be wrong; differing: " + "; ".join(differing)
+            f"check_fingerprint: this code's {pipeline} preprocessing differs from the one the model was trained "
+            f"on ({str(path)!r}), so its predictions would be wrong; differing: " + "; ".join(differing)
             + ". Run the preprocessing version the model was trained with, or re-train on a cache built by this code."
         )
     libraries = _differences(flat_stored, flat_current, [k for k in ignored if k.startswith("libraries.")])
@@ -179,44 +259,64 @@ def check_fingerprint(stored_path: str | os.PathLike, register: str = "auto") ->
     return current
 
 
+# ------------------------------------------------------------------------------------------ preprocess
+def _collatable(value: Any, default: Any) -> Any:
+    """``value`` as the type of ``default`` (``default`` itself for None)."""
+    return default if value is None else type(default)(value)
+
+
 class PreprocessScan(Transform):
     """Preprocess one dataset item with the training pipeline, capturing failures instead of raising.
 
-    Adds to the item (all collatable, none ``None``):
+    Adds to the item (all collatable, none ``None``, the same keys whether the scan succeeded or failed):
 
-    - ``image``: float32 tensor of the pipeline's output shape (1, 100, 100, 100), zeros when the scan failed;
-    - ``registered`` (bool), ``register_decision`` (str), ``registration_similarity`` (float, NaN when not
-      measured) from the pipeline's QC record;
-    - ``error``: empty, or why the scan could not be used: the ``ValueError`` / ``OSError`` message, which
-      names the file; any other exception is logged with its traceback and reported with its class name.
+    - ``image``: float32 tensor of the pipeline's output shape (``fingerprint(**params)["output"]["shape"]``,
+      e.g. (1, 100, 100, 100) for T1/PET, (1, 32, 112, 112) for ultrasound), zeros when the scan failed;
+    - one entry per ``QC_FIELDS`` item of the pipeline, from its QC record (``preprocess_with_qc``; a
+      pipeline without it reports no QC): the record's value converted to the default's type, the default
+      when the record has None or the scan failed;
+    - ``error``: empty, or why the scan could not be used: the ``ValueError`` / ``OSError`` message (prefixed
+      with the path if it does not name it); any other exception is logged with its traceback and reported
+      with its class name and the path.
 
     Args:
-        register: registration mode of ``preprocess_with_qc``: ``"auto"``, ``"always"`` or ``"never"``.
+        pipeline: the preprocessing module, e.g. ``"preprocessing.t1"``, ``"preprocessing.pet"``.
         path_key: item key holding the scan's path.
+        **params: the pipeline's parameters (e.g. ``register="auto"`` for T1, ``frames=32`` for ultrasound),
+            given to its ``preprocess_with_qc`` / ``preprocess`` and ``fingerprint``.
+
+    Raises:
+        ValueError: an unusable ``pipeline`` or invalid ``params`` (raised by its ``fingerprint``).
     """
 
-    def __init__(self, register: str = "auto", path_key: str = "path") -> None:
-        self.register = register
-        self.image_shape = tuple(fingerprint(register=register)["output"]["shape"])
+    def __init__(self, pipeline: str = "preprocessing.t1", path_key: str = "path", **params: Any) -> None:
+        module = load_pipeline(pipeline)
+        self.pipeline = pipeline
         self.path_key = path_key
+        self.params = params
+        self.image_shape = tuple(module.fingerprint(**params)["output"]["shape"])
+        self.qc_defaults = qc_fields(pipeline)
+        self._preprocess = module.preprocess
+        self._preprocess_with_qc = getattr(module, "preprocess_with_qc", None)
 
-    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+    def _run(self, path: str) -> tuple[Any, dict[str, Any]]:
+        """(image, QC record) of one scan; the record is empty for a pipeline without ``preprocess_with_qc``."""
+        if self._preprocess_with_qc is None:
+            return self._preprocess(path, **self.params), {}
+        return self._preprocess_with_qc(path, **self.params)
+
+    def __call__(self, data: Mapping[str, Any]) -> dict[str, Any]:
         item = dict(data)
-        path = item[self.path_key]
+        path = str(item[self.path_key])
         image, qc, error = None, {}, ""
         try:
-            image, qc = preprocess_with_qc(path, register=self.register)
+            image, qc = self._run(path)
         except (ValueError, OSError) as err:  # unusable or missing scan; the message names the file
-            error = str(err)
-        except Exception as err:  # noqa: BLE001 -- an unexpected failure on one scan must not stop the others
+            error = str(err) if path in str(err) else f"{path}: {err}"
+        except Exception as err:  # an unexpected failure on one scan must not stop the others
             logger.exception("unexpected failure while preprocessing %s", path)
             error = f"{type(err).__name__} while preprocessing {path}: {err}"
-        similarity = qc.get("registration_similarity")
-        item.update(
-            image=torch.zeros(self.image_shape) if image is None else torch.as_tensor(image, dtype=torch.float32),
-            registered=bool(qc.get("registered", False)),
-            register_decision=str(qc.get("register_decision", "")),
-            registration_similarity=math.nan if similarity is None else float(similarity),
-            error=error,
-        )
+        item["image"] = torch.zeros(self.image_shape) if image is None else torch.as_tensor(image, dtype=torch.float32)
+        item.update({key: _collatable(qc.get(key), default) for key, default in self.qc_defaults.items()})
+        item["error"] = error
         return item

@@ -26,6 +26,10 @@ TRAIN = {
 INFERENCE = {
     "dataset_dir": "/data/ukb_brainage_scans",
     "label_range": [45.0, 82.0],
+    "register": "auto",
+    "preprocessing_params": {"register": "@register"},
+    "min_similarity": "$@preprocessing_fingerprint['params']['mni_similarity_threshold']",
+    "qc_limits": {"registration_similarity": ["@min_similarity", None]},
 }
 
 OVERLAYS = {
