@@ -8,6 +8,9 @@ projection head, so fine-tuning continues on the very same module:
 - ``mixsupcon``: the same on input-level mixup (mixed inputs and labels, ``ContrastiveBatch(mixup_alpha=...)``).
 - ``conr``: ConR regularises a regression, so the network also predicts and the objective is
   ``L1(prediction, y) + conr_weight * ConR(projections, y, prediction)``.
+- ``simcse`` (:data:`SENTENCE_PAIR_METHODS`, encoders with ``encode_sentences`` such as ``BiLSTMPairEncoder``):
+  the two sentences of each pair are encoded separately (:class:`SentenceEmbedder`) and the supervised SimCSE
+  loss pulls together the sentences of pairs scoring above its threshold.
 """
 
 from __future__ import annotations
@@ -16,16 +19,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from supremix_med.engines.batches import ContrastiveBatch
 from supremix_med.losses import ConRLoss, get_loss
 from supremix_med.networks import ContrastiveRegressor, JointProjectorRegressor, MultiViewProjector
 
-__all__ = ["PRETRAINING_METHODS", "METHODS", "ConRObjective", "Pretraining", "pretraining_setup"]
+__all__ = ["PRETRAINING_METHODS", "SENTENCE_PAIR_METHODS", "METHODS", "ConRObjective", "SentenceEmbedder",
+           "Pretraining", "pretraining_setup"]
 
 PRETRAINING_METHODS = ("supremix", "supcon", "rnc", "conr", "mixsupcon")
-METHODS = ("vanilla", *PRETRAINING_METHODS)
+#: Methods for sentence-pair encoders only (they need ``encoder.encode_sentences``).
+SENTENCE_PAIR_METHODS = ("simcse",)
+METHODS = ("vanilla", *PRETRAINING_METHODS, *SENTENCE_PAIR_METHODS)
 
 
 class ConRObjective(nn.Module):
@@ -49,6 +56,35 @@ class ConRObjective(nn.Module):
         predictions = outputs["predictions"][..., 0]
         regression = (predictions - labels.reshape(-1, 1).to(predictions.dtype)).abs().mean()
         return regression + self.weight * self.conr(outputs["features"], labels, predictions.mean(dim=1))
+
+
+class SentenceEmbedder(nn.Module):
+    """SimCSE's view of a sentence-pair model: tokens [B, 2, L] (or [B, 1, 2, L]) -> [B, 2, D] unit-norm.
+
+    Each sentence of a pair is embedded on its own by ``model.encoder.encode_sentences`` ([N, L] -> [N, D]; for
+    :class:`~supremix_med.networks.BiLSTMPairEncoder` the max-pooled BiLSTM states, D = 2 * hidden_size), then
+    L2-normalised; no projection head, so the loss shapes the very embeddings the pair features are made of.
+    The single-view axis that :class:`ContrastiveBatch` adds is accepted and removed.
+
+    Raises:
+        ValueError: the model's encoder has no ``encode_sentences``, or tokens are not [B, 2, L] / [B, 1, 2, L].
+    """
+
+    def __init__(self, model: ContrastiveRegressor) -> None:
+        super().__init__()
+        if not callable(getattr(model.encoder, "encode_sentences", None)):
+            raise ValueError(f"SentenceEmbedder: encoder {type(model.encoder).__name__} has no encode_sentences "
+                             f"method; sentence-pair methods need a sentence-pair encoder such as bilstm_pair.")
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if tokens.dim() == 4 and tokens.shape[1] == 1:
+            tokens = tokens[:, 0]
+        if tokens.dim() != 3 or tokens.shape[1] != 2:
+            raise ValueError(f"SentenceEmbedder: tokens must be [B, 2, L] or [B, 1, 2, L], got {tuple(tokens.shape)}.")
+        batch = tokens.shape[0]
+        sentences = self.model.encoder.encode_sentences(tokens.reshape(2 * batch, -1))
+        return F.normalize(sentences, dim=1).reshape(batch, 2, -1)
 
 
 @dataclass
@@ -84,5 +120,7 @@ def pretraining_setup(method: str, model: ContrastiveRegressor, loss_kwargs: Map
     if method == "conr":
         return Pretraining(JointProjectorRegressor(model), ConRObjective(loss, conr_weight),
                            ContrastiveBatch(view_keys))
+    if method in SENTENCE_PAIR_METHODS:
+        return Pretraining(SentenceEmbedder(model), loss, ContrastiveBatch(view_keys))
     mixup_alpha = getattr(loss, "mixup_alpha", None) if method == "mixsupcon" else None
     return Pretraining(MultiViewProjector(model), loss, ContrastiveBatch(view_keys, mixup_alpha=mixup_alpha))

@@ -11,10 +11,11 @@ from torch import nn
 from .conr import ConRLoss
 from .mixsupcon import MixSupConLoss
 from .rnc import RnCLoss
+from .simcse import SimCSELoss
 from .supcon import SupConLoss
 from .supremix import SupReMixLoss
 
-__all__ = ["SupReMixLoss", "SupConLoss", "RnCLoss", "ConRLoss", "MixSupConLoss", "LOSSES", "get_loss"]
+__all__ = ["SupReMixLoss", "SupConLoss", "RnCLoss", "ConRLoss", "MixSupConLoss", "SimCSELoss", "LOSSES", "get_loss"]
 
 LOSSES: dict[str, type[nn.Module]] = {
     "supremix": SupReMixLoss,
@@ -22,11 +23,12 @@ LOSSES: dict[str, type[nn.Module]] = {
     "rnc": RnCLoss,
     "conr": ConRLoss,
     "mixsupcon": MixSupConLoss,
+    "simcse": SimCSELoss,
 }
 
 
 def get_loss(name: str, **kwargs) -> nn.Module:
-    """Build a pre-training loss by name (``supremix``, ``supcon``, ``rnc``, ``conr``, ``mixsupcon``)."""
+    """Build a pre-training loss by name (``supremix``, ``supcon``, ``rnc``, ``conr``, ``mixsupcon``, ``simcse``)."""
     try:
         cls = LOSSES[name.lower()]
     except KeyError:
