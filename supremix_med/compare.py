@@ -328,7 +328,10 @@ def comparison_markdown(runs: Sequence[MethodRun], table: pd.DataFrame, title: s
     with_shots = [metrics for metrics in reported if isinstance(metrics.get("shots"), dict)]
     if with_shots:
         counts = [f"{group} {_shot_value(with_shots[0], group, 'n')}" for group in SHOT_GROUPS]
-        lines.append(f"Test samples per shot group: {', '.join(counts)}.")
+        rule = with_shots[0]["shots"].get("rule")
+        stated = (f" (label bins of width {rule.get('bin_width')}: many > {rule.get('many')}, few < "
+                  f"{rule.get('few')} training samples)" if isinstance(rule, dict) else "")
+        lines.append(f"Test samples per shot group{stated}: {', '.join(counts)}.")
     failed = [run for run in runs if run.failed]
     if failed:
         lines += ["", "Failed runs:"]

@@ -39,7 +39,8 @@ metrics = {"method": args["--method"], "mae": mae, "mse": mae ** 2, "gm": mae - 
 if args["--method"] in ("rnc", "supremix"):
     few = 6.0 if args["--method"] == "rnc" else 7.0
     metrics["shots"] = {"many": {"mae": mae - 1, "gm": mae - 2, "n": 30}, "medium": {"mae": mae, "gm": 1.0, "n": 8},
-                        "few": {"mae": few, "gm": float("nan"), "n": 2}}
+                        "few": {"mae": few, "gm": None, "n": 2},
+                        "rule": {"bin_width": 1.0, "many": 100, "few": 20}}
 (out / "metrics.json").write_text(json.dumps(metrics))
 '''
 
@@ -141,24 +142,25 @@ def test_table_layout_bold_best_and_shot_columns(fake_launcher, tmp_path):
     assert list(table.index) == ["Vanilla", "RnC", "SupReMix"]
     assert list(table.columns) == [("mae", "all"), ("mse", "all"), ("gm", "all"), ("pearson_r", "all"),
                                    ("spearman_rho", "all"), ("mae", "many"), ("mae", "medium"), ("mae", "few"),
-                                   ("gm", "many"), ("gm", "medium"), ("gm", "few")]
+                                   ("gm", "many"), ("gm", "medium")]
     assert np.isnan(table.loc["Vanilla", ("mae", "few")]) and table.loc["RnC", ("mae", "few")] == 6.0
     best = best_methods(table)
     assert best[("mae", "all")] == ["SupReMix"] and best[("pearson_r", "all")] == ["SupReMix"]
     assert best[("mae", "few")] == ["RnC"] and best[("spearman_rho", "all")] == ["Vanilla", "RnC", "SupReMix"]
-    assert ("gm", "few") not in best  # nan everywhere
+    assert ("gm", "few") not in table.columns  # no method has a value
 
     write_comparison(runs, tmp_path, UKB, seed=0, overrides={"finetune_epochs": "3"})
     markdown = (tmp_path / "comparison.md").read_text()
     header = next(line for line in markdown.splitlines() if line.startswith("| Method"))
     assert [c.strip() for c in header.strip("|").split("|")] == [
         "Method", "MAE", "MSE", "GM", "Pearson", "Spearman", "MAE many", "MAE medium", "MAE few",
-        "GM many", "GM medium", "GM few"]
+        "GM many", "GM medium"]
     rows = _table_rows(markdown)
     assert rows["SupReMix"][:2] == ["**3.900**", "**15.210**"] and rows["Vanilla"][0] == "5.000"
     assert rows["RnC"][7] == "**6.000**" and rows["Vanilla"][7] == "–"
     assert "`--finetune_epochs 3`" in markdown and "MAE 8.000 on 40 test samples" in markdown
-    assert "Test samples per shot group: many 30, medium 8, few 2." in markdown
+    assert ("Test samples per shot group (label bins of width 1.0: many > 100, few < 20 training samples): "
+            "many 30, medium 8, few 2.") in markdown
     record = json.loads((tmp_path / "comparison.json").read_text())
     assert record["table"]["rnc"]["MAE few"] == 6.0 and record["best"]["MAE"] == ["SupReMix"]
     assert record["runs"]["supremix"]["metrics"]["shots"]["few"]["n"] == 2
@@ -185,7 +187,8 @@ def test_bad_requests_are_refused_before_anything_runs(fake_launcher, tmp_path):
 def test_command_line(fake_launcher, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(compare, "BUNDLE_LAUNCHER", tuple(fake_launcher))
     argv = ["--config_file", UKB[0], "--config_file", UKB[1], "--output_dir", str(tmp_path),
-            "--methods", "vanilla,supremix", "--seed", "3", "--pretrain_epochs", "1", "--network_config#widen_factor=0.5"]
+            "--methods", "vanilla,supremix", "--seed", "3", "--pretrain_epochs", "1",
+            "--network_config#widen_factor=0.5"]
     assert compare.main(argv) == 0
     assert json.loads((tmp_path / "supremix" / "argv.json").read_text())[-6:] == [
         "--seed", "3", "--pretrain_epochs", "1", "--network_config#widen_factor", "0.5"]
