@@ -29,7 +29,13 @@ Call protocol, as in the authors' training loop: train epoch e (the model calls 
 then at the end of epoch e call ``update_last_epoch_stats(e)`` and ``update_running_stats(features, labels,
 e)`` with the features of the whole training set (concatenated, gathered from every rank when distributed).
 ``update_last_epoch_stats`` acts once per epoch and only after ``start_update``, so epoch e + 1 calibrates
-with the statistics of the features seen up to epoch e - 1.
+with the statistics of the features seen up to epoch e - 1. Epochs count from 0, as in the authors' code.
+
+In a training loop the features need not be kept: the model calls :meth:`FDS.collect` (per-bucket sums of
+count, features and squared features) next to :meth:`FDS.smooth`, and the epoch end becomes
+``update_last_epoch_stats(e)`` + ``update_running_stats_from_sums(pop_collected() summed over ranks, e)``.
+:class:`~supremix_med.networks.ContrastiveRegressor` and
+:class:`~supremix_med.imbalance.FDSUpdateHandler` do exactly this.
 
 Differences from the authors' code, all deliberate: unobserved buckets neither enter the smoothing (theirs
 mix their initial mean 0 / variance 1 into their neighbours) nor are calibrated; labels outside the bucket
@@ -69,6 +75,9 @@ class FDS(nn.Module):
     ``last_mean``/``last_var``/``smoothed_mean``/``smoothed_var`` [K, D], ``last_observed`` [K] bool and
     ``epoch`` (the last frozen epoch; starts at ``start_update``).
 
+    Attributes (not in the state dict): ``current_epoch``, the training epoch a model passes to :meth:`smooth`
+    (set by :class:`~supremix_med.imbalance.FDSUpdateHandler` at each epoch start; 0 until then).
+
     Example::
 
         fds = FDS(feature_dim=512, bucket_num=100, bucket_start=0.0, bin_width=1.0)
@@ -80,8 +89,9 @@ class FDS(nn.Module):
                  start_update: int = 0, start_smooth: int = 1,
                  var_ratio_clip: tuple[float, float] | None = (0.1, 10.0)) -> None:
         super().__init__()
-        if feature_dim < 1 or bucket_num < 1:
-            raise ValueError(f"FDS: feature_dim and bucket_num must be >= 1, got {feature_dim} and {bucket_num}.")
+        if not all(isinstance(n, int) and n >= 1 for n in (feature_dim, bucket_num)):
+            raise ValueError(f"FDS: feature_dim and bucket_num must be integers >= 1, got {feature_dim!r} and "
+                             f"{bucket_num!r}.")
         if not bin_width > 0:
             raise ValueError(f"FDS: bin_width must be > 0 (label units), got {bin_width!r}.")
         if momentum is not None and not 0 <= momentum < 1:
@@ -101,6 +111,8 @@ class FDS(nn.Module):
         self.register_buffer("num_samples_tracked", torch.zeros(bucket_num))
         self.register_buffer("last_observed", torch.zeros(bucket_num, dtype=torch.bool))
         self.register_buffer("epoch", torch.tensor(start_update, dtype=torch.long))
+        self.current_epoch = 0
+        self._collected: torch.Tensor | None = None
 
     def buckets(self, labels: torch.Tensor) -> torch.Tensor:
         """Bucket index [B] (int64, in 0..K-1) of labels [B] or [B, 1] (label units)."""
@@ -116,6 +128,17 @@ class FDS(nn.Module):
         if not torch.isfinite(labels).all():
             raise ValueError("FDS: labels contain NaN or Inf values.")
 
+    def _bucket_sums(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Per-bucket sums [K, 1 + 2D] (float64, on the features' device) of features [B, D] and labels [B]:
+        column 0 the sample count, columns 1..D the sum of the features, columns D+1..2D the sum of their squares.
+        """
+        self._check(features, labels)
+        feats = features.detach().double()
+        index = self.buckets(labels).to(feats.device)
+        values = torch.cat([torch.ones_like(feats[:, :1]), feats, feats.square()], dim=1)
+        return torch.zeros(self.bucket_num, values.shape[1], dtype=torch.float64, device=feats.device).index_add_(
+            0, index, values)
+
     @torch.no_grad()
     def update_running_stats(self, features: torch.Tensor, labels: torch.Tensor, epoch: int) -> None:
         """Fold one epoch's training features [N, D] and labels [N] into the running stats (ignored before
@@ -124,17 +147,27 @@ class FDS(nn.Module):
         Raises:
             ValueError: wrong shapes, non-finite labels.
         """
-        self._check(features, labels)
+        self.update_running_stats_from_sums(self._bucket_sums(features, labels), epoch)
+
+    @torch.no_grad()
+    def update_running_stats_from_sums(self, sums: torch.Tensor, epoch: int) -> None:
+        """:meth:`update_running_stats` from one epoch's per-bucket sums [K, 1 + 2D] (count, sum of features,
+        sum of squared features; e.g. :meth:`pop_collected`, summed over ranks). The moments are computed in
+        float64 as var = (sum of squares - count * mean^2) / (count - 1).
+
+        Raises:
+            ValueError: ``sums`` does not have shape [K, 1 + 2D].
+        """
+        if tuple(sums.shape) != (self.bucket_num, 1 + 2 * self.feature_dim):
+            raise ValueError(f"FDS: expected per-bucket sums of shape [{self.bucket_num}, {1 + 2 * self.feature_dim}], "
+                             f"got {tuple(sums.shape)}.")
         if epoch < self.start_update:
             return
-        feats = features.detach().to(self.running_mean.device, torch.float64)
-        index = self.buckets(labels).to(feats.device)
-        count = torch.zeros(self.bucket_num, dtype=torch.float64, device=feats.device).index_add_(
-            0, index, torch.ones_like(index, dtype=torch.float64))
-        mean = torch.zeros(self.bucket_num, self.feature_dim, dtype=torch.float64, device=feats.device)
-        mean = mean.index_add_(0, index, feats) / count.clamp_min(1)[:, None]
-        squares = torch.zeros_like(mean).index_add_(0, index, (feats - mean[index]) ** 2)
-        var = squares / (count - 1).clamp_min(1)[:, None]  # unbiased; a single sample gives 0
+        sums = sums.to(self.running_mean.device, torch.float64)
+        count, total, squares = sums[:, 0], sums[:, 1:1 + self.feature_dim], sums[:, 1 + self.feature_dim:]
+        mean = total / count.clamp_min(1)[:, None]
+        # unbiased; a single sample gives 0 (rounding can leave a tiny negative residual, hence the clamp)
+        var = (squares - count[:, None] * mean.square()).clamp_min(0) / (count - 1).clamp_min(1)[:, None]
 
         seen = count > 0
         tracked = self.num_samples_tracked.double() + count
@@ -147,7 +180,28 @@ class FDS(nn.Module):
         new_var = (1 - factor) * var + factor * self.running_var.double()
         self.running_mean[seen] = new_mean[seen].to(self.running_mean.dtype)
         self.running_var[seen] = new_var[seen].to(self.running_var.dtype)
-        self.num_samples_tracked.copy_(tracked)
+        self.num_samples_tracked.copy_(tracked.to(self.num_samples_tracked.dtype))
+
+    @torch.no_grad()
+    def collect(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add a training batch (features [B, D], labels [B] or [B, 1]; detached) to this epoch's per-bucket
+        sums. They live on the features' device, outside the state dict (so DDP's buffer broadcast leaves
+        each rank's own sums alone), until :meth:`pop_collected`.
+
+        Raises:
+            ValueError: wrong shapes, non-finite labels.
+        """
+        sums = self._bucket_sums(features, labels)
+        self._collected = sums if self._collected is None else self._collected + sums.to(self._collected.device)
+
+    def pop_collected(self) -> torch.Tensor:
+        """This epoch's per-bucket sums [K, 1 + 2D] from :meth:`collect` (zeros if nothing was collected, on the
+        device of the buffers), and start a new collection."""
+        sums, self._collected = self._collected, None
+        if sums is None:
+            sums = torch.zeros(self.bucket_num, 1 + 2 * self.feature_dim, dtype=torch.float64,
+                               device=self.running_mean.device)
+        return sums
 
     def _smooth_buckets(self, stat: torch.Tensor, observed: np.ndarray) -> torch.Tensor:
         """Kernel average [K, D] of ``stat`` over neighbouring observed buckets (unobserved rows kept)."""

@@ -36,7 +36,7 @@ from torch.nn.modules.loss import _Loss
 
 from supremix_med.metrics.regression import as_vector
 
-__all__ = ["KERNELS", "REWEIGHTS", "kernel_window", "LDSWeights", "lds_weights", "WeightedL1Loss"]
+__all__ = ["KERNELS", "REWEIGHTS", "kernel_window", "LDSWeights", "lds_weights", "WeightedL1Loss", "LDSL1Loss"]
 
 KERNELS = ("gaussian", "triangular", "laplace")
 REWEIGHTS = {"inverse": 1.0, "sqrt_inverse": 0.5}
@@ -292,3 +292,40 @@ class WeightedL1Loss(_Loss):
         if self.reduction == LossReduction.SUM.value:
             return loss.sum()
         return loss
+
+
+class LDSL1Loss(WeightedL1Loss):
+    """L1 loss weighted by the LDS weight of each sample's target: weight(target) * |input - target|.
+
+    The weights are a function of the label, so the loss needs nothing beyond ``(input, target)`` and drops in
+    for ``torch.nn.L1Loss`` in a trainer. The weight of every fitted bin is tabulated once (a buffer) and
+    looked up on the target's device, so no batch leaves the GPU.
+
+    Args:
+        lds: fitted :class:`LDSWeights` (targets are binned and clamped to its fitted bins as there).
+        reduction: as in :class:`WeightedL1Loss`.
+
+    Raises:
+        ValueError: ``lds`` is not fitted.
+    """
+
+    def __init__(self, lds: LDSWeights, reduction: LossReduction | str = LossReduction.MEAN) -> None:
+        super().__init__(reduction)
+        lds._check_fitted()
+        centres = (lds.first_bin + np.arange(lds.density.size) + 0.5) * lds.bin_width
+        self.register_buffer("bin_weights", torch.as_tensor(lds(centres), dtype=torch.float32))
+        self.first_bin, self.bin_width = lds.first_bin, lds.bin_width
+
+    def weights(self, target: torch.Tensor) -> torch.Tensor:
+        """LDS weights [B] (float32, on the target's device) of targets [B] or [B, 1] in label units."""
+        if target.dim() > 2 or (target.dim() == 2 and target.shape[1] != 1):
+            raise ValueError(f"LDSL1Loss: LDS weighs one target per sample, expected targets [B] or [B, 1], "
+                             f"got {tuple(target.shape)}.")
+        table = self.bin_weights.to(target.device)
+        index = torch.floor(target.detach().reshape(-1).double() / self.bin_width).long() - self.first_bin
+        return table[index.clamp(0, table.numel() - 1)]
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Weighted L1 of predictions ``input`` and targets ``target`` (both [B] or [B, 1], label units); the
+        reduction as in :class:`WeightedL1Loss`."""
+        return super().forward(input, target, self.weights(target))

@@ -13,9 +13,12 @@ Example (a bundle's ``network_def``)::
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from torch import nn
+
+from supremix_med.imbalance.training import build_fds
 
 from .encoders import BiLSTMPairEncoder, MLPEncoder, ResNetEncoder, resnet18_1d, resnet18_3d, resnet50_2d
 from .model import ContrastiveRegressor
@@ -50,6 +53,7 @@ def build_model(
     n_targets: int = 1,
     encoder_checkpoint: str | os.PathLike | None = None,
     freeze_encoder: bool = False,
+    fds: bool | Mapping[str, Any] | None = None,
     **encoder_kwargs,
 ) -> ContrastiveRegressor:
     """Build a :class:`ContrastiveRegressor`, optionally with pre-trained and frozen encoder weights.
@@ -60,18 +64,23 @@ def build_model(
         n_targets: number of regression outputs.
         encoder_checkpoint: file for :meth:`ContrastiveRegressor.load_encoder` (any layout it accepts).
         freeze_encoder: freeze the encoder (linear probe), see :meth:`ContrastiveRegressor.freeze_encoder`.
+        fds: feature-distribution smoothing of the encoder's features: ``None``/``False`` (off), ``True``
+            (default buckets) or a mapping of FDS settings, e.g. ``{"label_range": [45, 82], "kernel":
+            "laplace"}``; see :func:`supremix_med.imbalance.build_fds` for the keys and defaults. The same value
+            rebuilds the same layer, so these kwargs saved as a model config restore its buffers too.
         encoder_kwargs: constructor arguments of the named encoder.
 
     Raises:
-        ValueError: unknown encoder name, ``encoder_kwargs`` given with a module, or a checkpoint that does not
-            fit the encoder.
+        ValueError: unknown encoder name, ``encoder_kwargs`` given with a module, a checkpoint that does not
+            fit the encoder, or bad ``fds`` settings.
     """
     if isinstance(encoder, str):
         encoder = build_encoder(encoder, **encoder_kwargs)
     elif encoder_kwargs:
         raise ValueError(f"build_model: encoder arguments {sorted(encoder_kwargs)} given with a ready "
                          f"{type(encoder).__name__} module; pass an encoder name to use them.")
-    model = ContrastiveRegressor(encoder, projection_dim=projection_dim, n_targets=n_targets)
+    model = ContrastiveRegressor(encoder, projection_dim=projection_dim, n_targets=n_targets,
+                                 fds=build_fds(getattr(encoder, "out_features", None), fds))
     if encoder_checkpoint is not None:
         model.load_encoder(encoder_checkpoint)
     return model.freeze_encoder(freeze_encoder)

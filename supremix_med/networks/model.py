@@ -2,7 +2,8 @@
 
 - :class:`ContrastiveRegressor` holds ``encoder`` -> features [B, F], ``projector`` -> projections [B, P] and
   ``regressor`` -> predictions [B, n_targets]. ``forward`` predicts, so the same object is the bundle's
-  ``network_def`` for fine-tuning, evaluation and inference.
+  ``network_def`` for fine-tuning, evaluation and inference. With an optional FDS layer, ``forward(x, labels)``
+  in training mode calibrates the features before the regressor (feature-distribution smoothing).
 - :class:`MultiViewProjector` adapts it to contrastive pre-training: views [B, V, *input] -> [B, V, P].
 - :class:`JointProjectorRegressor` returns projections and predictions from one encoder pass (ConR, which
   regularises a regression with a contrastive term).
@@ -18,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from supremix_med.imbalance.fds import FDS
 
 from .heads import ProjectionHead, Regressor
 
@@ -90,16 +93,24 @@ class ContrastiveRegressor(nn.Module):
         projection_dim: projection size P of the contrastive head.
         n_targets: number of regression outputs.
         in_features: F for an encoder without an ``out_features`` attribute.
+        fds: optional :class:`~supremix_med.imbalance.FDS` layer over the F features (see :meth:`forward`);
+            its statistics are buffers of the model's state dict.
 
     Attributes:
-        encoder, projector (:class:`ProjectionHead` F -> F -> P), regressor (:class:`Regressor` F -> n_targets).
+        encoder, projector (:class:`ProjectionHead` F -> F -> P), regressor (:class:`Regressor` F -> n_targets),
+        fds (or ``None``).
         target_mean, target_std: buffers [n_targets]; the regressor works on standardised targets and
             :meth:`predict` returns ``regressor(h) * target_std + target_mean`` in label units (set them with
             :meth:`set_target_statistics` before training; they are saved in the state dict).
     """
 
     def __init__(
-        self, encoder: nn.Module, projection_dim: int = 128, n_targets: int = 1, in_features: int | None = None
+        self,
+        encoder: nn.Module,
+        projection_dim: int = 128,
+        n_targets: int = 1,
+        in_features: int | None = None,
+        fds: FDS | None = None,
     ) -> None:
         super().__init__()
         features = in_features if in_features is not None else getattr(encoder, "out_features", None)
@@ -111,9 +122,13 @@ class ContrastiveRegressor(nn.Module):
         if n_targets < 1 or projection_dim < 1:
             raise ValueError(f"ContrastiveRegressor: n_targets and projection_dim must be >= 1, "
                              f"got {n_targets} and {projection_dim}.")
+        if fds is not None and fds.feature_dim != features:
+            raise ValueError(f"ContrastiveRegressor: the FDS layer smooths {fds.feature_dim} features, the encoder "
+                             f"gives {features}.")
         self.encoder = encoder
         self.projector = ProjectionHead(features, projection_dim)
         self.regressor = Regressor(features, n_targets)
+        self.fds = fds
         self.register_buffer("target_mean", torch.zeros(n_targets))
         self.register_buffer("target_std", torch.ones(n_targets))
         self.encoder_frozen = False
@@ -152,9 +167,21 @@ class ContrastiveRegressor(nn.Module):
         """Inputs [B, *input] -> predictions [B, n_targets] in label units."""
         return self.predict_features(self.encode(x))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Same as :meth:`predict`: [B, *input] -> [B, n_targets]."""
-        return self.predict(x)
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Predictions [B, n_targets] in label units from inputs [B, *input].
+
+        Without an FDS layer, without ``labels`` or in eval mode this is :meth:`predict`. In training mode with
+        an FDS layer and ``labels`` ([B] or [B, 1], label units; a trainer passes them with MONAI's
+        ``PrepareBatchExtraInput(extra_keys={"labels": "label"})``), the batch's detached features are first
+        collected for the epoch's statistics (:meth:`FDS.collect`) and the features are calibrated by
+        :meth:`FDS.smooth` at ``fds.current_epoch`` before the regressor (gradients flow through them). A
+        TorchScript export (for inference) compiles only the :meth:`predict` path and ignores ``labels``.
+        """
+        features = self.encode(x)
+        if not torch.jit.is_scripting() and self.training and self.fds is not None and labels is not None:
+            self.fds.collect(features, labels)
+            features = self.fds.smooth(features, labels, self.fds.current_epoch)
+        return self.predict_features(features)
 
     def freeze_encoder(self, frozen: bool = True) -> ContrastiveRegressor:
         """Freeze (or unfreeze) the encoder for the linear-probe protocol.

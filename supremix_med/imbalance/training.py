@@ -1,0 +1,178 @@
+"""LDS and FDS as training switches, for any recipe and any pre-training method.
+
+A bundle's ``lds`` and ``fds`` config values are each ``null``/``false`` (off), ``true`` (default settings) or a
+mapping of settings (e.g. ``--lds "{'kernel': 'laplace', 'kernel_size': 5, 'sigma': 2}"``):
+
+- :func:`regression_loss` ``(train_labels, lds)``: the fine-tuning loss, L1 or LDS-weighted L1.
+- :func:`build_fds` ``(feature_dim, fds)``: the FDS layer of a model (what
+  ``supremix_med.networks.build_model(fds=...)`` calls), or ``None``.
+- :class:`FDSUpdateHandler` ``(network)``: the epoch-end update of the FDS statistics in an ignite trainer.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import ignite.distributed as idist
+import torch
+from ignite.engine import Engine, Events
+from numpy.typing import ArrayLike
+from torch import nn
+
+from .fds import FDS
+from .lds import LDSL1Loss, LDSWeights
+
+__all__ = ["FDS_DEFAULTS", "regression_loss", "build_fds", "FDSUpdateHandler"]
+
+#: FDS settings that ``fds=True`` (and any mapping that leaves them out) uses on top of :class:`FDS`'s own
+#: defaults: 100 buckets of width 1 from 0, the authors' setting for ages. Give ``label_range`` (or
+#: ``bucket_start``/``bucket_num``) for any other target range.
+FDS_DEFAULTS: dict[str, Any] = {"bucket_num": 100, "bucket_start": 0.0}
+
+
+def _keywords(cls: type, exclude: tuple[str, ...] = ()) -> set[str]:
+    """Names of the keyword arguments of ``cls``'s constructor, less ``exclude``."""
+    return set(inspect.signature(cls).parameters) - set(exclude)
+
+
+def _settings(value: bool | Mapping[str, Any] | None, name: str, allowed: set[str]) -> dict[str, Any] | None:
+    """``None`` for off (``None``/``False``), ``{}`` for ``True``, a checked copy of a mapping.
+
+    Raises:
+        ValueError: ``value`` is of another type, or a mapping with keys outside ``allowed``.
+    """
+    if value is None or value is False:
+        return None
+    if value is True:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{name} must be null/false (off), true (defaults) or a mapping of settings, "
+                         f"got {type(value).__name__} {value!r}.")
+    unknown = set(value) - allowed
+    if unknown:
+        raise ValueError(f"{name}: unknown settings {sorted(unknown)}; expected some of {sorted(allowed)}.")
+    return dict(value)
+
+
+def regression_loss(train_labels: ArrayLike, lds: bool | Mapping[str, Any] | None = None) -> nn.Module:
+    """The fine-tuning loss ``(pred, target) -> scalar`` in label units (the model's predictions and the raw
+    targets), optionally weighted by label-distribution smoothing.
+
+    Without LDS it is the mean absolute error over all elements of [B, T] tensors; LDS weighs one target per
+    sample ([B] or [B, 1]) by the weight of its label.
+
+    Args:
+        train_labels: [N] or [N, 1] training targets, label units (used only with LDS, to fit the density).
+        lds: ``None``/``False``: ``torch.nn.L1Loss()``. ``True``: :class:`LDSL1Loss` with the default
+            :class:`LDSWeights` (bins of width 1, Gaussian kernel of size 5 and sigma 2, inverse density).
+            A mapping: :class:`LDSWeights` keyword arguments (``bin_width``, ``kernel``, ``kernel_size``,
+            ``sigma``, ``reweight``, ``clip_max``).
+
+    Returns:
+        the loss module; with LDS its weights have mean 1 over ``train_labels``, so the loss is on the scale
+        of the plain L1 loss.
+
+    Raises:
+        ValueError: ``lds`` of another type or with unknown keys, bad LDS settings, empty or non-finite labels.
+    """
+    settings = _settings(lds, "lds", _keywords(LDSWeights))
+    if settings is None:
+        return nn.L1Loss()
+    return LDSL1Loss(LDSWeights(**settings).fit(train_labels))
+
+
+def build_fds(feature_dim: int, fds: bool | Mapping[str, Any] | None = None) -> FDS | None:
+    """The FDS layer for features of size ``feature_dim``, or ``None`` when ``fds`` is off.
+
+    Args:
+        feature_dim: D, the encoder's feature size.
+        fds: ``None``/``False``: no layer. ``True``: :class:`FDS` with :data:`FDS_DEFAULTS`. A mapping:
+            :class:`FDS` keyword arguments (all but ``feature_dim``; missing ones as for ``True``), where
+            ``label_range: [lo, hi]`` (label units) may replace ``bucket_start``/``bucket_num``: buckets of
+            ``bin_width`` from ``lo``, ``ceil((hi - lo) / bin_width)`` of them (labels beyond ``hi`` join the
+            last). Every value is JSON-friendly, so the mapping in a saved model config rebuilds the layer.
+
+    Raises:
+        ValueError: ``fds`` of another type or with unknown keys, ``label_range`` together with
+            ``bucket_start``/``bucket_num`` or not two finite numbers with lo < hi, bad FDS settings.
+    """
+    settings = _settings(fds, "fds", _keywords(FDS, exclude=("feature_dim",)) | {"label_range"})
+    if settings is None:
+        return None
+    if "label_range" in settings:
+        settings.update(_buckets_of_range(settings))
+    return FDS(feature_dim, **{**FDS_DEFAULTS, **settings})
+
+
+def _buckets_of_range(settings: dict[str, Any]) -> dict[str, Any]:
+    """Pop ``label_range`` from ``settings`` and return the ``bucket_start`` and ``bucket_num`` covering it."""
+    clash = sorted({"bucket_start", "bucket_num"} & set(settings))
+    if clash:
+        raise ValueError(f"fds: give either label_range or {clash}, not both.")
+    label_range = settings.pop("label_range")
+    try:
+        low, high = (float(v) for v in label_range)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"fds: label_range must be [lo, hi] (label units), got {label_range!r}.") from err
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise ValueError(f"fds: label_range must hold two finite numbers with lo < hi, got {label_range!r}.")
+    bin_width = settings.get("bin_width", inspect.signature(FDS).parameters["bin_width"].default)
+    return {"bucket_start": low, "bucket_num": max(1, math.ceil((high - low) / bin_width))}
+
+
+class FDSUpdateHandler:
+    """Ignite handler that runs FDS's epoch protocol for a model with an ``fds`` layer.
+
+    At EPOCH_STARTED it sets ``fds.current_epoch`` (the 0-based epoch, ``engine.state.epoch - 1``, which the
+    model passes to :meth:`FDS.smooth`) and drops anything collected outside an epoch. At EPOCH_COMPLETED it
+    sums the per-bucket feature sums that the model collected during the epoch over all ranks (when
+    torch.distributed is initialised; every rank runs the handler), freezes and smooths the last epoch's
+    statistics (:meth:`FDS.update_last_epoch_stats`) and folds the epoch into the running statistics
+    (:meth:`FDS.update_running_stats_from_sums`).
+
+    It does nothing for a network without an FDS layer (``network.fds`` missing or ``None``), so a recipe
+    can always attach it.
+
+    Args:
+        network: the trained model, e.g. a :class:`~supremix_med.networks.ContrastiveRegressor`, possibly
+            wrapped in DistributedDataParallel / DataParallel.
+
+    Example (a bundle's ``train#handlers``)::
+
+        {"_target_": "supremix_med.imbalance.FDSUpdateHandler", "network": "@network"}
+    """
+
+    def __init__(self, network: nn.Module) -> None:
+        self.network = network
+
+    @property
+    def fds(self) -> FDS | None:
+        """The network's FDS layer, or ``None``."""
+        wrapped = isinstance(self.network, (nn.DataParallel, nn.parallel.DistributedDataParallel))
+        return getattr(self.network.module if wrapped else self.network, "fds", None)
+
+    def attach(self, engine: Engine) -> None:
+        """Register the epoch-start and epoch-end updates with ``engine``."""
+        engine.add_event_handler(Events.EPOCH_STARTED, self.epoch_started)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
+
+    def epoch_started(self, engine: Engine) -> None:
+        """Tell the FDS layer the current (0-based) epoch and start an empty collection."""
+        fds = self.fds
+        if fds is not None:
+            fds.current_epoch = engine.state.epoch - 1
+            fds.pop_collected()
+
+    @torch.no_grad()
+    def epoch_completed(self, engine: Engine) -> None:
+        """Update the FDS statistics from the epoch's collected features of every rank."""
+        fds = self.fds
+        if fds is None:
+            return
+        epoch = engine.state.epoch - 1
+        sums = idist.all_reduce(fds.pop_collected())
+        fds.update_last_epoch_stats(epoch)
+        fds.update_running_stats_from_sums(sums, epoch)
