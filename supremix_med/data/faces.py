@@ -1,0 +1,239 @@
+"""Face-age datasets in the Deep Imbalanced Regression (DIR) split format (AgeDB-DIR, IMDB-WIKI-DIR).
+
+A DIR split file is a CSV with one row per image and the columns
+
+- ``age``: the target, a non-negative number (years);
+- ``path``: the image file, relative to an image folder (AgeDB-DIR: ``AgeDB/<name>.jpg``);
+- ``split``: ``train``, ``val`` or ``test``;
+
+and optionally ``id`` (a unique sample id; the ``path`` is the id otherwise). Other columns are ignored.
+
+:func:`read_dir_split` reads and checks the file, :func:`face_records` turns one split into MONAI-style
+records ``{"image": absolute path, "label": age, "id": ...}`` for :class:`monai.data.Dataset`, and
+:class:`FaceDataset` is that dataset with the image loading built in (RGB, channel-first, [0, 1]) and the
+``labels``/``ids`` properties of :class:`supremix_med.data.datasets.CachedDataset`, so a bundle can swap one
+for the other.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from monai.data import Dataset
+from monai.transforms import Compose
+from PIL import Image
+
+from .datasets import _select_splits
+from .face_transforms import face_load_transforms
+from .manifest import read_manifest_csv
+from .splits import SPLITS
+
+__all__ = ["DIR_COLUMNS", "FaceDataset", "face_records", "read_dir_split"]
+
+DIR_COLUMNS: tuple[str, ...] = ("age", "path", "split")
+"""Columns every DIR split file has."""
+FIRST_LINE = 2  # CSV line of the first data row (line 1 is the header)
+_SHOWN = 5  # offending lines listed in an error message
+
+
+def _lines(mask: pd.Series | np.ndarray, lines: Sequence[int], values: pd.Series | None = None) -> str:
+    """The CSV ``lines`` where ``mask`` holds (the first few, with their ``values`` when given) and how many more."""
+    positions = np.flatnonzero(np.asarray(mask))
+    shown = [f"line {lines[p]}" + ("" if values is None else f" ({values.iloc[p]!r})") for p in positions[:_SHOWN]]
+    more = f" and {positions.size - _SHOWN} more" if positions.size > _SHOWN else ""
+    return ", ".join(shown) + more
+
+
+def _read_csv(csv_path: Path) -> pd.DataFrame:
+    """The CSV as read by ``read_manifest_csv``, column names and text cells stripped of spaces."""
+    try:
+        table = read_manifest_csv(csv_path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise ValueError(f"{csv_path}: not a readable DIR split CSV ({error}).") from error
+    table = table.rename(columns=lambda c: str(c).strip())
+    for column in ("path", "split", "id"):
+        if column in table.columns:
+            table[column] = table[column].astype(str).str.strip()
+    return table
+
+
+def _check_table(table: pd.DataFrame, csv_path: Path) -> pd.DataFrame:
+    """Check columns, ages, paths, splits and ids of a DIR table; return it with ``age`` float and ``id`` set."""
+    missing = [c for c in DIR_COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(f"{csv_path}: missing column(s) {missing}; a DIR split CSV needs {list(DIR_COLUMNS)}, "
+                         f"found {list(table.columns)}.")
+    if table.empty:
+        raise ValueError(f"{csv_path}: no rows after the header.")
+    lines = list(range(FIRST_LINE, FIRST_LINE + len(table)))
+    age = pd.to_numeric(table["age"], errors="coerce")
+    bad_age = ~np.isfinite(age.to_numpy(dtype=float)) | (age < 0).to_numpy()
+    if bad_age.any():
+        raise ValueError(f"{csv_path}: 'age' must be a finite non-negative number; got "
+                         f"{_lines(bad_age, lines, table['age'])}.")
+    empty_path = table["path"] == ""
+    if empty_path.any():
+        raise ValueError(f"{csv_path}: empty 'path' at {_lines(empty_path, lines)}.")
+    bad_split = ~table["split"].isin(SPLITS)
+    if bad_split.any():
+        raise ValueError(f"{csv_path}: 'split' must be one of {SPLITS}; got {_lines(bad_split, lines, table['split'])}.")
+    id_column = "id" if "id" in table.columns else "path"
+    table = table.assign(age=age.astype(float), id=table[id_column], line=lines)
+    duplicated = table["id"].duplicated(keep=False)
+    if duplicated.any():
+        raise ValueError(f"{csv_path}: every {id_column!r} must be unique; repeated at "
+                         f"{_lines(duplicated, lines, table['id'])}.")
+    return table
+
+
+def read_dir_split(csv_path: str | os.PathLike, image_dir: str | os.PathLike | None = None) -> pd.DataFrame:
+    """Read and check a DIR split CSV.
+
+    Args:
+        csv_path: the split file (``age,path,split`` and optionally ``id``).
+        image_dir: folder the ``path`` entries are relative to; defaults to the CSV's folder. Absolute
+            entries are kept.
+
+    Returns:
+        The table with ``age`` (float, years), ``split`` (str), ``id`` (str; the CSV's ``path`` when the file
+        has no ``id`` column), ``path`` (str, absolute) and ``line`` (int, the row's CSV line number), in file
+        order, index 0..n-1.
+
+    Raises:
+        FileNotFoundError: ``csv_path`` does not exist.
+        ValueError: the file is not a readable CSV, has no rows, lacks a column, or has an age that is not a
+            finite non-negative number, an empty path, a split other than train/val/test, or a repeated id;
+            the message names the file and the first offending lines.
+    """
+    csv_path = Path(csv_path).expanduser()
+    table = _check_table(_read_csv(csv_path), csv_path)
+    folder = (csv_path.parent if image_dir is None else Path(image_dir)).expanduser().resolve()
+    table["path"] = [str(folder / Path(p).expanduser()) for p in table["path"]]
+    return table[["id", "path", "age", "split", "line"]]
+
+
+def _select(table: pd.DataFrame, split: str | Sequence[str], csv_path: Path) -> pd.DataFrame:
+    """The rows of ``split`` (a name, a list of names, or ``"all"``); every named split must have rows."""
+    names = _select_splits(split)
+    counts = table["split"].value_counts()
+    empty = [] if split == "all" else [s for s in names if counts.get(s, 0) == 0]
+    if empty:
+        raise ValueError(f"{csv_path}: split(s) {empty} have no rows; the file holds "
+                         f"{ {s: int(counts.get(s, 0)) for s in SPLITS} }.")
+    return pd.concat([table[table["split"] == s] for s in names], ignore_index=True)
+
+
+def face_records(
+    csv_path: str | os.PathLike,
+    image_dir: str | os.PathLike | None = None,
+    split: str | Sequence[str] = "train",
+    check_files: bool = True,
+) -> list[dict[str, Any]]:
+    """MONAI-style records of one or more splits of a DIR split CSV.
+
+    Args:
+        csv_path: the split file (see :func:`read_dir_split`).
+        image_dir: folder the ``path`` entries are relative to; defaults to the CSV's folder.
+        split: ``"train"``, ``"val"``, ``"test"``, a list of them (concatenated in that order) or ``"all"``.
+        check_files: check that every selected image file exists.
+
+    Returns:
+        One dict per selected row, in file order within each split: ``"image"`` (str, absolute path),
+        ``"label"`` (float, years), ``"id"`` (str), ``"line"`` (int, CSV line number).
+
+    Raises:
+        ValueError: see :func:`read_dir_split`; also an unknown or empty split, or (``check_files``) image
+            files that do not exist, named with their CSV lines.
+    """
+    csv_path = Path(csv_path).expanduser()
+    rows = _select(read_dir_split(csv_path, image_dir), split, csv_path)
+    if check_files:
+        absent = rows["path"].map(lambda p: not os.path.isfile(p))
+        if absent.any():
+            raise ValueError(f"{csv_path}: {int(absent.sum())} image file(s) not found: "
+                             f"{_lines(absent, rows['line'].tolist(), rows['path'])}; "
+                             f"check the image folder (image_dir) the paths are relative to.")
+    return [{"image": p, "label": float(y), "id": i, "line": int(n)}
+            for p, y, i, n in zip(rows["path"], rows["age"], rows["id"], rows["line"])]
+
+
+def _reason(path: str, error: BaseException) -> str:
+    """Why ``path`` could not be loaded: PIL's own complaint when PIL cannot decode it, else ``error``'s root cause.
+
+    MONAI's ``LoadImage`` reports any reader failure as "cannot find a suitable reader", hiding PIL's reason.
+    """
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except Exception as pil_error:
+        return f"{type(pil_error).__name__}: {pil_error}"
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+
+
+class FaceDataset(Dataset):
+    """The face images of one or more splits of a DIR split CSV, as MONAI-style dicts.
+
+    Item ``i`` is ``transform(d)`` for the dict ``d`` with
+
+    - ``"image"``: float32 tensor [3, H, W] in [0, 1] (RGB, rows first; grey-scale or palette images are
+      converted to RGB), loaded by ``load`` (default ``face_transforms.face_load_transforms()``: MONAI's
+      ``LoadImaged`` with the PIL reader);
+    - ``"label"``: float32 tensor [1], the age (years);
+    - ``"id"``: the sample id (str).
+
+    ``self.data`` holds the records of :func:`face_records`, as in :class:`monai.data.Dataset`.
+
+    Args:
+        csv_path: the split file (see :func:`read_dir_split`).
+        image_dir: folder the ``path`` entries are relative to; defaults to the CSV's folder.
+        split: ``"train"``, ``"val"``, ``"test"``, a list of them or ``"all"``.
+        transform: callable or sequence of callables (e.g. MONAI dict transforms) applied after loading.
+        load: dict transform turning ``{"image": path}`` into the image tensor; defaults to
+            ``Compose(face_transforms.face_load_transforms())``.
+        check_files: check at construction that every selected image file exists.
+
+    Raises:
+        ValueError: at construction, see :func:`face_records`; when an item is read, an image that cannot be
+            read (the message names the file and its CSV line).
+    """
+
+    def __init__(
+        self,
+        csv_path: str | os.PathLike,
+        image_dir: str | os.PathLike | None = None,
+        split: str | Sequence[str] = "train",
+        transform: Sequence[Callable] | Callable | None = None,
+        load: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        check_files: bool = True,
+    ) -> None:
+        self.csv_path = Path(csv_path).expanduser()
+        self.load = Compose(face_load_transforms()) if load is None else load
+        super().__init__(data=face_records(csv_path, image_dir, split, check_files), transform=transform)
+
+    def _transform(self, index: int) -> Any:
+        record = self.data[index]
+        try:
+            image = self.load({"image": record["image"]})["image"]
+        except Exception as error:
+            raise ValueError(f"{record['image']} (line {record['line']} of {self.csv_path}): cannot read the image "
+                             f"({_reason(record['image'], error)}).") from error
+        item = {"image": image, "label": torch.tensor([record["label"]], dtype=torch.float32), "id": record["id"]}
+        return self.transform(item)
+
+    @property
+    def ids(self) -> list[str]:
+        """Sample ids, in item order."""
+        return [r["id"] for r in self.data]
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Ages [len(self)] (float32), in item order."""
+        return np.array([r["label"] for r in self.data], dtype=np.float32)
