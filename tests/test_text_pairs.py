@@ -20,9 +20,9 @@ from supremix_med.data.text_pairs import (
     Vocabulary,
     build_word_vectors,
     collate_pairs,
+    dataset_word_vectors,
     default_embeddings_path,
     load_word_vectors,
-    prepare_word_vectors,
     read_pairs,
     split_file,
     tokenize,
@@ -170,7 +170,8 @@ def demo(tmp_path_factory) -> tuple[Path, Path]:
 
 def test_dataset_items_collate_and_encode(demo, tmp_path):
     folder, vectors_file = demo
-    vectors = prepare_word_vectors(folder, vectors_file, tmp_path)
+    vectors = dataset_word_vectors(folder, vectors_file)
+    assert vectors.save(tmp_path) == str(tmp_path / EMBEDDINGS_FILE)
     assert vectors.coverage["occurrence_coverage"] == 1.0 and vectors.vectors.shape[1] == 8
     data = TextPairDataset(folder, tmp_path / VOCAB_FILE, "val")
     assert len(data) == 20 and data.ids[:2] == ["0", "1"]
@@ -189,8 +190,9 @@ def test_dataset_items_collate_and_encode(demo, tmp_path):
 
 def test_unscored_dataset_has_no_labels(tmp_path):
     path = _write(tmp_path / "new.tsv", "sentence1\tsentence2\nA cat.\tA dog.\n")
-    data = TextPairDataset(path, Vocabulary(["a", "cat"]), require_score=False)
-    assert set(data[0]) == {"tokens", "id"} and data[0]["tokens"].tolist() == [[2, 3, 1], [2, 1, 1]]
+    data = TextPairDataset(path, Vocabulary(["a", "cat"]), require_score=False, key="image")
+    assert set(data[0]) == {"image", "id"} and data[0]["image"].tolist() == [[2, 3, 1], [2, 1, 1]]
+    assert collate_pairs([data[0]], key="image")["image"].shape == (1, 2, 3)
     with pytest.raises(ValueError, match="new.tsv: has no 'score' column"):
         data.labels
 

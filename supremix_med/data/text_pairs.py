@@ -27,8 +27,9 @@ unknown word.
 Samples
 -------
 :class:`TextPairDataset` items are ``{"tokens": int64 [2, L], "label": float32 [1], "id": str}`` (no
-``"label"`` for unscored files): row 0 is sentence 1, row 1 sentence 2, right-padded with 0 to the longer of
-the two. :func:`collate_pairs` pads a batch to its longest sentence: ``tokens`` [B, 2, L_max], the input of
+``"label"`` for unscored files; the token key is an argument, bundles use ``"image"``, the recipe's input key):
+row 0 is sentence 1, row 1 sentence 2, right-padded with 0 to the longer of the two. :func:`collate_pairs` pads
+a batch to its longest sentence: tokens [B, 2, L_max], the input of
 :class:`~supremix_med.networks.BiLSTMPairEncoder`.
 """
 
@@ -56,7 +57,7 @@ from supremix_med.io import atomic_write
 __all__ = [
     "SPLIT_FILES", "PAD", "UNK", "VOCAB_FILE", "EMBEDDINGS_FILE", "tokenize", "split_file", "read_pairs",
     "Vocabulary", "WordVectors", "default_embeddings_path", "load_word_vectors", "build_word_vectors",
-    "prepare_word_vectors", "TextPairDataset", "collate_pairs",
+    "dataset_word_vectors", "TextPairDataset", "collate_pairs",
 ]
 
 logger = logging.getLogger(__name__)
@@ -222,11 +223,16 @@ class WordVectors:
     vectors: np.ndarray
     coverage: Mapping[str, float]
 
-    def save(self, folder: str | os.PathLike) -> None:
-        """Write ``folder/vocab.txt`` and ``folder/embeddings.npy`` (each atomically)."""
+    def save(self, folder: str | os.PathLike) -> str:
+        """Write ``folder/vocab.txt`` and ``folder/embeddings.npy`` (each atomically); return the latter's path.
+
+        The path is what ``BiLSTMPairEncoder(embeddings=...)`` takes, so a bundle's ``network_config`` can save the
+        vectors beside the model and point the encoder at them in one expression.
+        """
         folder = Path(folder)
         self.vocabulary.save(folder / VOCAB_FILE)
         atomic_write(folder / EMBEDDINGS_FILE, lambda tmp: np.save(tmp, self.vectors), suffix=".npy")
+        return str(folder / EMBEDDINGS_FILE)
 
 
 def default_embeddings_path() -> Path:
@@ -338,26 +344,24 @@ def build_word_vectors(texts: Iterable[str], embeddings_path: str | os.PathLike)
     return WordVectors(Vocabulary(found), table, coverage)
 
 
-def prepare_word_vectors(dataset_dir: str | os.PathLike, embeddings_path: str | os.PathLike | None,
-                         output_dir: str | os.PathLike, splits: Sequence[str] = tuple(SPLIT_FILES)) -> WordVectors:
-    """Build the word vectors of every sentence in ``dataset_dir``'s ``splits`` and save them in ``output_dir``.
+def dataset_word_vectors(dataset_dir: str | os.PathLike, embeddings_path: str | os.PathLike | None = None,
+                         splits: Sequence[str] = tuple(SPLIT_FILES)) -> WordVectors:
+    """:func:`build_word_vectors` of every sentence in ``dataset_dir``'s ``splits``.
 
-    The vectors stay pre-trained (no label is used), so words of all splits get their vector. ``embeddings_path``
-    None means :func:`default_embeddings_path`. Writes ``vocab.txt`` and ``embeddings.npy`` (see
-    :meth:`WordVectors.save`) for training and inference to share.
+    The vectors are pre-trained and no label is read, so the words of every split get their vector.
+    ``embeddings_path`` None means :func:`default_embeddings_path`. Save the result with the model
+    (:meth:`WordVectors.save`) so that inference uses the same ids.
     """
     texts = [sentence for split in splits
              for column in SENTENCE_COLUMNS
              for sentence in read_pairs(split_file(dataset_dir, split), require_score=False)[column]]
-    vectors = build_word_vectors(texts, embeddings_path if embeddings_path is not None else default_embeddings_path())
-    vectors.save(output_dir)
-    return vectors
+    return build_word_vectors(texts, embeddings_path if embeddings_path is not None else default_embeddings_path())
 
 
 class TextPairDataset(Dataset):
     """Tokenised sentence pairs of one split or file, as MONAI-style dicts.
 
-    Item ``i`` is ``transform(d)`` for ``d = {"tokens": int64 [2, L], "label": float32 [1], "id": str}``
+    Item ``i`` is ``transform(d)`` for ``d = {key: int64 [2, L], "label": float32 [1], "id": str}``
     (``"label"`` only when the file has scores), ``L`` the longer sentence's token count, the shorter one
     right-padded with 0.
 
@@ -367,10 +371,12 @@ class TextPairDataset(Dataset):
         split: ``"train"``, ``"val"`` or ``"test"`` (ignored when ``source`` is a file).
         require_score: every pair must have a score (training and evaluation).
         transform: callable applied to each item.
+        key: item key of the token ids.
     """
 
     def __init__(self, source: str | os.PathLike, vocabulary: Vocabulary | str | os.PathLike, split: str = "train",
-                 require_score: bool = True, transform: Callable | None = None) -> None:
+                 require_score: bool = True, transform: Callable | None = None, key: str = "tokens") -> None:
+        self.key = key
         source = Path(source)
         self.path = split_file(source, split) if source.is_dir() else source
         self.vocabulary = vocabulary if isinstance(vocabulary, Vocabulary) else Vocabulary.load(vocabulary)
@@ -390,7 +396,7 @@ class TextPairDataset(Dataset):
         tokens = torch.zeros(2, length, dtype=torch.int64)
         tokens[0, :len(first)] = torch.tensor(first)
         tokens[1, :len(second)] = torch.tensor(second)
-        item = {"tokens": tokens, "id": record["id"]}
+        item = {self.key: tokens, "id": record["id"]}
         if "label" in record:
             item["label"] = torch.tensor([record["label"]], dtype=torch.float32)
         return self.transform(item) if self.transform is not None else item
@@ -412,16 +418,16 @@ class TextPairDataset(Dataset):
         return self.pairs[SCORE_COLUMN].to_numpy(dtype=np.float32)
 
 
-def collate_pairs(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Collate :class:`TextPairDataset` items: ``tokens`` right-padded with 0 to the batch's longest sentence.
+def collate_pairs(batch: Sequence[Mapping[str, Any]], key: str = "tokens") -> dict[str, Any]:
+    """Collate :class:`TextPairDataset` items: ``key``'s token ids right-padded with 0 to the longest sentence.
 
-    Returns ``{"tokens": int64 [B, 2, L_max], "label": [B, 1], "id": [B], ...}``; keys other than ``tokens`` go
-    through MONAI's ``list_data_collate``.
+    Returns ``{key: int64 [B, 2, L_max], "label": [B, 1], "id": [B], ...}``; keys other than ``key`` go through
+    MONAI's ``list_data_collate``. In a bundle config: ``{"_target_": "supremix_med.data.text_pairs.collate_pairs",
+    "_mode_": "callable", "key": "image"}``.
     """
     if not batch:
         raise ValueError("collate_pairs: empty batch.")
-    length = max(item["tokens"].shape[-1] for item in batch)
-    tokens = torch.stack([F.pad(torch.as_tensor(item["tokens"]), (0, length - item["tokens"].shape[-1]))
-                          for item in batch])
-    rest = list_data_collate([{k: v for k, v in item.items() if k != "tokens"} for item in batch])
-    return {**rest, "tokens": tokens}
+    tokens = [torch.as_tensor(item[key]) for item in batch]
+    length = max(t.shape[-1] for t in tokens)
+    rest = list_data_collate([{k: v for k, v in item.items() if k != key} for item in batch])
+    return {**rest, key: torch.stack([F.pad(t, (0, length - t.shape[-1])) for t in tokens])}
