@@ -82,6 +82,12 @@ def test_build_fds_settings() -> None:
     ranged = build_fds(8, {"label_range": [45, 82], "bin_width": 2.0, "kernel": "laplace"})
     assert (ranged.bucket_start, ranged.bucket_num, ranged.bin_width) == (45.0, 19, 2.0)
     assert int(ranged.buckets(torch.tensor([45.0, 82.0, 90.0])).max()) == 18
+    # the task's range places the buckets unless the settings do
+    assert build_fds(8, {"kernel": "laplace"}, label_range=[45, 82]).bucket_num == 37
+    assert build_fds(8, True, label_range=(-1.0, 1.0)).bucket_start == -1.0
+    assert build_fds(8, {"bucket_num": 7}, label_range=[45, 82]).bucket_start == FDS_DEFAULTS["bucket_start"]
+    assert build_model("mlp", in_features=3, fds=True, label_range=[0, 10]).fds.bucket_num == 10
+    assert build_model("mlp", in_features=3, label_range=[0, 10]).fds is None
     for bad, message in [({"label_range": [0, 1], "bucket_num": 3}, "not both"),
                          ({"label_range": [2, 1]}, "lo < hi"),
                          ({"label_range": 3}, r"\[lo, hi\]"),

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ignite.distributed as idist
@@ -27,9 +27,8 @@ from .lds import LDSL1Loss, LDSWeights
 
 __all__ = ["FDS_DEFAULTS", "regression_loss", "build_fds", "FDSUpdateHandler"]
 
-#: FDS settings that ``fds=True`` (and any mapping that leaves them out) uses on top of :class:`FDS`'s own
-#: defaults: 100 buckets of width 1 from 0, the authors' setting for ages. Give ``label_range`` (or
-#: ``bucket_start``/``bucket_num``) for any other target range.
+#: FDS buckets used when neither the settings nor :func:`build_fds`'s ``label_range`` place them: 100 buckets of
+#: width 1 from 0, the authors' setting for ages.
 FDS_DEFAULTS: dict[str, Any] = {"bucket_num": 100, "bucket_start": 0.0}
 
 
@@ -84,16 +83,23 @@ def regression_loss(train_labels: ArrayLike, lds: bool | Mapping[str, Any] | Non
     return LDSL1Loss(LDSWeights(**settings).fit(train_labels))
 
 
-def build_fds(feature_dim: int, fds: bool | Mapping[str, Any] | None = None) -> FDS | None:
+def build_fds(feature_dim: int, fds: bool | Mapping[str, Any] | None = None,
+              label_range: Sequence[float] | None = None) -> FDS | None:
     """The FDS layer for features of size ``feature_dim``, or ``None`` when ``fds`` is off.
+
+    Buckets: ``label_range: [lo, hi]`` (label units) gives buckets of ``bin_width`` from ``lo``,
+    ``ceil((hi - lo) / bin_width)`` of them (labels beyond either end join the edge bucket). It is taken from
+    the settings, else from the ``label_range`` argument, unless the settings give ``bucket_start`` /
+    ``bucket_num`` themselves; with no range at all the buckets of :data:`FDS_DEFAULTS` are used.
 
     Args:
         feature_dim: D, the encoder's feature size.
-        fds: ``None``/``False``: no layer. ``True``: :class:`FDS` with :data:`FDS_DEFAULTS`. A mapping:
-            :class:`FDS` keyword arguments (all but ``feature_dim``; missing ones as for ``True``), where
-            ``label_range: [lo, hi]`` (label units) may replace ``bucket_start``/``bucket_num``: buckets of
-            ``bin_width`` from ``lo``, ``ceil((hi - lo) / bin_width)`` of them (labels beyond ``hi`` join the
-            last). Every value is JSON-friendly, so the mapping in a saved model config rebuilds the layer.
+        fds: ``None``/``False``: no layer. ``True``: :class:`FDS`'s default settings (Gaussian kernel of size 5
+            and sigma 2, momentum 0.9, smoothing from epoch 1) with the buckets above. A mapping: :class:`FDS`
+            keyword arguments (all but ``feature_dim``) and/or ``label_range``; missing ones as for ``True``.
+            Every value is JSON-friendly, so the same arguments in a saved model config rebuild the layer.
+        label_range: the target range of the task (e.g. a bundle's ``label_range``), used when ``fds`` does
+            not place the buckets.
 
     Raises:
         ValueError: ``fds`` of another type or with unknown keys, ``label_range`` together with
@@ -102,6 +108,8 @@ def build_fds(feature_dim: int, fds: bool | Mapping[str, Any] | None = None) -> 
     settings = _settings(fds, "fds", _keywords(FDS, exclude=("feature_dim",)) | {"label_range"})
     if settings is None:
         return None
+    if label_range is not None and not {"label_range", "bucket_start", "bucket_num"} & set(settings):
+        settings["label_range"] = label_range
     if "label_range" in settings:
         settings.update(_buckets_of_range(settings))
     return FDS(feature_dim, **{**FDS_DEFAULTS, **settings})

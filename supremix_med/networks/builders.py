@@ -13,7 +13,7 @@ Example (a bundle's ``network_def``)::
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from torch import nn
@@ -54,6 +54,7 @@ def build_model(
     encoder_checkpoint: str | os.PathLike | None = None,
     freeze_encoder: bool = False,
     fds: bool | Mapping[str, Any] | None = None,
+    label_range: Sequence[float] | None = None,
     **encoder_kwargs,
 ) -> ContrastiveRegressor:
     """Build a :class:`ContrastiveRegressor`, optionally with pre-trained and frozen encoder weights.
@@ -65,9 +66,11 @@ def build_model(
         encoder_checkpoint: file for :meth:`ContrastiveRegressor.load_encoder` (any layout it accepts).
         freeze_encoder: freeze the encoder (linear probe), see :meth:`ContrastiveRegressor.freeze_encoder`.
         fds: feature-distribution smoothing of the encoder's features: ``None``/``False`` (off), ``True``
-            (default buckets) or a mapping of FDS settings, e.g. ``{"label_range": [45, 82], "kernel":
-            "laplace"}``; see :func:`supremix_med.imbalance.build_fds` for the keys and defaults. The same value
-            rebuilds the same layer, so these kwargs saved as a model config restore its buffers too.
+            (default settings) or a mapping of FDS settings, e.g. ``{"kernel": "laplace", "bin_width": 0.5}``;
+            see :func:`supremix_med.imbalance.build_fds` for the keys and defaults. The same kwargs rebuild
+            the same layer, so saved as a model config they restore its buffers too.
+        label_range: [lo, hi] target range (label units) over which the FDS buckets are laid out unless
+            ``fds`` places them itself; used only with ``fds``.
         encoder_kwargs: constructor arguments of the named encoder.
 
     Raises:
@@ -80,7 +83,7 @@ def build_model(
         raise ValueError(f"build_model: encoder arguments {sorted(encoder_kwargs)} given with a ready "
                          f"{type(encoder).__name__} module; pass an encoder name to use them.")
     model = ContrastiveRegressor(encoder, projection_dim=projection_dim, n_targets=n_targets,
-                                 fds=build_fds(getattr(encoder, "out_features", None), fds))
+                                 fds=build_fds(getattr(encoder, "out_features", None), fds, label_range))
     if encoder_checkpoint is not None:
         model.load_encoder(encoder_checkpoint)
     return model.freeze_encoder(freeze_encoder)
