@@ -173,6 +173,7 @@ def test_prediction_records_apply_the_model_scaler_and_flag_bad_rows(tmp_path, d
     items = prediction_records(path, table.info)
     expected = table.info.scaler.transform(pd.read_csv(demo_csv).head(4))
     assert [i["id"] for i in items] == ["1", "2", "3", "4"]
+    assert {i["path"] for i in items} == {str(path)}
     assert [i["error"] for i in items] == ["", "", f"{path}: row 3, column 'chord_length': 'n/a' is not a finite "
                                            "number", ""]
     np.testing.assert_allclose(np.stack([items[k]["features"] for k in (0, 1, 3)]), expected[[0, 1, 3]])
