@@ -359,11 +359,11 @@ def prediction_records(data_file: str | os.PathLike, info: TableInfo | str | os.
                        key: str = FEATURES_KEY) -> list[dict[str, Any]]:
     """Items for inference on the rows of a table, standardised with the model's scaler; never fails per row.
 
-    Every row gives ``{key: float32 [d], "label": float32 [1], "id": str(row), "path": str(data_file), "error":
-    str}`` (``row`` 1-based, the header not counted). ``label`` is the row's target when the table has a numeric one, else NaN. A row
-    with a missing, non-numeric or non-finite feature gets zero features and an ``error`` naming the file, row
-    and column; its prediction is meaningless and must be discarded. Columns other than the model's features
-    and target are ignored.
+    Every row gives ``{key: float32 [d], "label": float32 [1], "id": str(row), "path": str(data_file),
+    "error": str}`` (``row`` 1-based, the header not counted). ``label`` is the row's target when the table has
+    a numeric one, else NaN. A row with a missing, non-numeric or non-finite feature gets zero features and an
+    ``error`` naming the file, row and column; its prediction is meaningless and must be discarded. Columns
+    other than the model's features and target are ignored.
 
     Args:
         data_file: a CSV (header row) or ``.dat`` file, as in :func:`read_table`.
