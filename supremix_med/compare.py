@@ -136,7 +136,7 @@ def bundle_command(config_files: Sequence[str | os.PathLike], method: str, outpu
     return command
 
 
-def run_bundle(command: Sequence[str], log: str | os.PathLike, echo: TextIO | None = sys.stdout) -> int:
+def run_bundle(command: Sequence[str], log: str | os.PathLike, echo: TextIO | None = None) -> int:
     """Run ``command``, writing its merged stdout/stderr line by line to ``log`` (and ``echo``); return its status.
 
     The log starts with the command line. The child runs unbuffered so the log follows it live.
@@ -195,7 +195,7 @@ def _run_method(config_files: Sequence[str | os.PathLike], method: str, output_d
 def compare_methods(config_files: Sequence[str | os.PathLike], output_dir: str | os.PathLike,
                     methods: Sequence[str] | None = None, seed: int = 0, overrides: dict[str, str] | None = None,
                     overwrite: bool = False, launcher: Sequence[str] | None = None,
-                    echo: TextIO | None = sys.stdout) -> list[MethodRun]:
+                    echo: TextIO | None = None) -> list[MethodRun]:
     """Run the bundle once per method into ``output_dir/<method>``, same seed and overrides for each.
 
     Args:
@@ -206,7 +206,7 @@ def compare_methods(config_files: Sequence[str | os.PathLike], output_dir: str |
         overrides: bundle overrides given to every run (``{"pretrain_epochs": "10", ...}``).
         overwrite: run methods again whose ``metrics.json`` exists.
         launcher: the command that runs a bundle; default :data:`BUNDLE_LAUNCHER` (tests inject a fake one).
-        echo: where the runs' output is streamed besides their logs (None: logs only).
+        echo: where the runs' output is streamed besides their logs (None: logs only; the CLI streams to stdout).
 
     Returns:
         One :class:`MethodRun` per method, in order. Failed runs are returned, not raised.
@@ -403,7 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         shot_metrics = _split(args.shot_metrics)
         check_shot_metrics(shot_metrics)
         runs = compare_methods(args.config_file, args.output_dir, _split(args.methods), args.seed, overrides,
-                               args.overwrite)
+                               args.overwrite, echo=sys.stdout)
     except ValueError as err:
         parser.error(str(err))
     write_comparison(runs, args.output_dir, args.config_file, args.seed, overrides, shot_metrics, args.digits)

@@ -68,6 +68,8 @@ def test_bundle_methods_follow_the_configured_losses(tmp_path):
     overlay = tmp_path / "only_supremix.json"
     overlay.write_text(json.dumps({"pretrain#loss_kwargs": {"supremix": {"temperature": 0.1}}}))
     assert bundle_methods([UKB[0], str(overlay)]) == ("vanilla", "supremix")
+    overlay.write_text(json.dumps({"pretrain#loss_kwargs#simcse": {}}))  # a sentence-pair bundle adds SimCSE
+    assert bundle_methods([UKB[0], str(overlay)])[-2:] == ("simcse", "supremix")
 
 
 def test_bundle_command_passes_the_config_list_seed_and_overrides():
@@ -93,7 +95,7 @@ def test_every_method_runs_with_the_same_seed_and_budget(fake_launcher, tmp_path
 
 
 def test_a_failing_method_is_reported_and_the_others_still_run(fake_launcher, tmp_path):
-    runs = compare_methods(UKB, tmp_path, methods=["vanilla", "conr", "supremix"], launcher=fake_launcher, echo=None)
+    runs = compare_methods(UKB, tmp_path, methods=["vanilla", "conr", "supremix"], launcher=fake_launcher)
     assert [r.status for r in runs] == ["ran", "failed", "ran"]
     conr = runs[1]
     assert conr.returncode == 3 and conr.metrics is None and conr.error == "exit status 3"
@@ -114,17 +116,17 @@ def test_a_failing_method_is_reported_and_the_others_still_run(fake_launcher, tm
 
 def test_a_run_that_exits_zero_without_metrics_counts_as_failed(tmp_path):
     launcher = [sys.executable, "-c", "print('nothing written')"]
-    (run,) = compare_methods(UKB, tmp_path, methods=["vanilla"], launcher=launcher, echo=None)
+    (run,) = compare_methods(UKB, tmp_path, methods=["vanilla"], launcher=launcher)
     assert run.failed and "vanilla/metrics.json: not a readable metrics.json" in run.error
 
 
 def test_finished_methods_are_not_run_again_unless_overwrite(fake_launcher, tmp_path):
-    compare_methods(UKB, tmp_path, methods=["vanilla", "conr"], launcher=fake_launcher, echo=None)
-    runs = compare_methods(UKB, tmp_path, methods=["vanilla", "conr", "rnc"], launcher=fake_launcher, echo=None)
+    compare_methods(UKB, tmp_path, methods=["vanilla", "conr"], launcher=fake_launcher)
+    runs = compare_methods(UKB, tmp_path, methods=["vanilla", "conr", "rnc"], launcher=fake_launcher)
     assert [r.status for r in runs] == ["reused", "failed", "ran"]
     assert runs[0].metrics["mae"] == 5.0
     assert _calls(tmp_path) == ["vanilla", "conr", "conr", "rnc"]
-    compare_methods(UKB, tmp_path, methods=["vanilla"], overwrite=True, launcher=fake_launcher, echo=None)
+    compare_methods(UKB, tmp_path, methods=["vanilla"], overwrite=True, launcher=fake_launcher)
     assert _calls(tmp_path)[-1] == "vanilla"
 
 
@@ -132,12 +134,12 @@ def test_overwrite_clears_the_old_result_before_a_failing_rerun(tmp_path):
     (tmp_path / "vanilla").mkdir()
     (tmp_path / "vanilla" / "metrics.json").write_text(json.dumps({"mae": 1.0}))
     (run,) = compare_methods(UKB, tmp_path, methods=["vanilla"], overwrite=True,
-                             launcher=[sys.executable, "-c", "raise SystemExit(1)"], echo=None)
+                             launcher=[sys.executable, "-c", "raise SystemExit(1)"])
     assert run.failed and not (tmp_path / "vanilla" / "metrics.json").exists()
 
 
 def test_table_layout_bold_best_and_shot_columns(fake_launcher, tmp_path):
-    runs = compare_methods(UKB, tmp_path, methods=["vanilla", "rnc", "supremix"], launcher=fake_launcher, echo=None)
+    runs = compare_methods(UKB, tmp_path, methods=["vanilla", "rnc", "supremix"], launcher=fake_launcher)
     table = comparison_table(runs, shot_metrics=("mae", "gm"))
     assert list(table.index) == ["Vanilla", "RnC", "SupReMix"]
     assert list(table.columns) == [("mae", "all"), ("mse", "all"), ("gm", "all"), ("pearson_r", "all"),
@@ -190,6 +192,7 @@ def test_command_line(fake_launcher, tmp_path, monkeypatch, capsys):
             "--methods", "vanilla,supremix", "--seed", "3", "--pretrain_epochs", "1",
             "--network_config#widen_factor=0.5"]
     assert compare.main(argv) == 0
+    assert "training supremix" in capsys.readouterr().out  # the CLI streams the runs' output
     assert json.loads((tmp_path / "supremix" / "argv.json").read_text())[-6:] == [
         "--seed", "3", "--pretrain_epochs", "1", "--network_config#widen_factor", "0.5"]
     assert list(_table_rows((tmp_path / "comparison.md").read_text())) == ["Vanilla", "SupReMix"]
@@ -222,7 +225,7 @@ def tiny_random_cache(tmp_path_factory) -> Path:
 def test_a_real_run_of_the_ukb_bundle(tiny_random_cache, tmp_path):
     overrides = {"dataset_dir": str(tiny_random_cache), "pretrain_epochs": "1", "finetune_epochs": "1",
                  "batch_size": "4", "num_workers": "0"}
-    (run,) = compare_methods(UKB, tmp_path, methods=["supremix"], seed=1, overrides=overrides, echo=None)
+    (run,) = compare_methods(UKB, tmp_path, methods=["supremix"], seed=1, overrides=overrides)
     assert run.status == "ran", run.log.read_text()[-3000:]
     assert run.metrics["method"] == "supremix" and run.metrics["pretrain_epochs"] == 1 and run.metrics["n"] == 2
     assert (tmp_path / "supremix" / "models" / "pretrained_encoder.pt").is_file()
