@@ -317,8 +317,11 @@ def face_load_transforms(keys: KeysCollection = "image") -> list[MapTransform]:
     ]
 
 
-def _normalize(keys: KeysCollection) -> NormalizeIntensityd:
-    return NormalizeIntensityd(keys, subtrahend=IMAGENET_MEAN, divisor=IMAGENET_STD, channel_wise=True)
+def _normalize(keys: KeysCollection) -> list[MapTransform]:
+    """ImageNet normalisation, returning plain tensors (MONAI's flip and normalisation would return MetaTensors,
+    whose per-view metadata does not collate consistently)."""
+    return [NormalizeIntensityd(keys, subtrahend=IMAGENET_MEAN, divisor=IMAGENET_STD, channel_wise=True),
+            EnsureTyped(keys, data_type="tensor", track_meta=False)]
 
 
 def face_augmentation(
@@ -337,7 +340,7 @@ def face_augmentation(
         RandFlipd(keys, prob=0.5, spatial_axis=1),
         RandColorJitterd(keys, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, prob=0.8),
         RandGrayscaled(keys, prob=0.2),
-        _normalize(keys),
+        *_normalize(keys),
     ]
 
 
@@ -345,4 +348,4 @@ def face_eval_transforms(image_size: int = 224, crop_fraction: float = 0.875,
                          keys: KeysCollection = "image") -> list[MapTransform]:
     """The evaluation transform of a loaded face image: centred crop + resize (:class:`CenterResizedCropd`) and
     ImageNet normalisation: [3, H, W] in [0, 1] -> float32 [3, image_size, image_size]."""
-    return [CenterResizedCropd(keys, spatial_size=image_size, crop_fraction=crop_fraction), _normalize(keys)]
+    return [CenterResizedCropd(keys, spatial_size=image_size, crop_fraction=crop_fraction), *_normalize(keys)]

@@ -12,14 +12,17 @@ and optionally ``id`` (a unique sample id; the ``path`` is the id otherwise). Ot
 records ``{"image": absolute path, "label": age, "id": ...}`` for :class:`monai.data.Dataset`, and
 :class:`FaceDataset` is that dataset with the image loading built in (RGB, channel-first, [0, 1]) and the
 ``labels``/``ids`` properties of :class:`supremix_med.data.datasets.CachedDataset`, so a bundle can swap one
-for the other.
+for the other. :func:`preprocess` and :func:`fingerprint` make this module the preprocessing pipeline of face
+inference (``supremix_med.inference.PreprocessScan(pipeline="supremix_med.data.faces")``).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from importlib import metadata
 from typing import Any
 
 import numpy as np
@@ -30,16 +33,20 @@ from monai.transforms import Compose
 from PIL import Image
 
 from .datasets import _select_splits
-from .face_transforms import face_load_transforms
+from .face_transforms import face_eval_transforms, face_load_transforms
 from .manifest import read_manifest_csv
 from .splits import SPLITS
 
-__all__ = ["DIR_COLUMNS", "FaceDataset", "face_records", "read_dir_split"]
+__all__ = ["DIR_COLUMNS", "FaceDataset", "face_records", "fingerprint", "preprocess", "read_dir_split"]
 
 DIR_COLUMNS: tuple[str, ...] = ("age", "path", "split")
 """Columns every DIR split file has."""
 FIRST_LINE = 2  # CSV line of the first data row (line 1 is the header)
 _SHOWN = 5  # offending lines listed in an error message
+PIPELINE = "supremix_med.data.faces"
+"""Name of the face preprocessing pipeline in fingerprints (this module)."""
+VERSION = 1
+"""Version of :func:`preprocess`; bump it when its output changes."""
 
 
 def _lines(mask: pd.Series | np.ndarray, lines: Sequence[int], values: pd.Series | None = None) -> str:
@@ -178,6 +185,14 @@ def _reason(path: str, error: BaseException) -> str:
     return f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
 
 
+def _load(load: Callable[[dict[str, Any]], dict[str, Any]], path: str, where: str = "") -> torch.Tensor:
+    """``load({"image": path})["image"]``; any failure becomes a ValueError naming ``path`` (and ``where``)."""
+    try:
+        return load({"image": path})["image"]
+    except Exception as error:
+        raise ValueError(f"{path}{where}: cannot read the image ({_reason(path, error)}).") from error
+
+
 class FaceDataset(Dataset):
     """The face images of one or more splits of a DIR split CSV, as MONAI-style dicts.
 
@@ -220,11 +235,7 @@ class FaceDataset(Dataset):
 
     def _transform(self, index: int) -> Any:
         record = self.data[index]
-        try:
-            image = self.load({"image": record["image"]})["image"]
-        except Exception as error:
-            raise ValueError(f"{record['image']} (line {record['line']} of {self.csv_path}): cannot read the image "
-                             f"({_reason(record['image'], error)}).") from error
+        image = _load(self.load, record["image"], f" (line {record['line']} of {self.csv_path})")
         item = {"image": image, "label": torch.tensor([record["label"]], dtype=torch.float32), "id": record["id"]}
         return self.transform(item)
 
@@ -237,3 +248,57 @@ class FaceDataset(Dataset):
     def labels(self) -> np.ndarray:
         """Ages [len(self)] (float32), in item order."""
         return np.array([r["label"] for r in self.data], dtype=np.float32)
+
+
+# ------------------------------------------------------------------------------- inference pipeline
+@functools.lru_cache(maxsize=4)
+def _eval_pipeline(image_size: int, crop_fraction: float) -> Compose:
+    return Compose([*face_load_transforms(), *face_eval_transforms(image_size, crop_fraction)])
+
+
+def _check_params(image_size: int, crop_fraction: float) -> None:
+    if int(image_size) != image_size or image_size < 1:
+        raise ValueError(f"image_size must be a positive integer (pixels), got {image_size!r}.")
+    if not 0.0 < crop_fraction <= 1.0:
+        raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction!r}.")
+
+
+def preprocess(path: str | os.PathLike, image_size: int = 224, crop_fraction: float = 0.875) -> np.ndarray:
+    """One face image as the network sees it at evaluation: loaded (RGB, [0, 1]), centre-cropped and resized
+    (:func:`~supremix_med.data.face_transforms.face_eval_transforms`), ImageNet-normalised.
+
+    With :func:`fingerprint` this module is a preprocessing pipeline for
+    :class:`supremix_med.inference.PreprocessScan` (``pipeline="supremix_med.data.faces"``).
+
+    Returns:
+        float32 array [3, image_size, image_size].
+
+    Raises:
+        ValueError: bad parameters, or an image that cannot be read (the message names the file).
+    """
+    _check_params(image_size, crop_fraction)
+    image = _load(_eval_pipeline(int(image_size), float(crop_fraction)), str(path))
+    return np.asarray(image, dtype=np.float32)
+
+
+def fingerprint(image_size: int = 224, crop_fraction: float = 0.875) -> dict[str, Any]:
+    """Everything that determines :func:`preprocess`'s output, as a JSON-ready dict.
+
+    Returns:
+        ``{"pipeline", "version", "params", "decisions", "libraries", "output"}``; ``output`` gives the shape
+        (3, image_size, image_size), dtype and axis order.
+    """
+    _check_params(image_size, crop_fraction)
+    return {
+        "pipeline": PIPELINE,
+        "version": VERSION,
+        "params": {"image_size": int(image_size), "crop_fraction": float(crop_fraction)},
+        "decisions": {
+            "load": "PIL, converted to 8-bit RGB, divided by 255",
+            "crop": "centred square of crop_fraction times the shorter side, antialiased bilinear resize",
+            "normalisation": "ImageNet channel mean and standard deviation",
+        },
+        "libraries": {name: metadata.version(name) for name in ("Pillow", "monai", "torch", "numpy")},
+        "output": {"shape": [3, int(image_size), int(image_size)], "dtype": "float32",
+                   "axes": "channel, row, column"},
+    }
