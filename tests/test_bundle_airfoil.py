@@ -81,6 +81,24 @@ def test_monai_bundle_tools(trained, table_dir, tmp_path):
     assert torch.jit.load(str(exported))(torch.zeros(3, 5)).shape == (3, 1)
 
 
+def test_inference_predicts_rows_and_names_bad_ones(trained, table_dir, tmp_path):
+    rows = pd.read_csv(table_dir / TABLE_FILE).head(4).astype(object)
+    rows.loc[1, "chord_length"] = "unknown"
+    new = tmp_path / "new_rows.csv"
+    rows.to_csv(new, index=False)
+    out = tmp_path / "inference"
+    _run(_configs("inference"), workflow_type="infer", ckpt_dir=str(trained / "models"), data_file=str(new),
+         output_dir=str(out))
+    predictions = pd.read_csv(out / "predictions.csv")
+    assert predictions["id"].tolist() == [1, 2, 3, 4]
+    assert (predictions["path"] == str(new)).all()
+    assert predictions["error"].fillna("").tolist() == [
+        "", f"{new}: row 2, column 'chord_length': 'unknown' is not a finite number", "", ""]
+    assert predictions[PREDICTED].isna().tolist() == [False, True, False, False]
+    gap = predictions[PREDICTED] - predictions[AIRFOIL_TARGET]  # the known targets are reported beside
+    assert predictions[f"{AIRFOIL_TARGET}_gap"].to_numpy() == pytest.approx(gap.to_numpy(), nan_ok=True)
+
+
 def test_any_csv_with_its_own_target_column(table_dir, tmp_path):
     renamed = pd.read_csv(table_dir / TABLE_FILE).drop(columns="chord_length")
     renamed.columns = ["f1", "f2", "f3", "f4", "y"]

@@ -12,9 +12,10 @@ from monai.data import DataLoader
 
 from supremix_med.data.demo_table import TABLE_FILE, generate_table, main, synthesize_table
 from supremix_med.data.tables import (
-    AIRFOIL_COLUMNS, AIRFOIL_TARGET, TABLE_INFO_FILE, FeatureScaler, TableDataset, TableInfo, load_table,
-    prediction_records, read_table,
+    AIRFOIL_COLUMNS, AIRFOIL_TARGET, PIPELINE, TABLE_INFO_FILE, FeatureScaler, TableDataset, TableInfo, load_table,
+    prediction_records, preprocess, read_table,
 )
+from supremix_med.inference import check_fingerprint
 
 
 @pytest.fixture(scope="module")
@@ -150,9 +151,25 @@ def test_table_info_round_trip(tmp_path, demo_csv):
     path = table.save_info(tmp_path / "models")
     assert path == tmp_path / "models" / TABLE_INFO_FILE
     assert TableInfo.load(path) == table.info
-    broken = _write(tmp_path / "broken.json", '{"target": "y"}')
-    with pytest.raises(ValueError, match=f"{broken}: not a table description"):
+    broken = _write(tmp_path / "broken.json", '{"pipeline": "preprocessing.t1", "params": {}}')
+    with pytest.raises(ValueError, match=f"{broken}: not a table fingerprint"):
         TableInfo.load(broken)
+
+
+def test_saved_table_is_an_inference_pipeline_fingerprint(tmp_path, demo_csv):
+    table = load_table(demo_csv, AIRFOIL_TARGET)
+    path = table.save_info(tmp_path)
+    params = table.info.params()
+    assert check_fingerprint(path, PIPELINE, **params)["output"] == {"shape": [5], "dtype": "float32",
+                                                                     "axes": "feature"}
+    np.testing.assert_allclose(preprocess(demo_csv, **params), table.info.scaler.transform(table.values))
+    shifted = dict(params, scaler=dict(params["scaler"], mean=[m + 1 for m in params["scaler"]["mean"]]))
+    with pytest.raises(ValueError, match="differing: params.scaler.mean"):
+        check_fingerprint(path, PIPELINE, **shifted)
+    bad = _write(tmp_path / "bad.csv", "frequency,angle_of_attack,chord_length,free_stream_velocity,"
+                                       "suction_side_displacement_thickness\n800,0,0.3,71.3,x\n")
+    with pytest.raises(ValueError, match=r"bad.csv: row 1, column 'suction_side_displacement_thickness'"):
+        preprocess(bad, **params)
 
 
 def test_scaler_checks_its_arguments():

@@ -11,9 +11,13 @@ Layouts read by :func:`read_table` (chosen by the file's suffix):
 table, the same fractions for any other table) and fits a :class:`FeatureScaler` on the training split only.
 The result, a :class:`RegressionTable`, gives what a bundle config needs: :class:`TableDataset` per split
 (MONAI dict items ``{"features": float32 [d], "label": float32 [1], "id": str}``), ``in_features`` (``d``, the
-MLP's input width) and ``label_range`` (the training targets' ``[min, max]``). :meth:`RegressionTable.save_info`
-stores the scaler with the model (:data:`TABLE_INFO_FILE` under ``ckpt_dir``); :func:`prediction_records`
-applies it to new rows at inference, reporting bad rows in an ``error`` field instead of raising.
+MLP's input width) and ``label_range`` (the training targets' ``[min, max]``).
+
+For inference this module is a preprocessing pipeline like ``preprocessing.t1`` (:func:`fingerprint`,
+:func:`preprocess`, see :mod:`supremix_med.inference`): :meth:`RegressionTable.save_info` stores the target,
+label range and scaler with the model as a fingerprint (:data:`TABLE_INFO_FILE` under ``ckpt_dir``, whose
+``params`` are :func:`fingerprint`'s arguments), and :func:`prediction_records` applies them to new rows,
+reporting bad rows in an ``error`` field instead of raising.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from importlib import metadata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +39,9 @@ from supremix_med.data.splits import SPLITS, assign_splits
 from supremix_med.io import atomic_write_json
 
 __all__ = [
-    "AIRFOIL_COLUMNS", "AIRFOIL_FILE", "AIRFOIL_SPLIT_SIZES", "AIRFOIL_TARGET", "TABLE_INFO_FILE", "FeatureScaler",
-    "FEATURES_KEY", "RegressionTable", "TableDataset", "TableInfo", "load_table", "prediction_records", "read_table",
+    "AIRFOIL_COLUMNS", "AIRFOIL_FILE", "AIRFOIL_SPLIT_SIZES", "AIRFOIL_TARGET", "FEATURES_KEY", "PIPELINE",
+    "TABLE_INFO_FILE", "VERSION", "FeatureScaler", "RegressionTable", "TableDataset", "TableInfo", "fingerprint",
+    "load_table", "prediction_records", "preprocess", "read_table",
 ]
 
 logger = logging.getLogger(__name__)
@@ -48,8 +54,11 @@ AIRFOIL_COLUMNS = ("frequency", "angle_of_attack", "chord_length", "free_stream_
 AIRFOIL_TARGET = "scaled_sound_pressure"
 #: (train, val, test) rows of the 1503-row airfoil table; other tables are split in the same proportions.
 AIRFOIL_SPLIT_SIZES = (1203, 150, 150)
-#: File under ``ckpt_dir`` holding the :class:`TableInfo` of a trained model.
-TABLE_INFO_FILE = "table.json"
+#: File under ``ckpt_dir`` holding the :class:`TableInfo` of a trained model, as a fingerprint (the name the
+#: inference recipe reads a model's preprocessing from).
+TABLE_INFO_FILE = "preprocessing.json"
+PIPELINE = "supremix_med.data.tables"
+VERSION = 1
 #: Item key of the standardised feature vector.
 FEATURES_KEY = "features"
 
@@ -202,25 +211,51 @@ class TableInfo:
     label_range: tuple[float, float]
     scaler: FeatureScaler
 
+    @classmethod
+    def from_params(cls, target: str, label_range: Sequence[float], scaler: dict[str, Any]) -> TableInfo:
+        """Build from the ``params`` of a fingerprint (see :func:`fingerprint`)."""
+        low, high = label_range
+        return cls(str(target), (float(low), float(high)), FeatureScaler.from_dict(scaler))
+
+    def params(self) -> dict[str, Any]:
+        """The JSON-ready keyword arguments of :func:`fingerprint` and :func:`preprocess`."""
+        return {"target": self.target, "label_range": list(self.label_range), "scaler": self.scaler.to_dict()}
+
+    def fingerprint(self) -> dict[str, Any]:
+        """``{"pipeline", "version", "params", "decisions", "libraries", "output"}`` of this table's preprocessing."""
+        return {
+            "pipeline": PIPELINE,
+            "version": VERSION,
+            "params": self.params(),
+            "decisions": {
+                "read": "a .dat file in the UCI airfoil layout, otherwise a CSV with a header row; every feature "
+                        "cell a finite number",
+                "standardisation": "(x - mean) / std per feature column, both of the training rows (std 1 for "
+                                   "a column constant there)",
+            },
+            "libraries": {name: metadata.version(name) for name in ("pandas", "numpy")},
+            "output": {"shape": [self.scaler.n_features], "dtype": "float32", "axes": "feature"},
+        }
+
     def save(self, path: str | os.PathLike) -> None:
-        """Write as JSON at ``path``, atomically."""
-        atomic_write_json({"target": self.target, "label_range": list(self.label_range),
-                           "scaler": self.scaler.to_dict()}, path)
+        """Write :meth:`fingerprint` as JSON at ``path``, atomically."""
+        atomic_write_json(self.fingerprint(), path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> TableInfo:
         """Read a file written by :meth:`save`.
 
         Raises:
-            ValueError: the file is not valid JSON or lacks an entry (the message names the file).
+            ValueError: the file is not valid JSON or not a table fingerprint (the message names the file).
         """
         path = Path(path)
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
-            low, high = record["label_range"]
-            return cls(str(record["target"]), (float(low), float(high)), FeatureScaler.from_dict(record["scaler"]))
+            if record["pipeline"] != PIPELINE:
+                raise ValueError(f"pipeline {record['pipeline']!r} is not {PIPELINE!r}")
+            return cls.from_params(**record["params"])
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"{path}: not a table description written by TableInfo.save "
+            raise ValueError(f"{path}: not a table fingerprint written by TableInfo.save "
                              f"({type(error).__name__}: {error}).") from error
 
 
@@ -286,7 +321,7 @@ class RegressionTable:
                       rows.index.to_numpy() + 1, key)
 
     def save_info(self, ckpt_dir: str | os.PathLike) -> Path:
-        """Write :attr:`info` to ``<ckpt_dir>/table.json`` (atomically) for inference; return the path."""
+        """Write :attr:`info` to ``<ckpt_dir>/preprocessing.json`` (atomically) for inference; return the path."""
         path = Path(ckpt_dir) / TABLE_INFO_FILE
         self.info.save(path)
         return path
@@ -367,7 +402,7 @@ def prediction_records(data_file: str | os.PathLike, info: TableInfo | str | os.
 
     Args:
         data_file: a CSV (header row) or ``.dat`` file, as in :func:`read_table`.
-        info: the model's :class:`TableInfo` or the path of its ``table.json``.
+        info: the model's :class:`TableInfo` or the path of its ``preprocessing.json``.
         key: item key of the feature vector.
 
     Raises:
@@ -392,3 +427,30 @@ def prediction_records(data_file: str | os.PathLike, info: TableInfo | str | os.
         item["path"] = str(path)
         item["error"] = "" if usable[i] else f"{path}: {_cell_problem(cells[columns], i, int(np.argmax(bad[i])))}"
     return items
+
+
+def fingerprint(target: str, label_range: Sequence[float], scaler: dict[str, Any]) -> dict[str, Any]:
+    """The fingerprint of a model's table preprocessing (see :meth:`TableInfo.fingerprint`).
+
+    Args:
+        target: name of the target column.
+        label_range: ``[min, max]`` of the training targets.
+        scaler: :meth:`FeatureScaler.to_dict` of the scaler fitted on the training rows.
+    """
+    return TableInfo.from_params(target, label_range, scaler).fingerprint()
+
+
+def preprocess(path: str | os.PathLike, target: str, label_range: Sequence[float],
+               scaler: dict[str, Any]) -> np.ndarray:
+    """Standardised features float32 [rows, d] of every row of the table at ``path`` (arguments as for
+    :func:`fingerprint`).
+
+    Raises:
+        ValueError: as :func:`prediction_records`, or a row with an unusable feature cell (the message names the
+            file, row and column).
+    """
+    items = prediction_records(path, TableInfo.from_params(target, label_range, scaler))
+    errors = [item["error"] for item in items if item["error"]]
+    if errors:
+        raise ValueError(f"{errors[0]} ({len(errors)} unusable row(s)).")
+    return np.stack([item[FEATURES_KEY] for item in items])

@@ -8,8 +8,9 @@ training split's mean and std. Items carry the feature vector [d] under ``"image
 The paper's settings: SupReMix with temperature 1.0 and window 7 (label units), batch 32, one view per sample
 (no augmentation), linear probe. ``label_range`` and the MLP's ``in_features`` come from the training data.
 
-``train.json`` stores the scaler and the training label range beside the model (``models/table.json``);
-inference standardises a CSV (or ``.dat``) of feature rows with them and writes ``predictions.csv`` with an
+``train.json`` stores the target name, training label range and scaler beside the model as the fingerprint of
+the ``supremix_med.data.tables`` pipeline (``models/preprocessing.json``); inference checks it against this
+code's pipeline, standardises a CSV (or ``.dat``) of feature rows with it and writes ``predictions.csv`` with an
 ``error`` column naming the file, row and column of every unusable row.
 """
 
@@ -53,12 +54,12 @@ TRAIN = {
 INFERENCE = {
     "dataset_dir": "/data/airfoil",
     "data_file": _TABLE_FILE,
-    "table_info": {"_target_": "supremix_med.data.tables.TableInfo.load", "path": "$@ckpt_dir + '/table.json'"},
-    "target": "$@table_info.target",
+    "pipeline": "supremix_med.data.tables",
+    "model_table": "$@ckpt_dir + '/preprocessing.json'",
+    "preprocessing_params": "$monai.bundle.ConfigParser.load_config_file(@model_table)['params']",
+    "target": "$@preprocessing_params['target']",
     "gap_name": None,
-    "label_range": "$list(@table_info.label_range)",
-    "pipeline": None,
-    "preprocessing_fingerprint": None,
+    "label_range": "$@preprocessing_params['label_range']",
     "batch_size": 256,
     "num_workers": 0,
     "preprocessing": {"_target_": "Compose", "transforms": []},
@@ -67,13 +68,12 @@ INFERENCE = {
         "data": {
             "_target_": "supremix_med.data.tables.prediction_records",
             "data_file": "@data_file",
-            "info": "@table_info",
+            "info": "@model_table",
             "key": "image",
         },
         "transform": "@preprocessing",
     },
     "writer#bias_correction": None,
-    "initialize": [],
 }
 
 OVERLAYS = {
