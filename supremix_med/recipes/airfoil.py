@@ -17,7 +17,6 @@ code's pipeline, standardises a CSV (or ``.dat``) of feature rows with it and wr
 from supremix_med.recipes import split_datasets
 
 _TABLE_FILE = "$@dataset_dir + '/airfoil_self_noise.dat'"
-_BATCH_SIZE = 32
 
 TRAIN = {
     "dataset_dir": "/data/airfoil",
@@ -31,7 +30,7 @@ TRAIN = {
         "seed": "@seed",
     },
     "label_range": "$@table.label_range",
-    "batch_size": _BATCH_SIZE,
+    "batch_size": 32,
     "num_workers": 0,  # rows are in memory: worker processes would only add start-up time
     "linear_probe": True,
     # 1-dB bins; the 1203 training rows spread over ~40 dB, so the shot thresholds are the DIR ones scaled down
