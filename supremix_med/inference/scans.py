@@ -98,7 +98,10 @@ def _scans_in_folder(folder: Path, suffixes: Sequence[str], dicom: str | None) -
         scans.update({p: _strip_suffix(p.relative_to(folder).as_posix(), _DICOM_SUFFIXES) for p in files
                       if p not in scans and _is_dicom_file(p)})
     elif dicom == "series":
-        series = {p.parent for p in files if p not in scans and _is_dicom_file(p)}
+        series: set[Path] = set()
+        for path in files:  # one DICOM file makes its folder a series: the other slices need no reading
+            if path.parent not in series and path not in scans and _is_dicom_file(path):
+                series.add(path.parent)
         scans.update({p: p.relative_to(folder).as_posix() if p != folder else folder.name for p in series})
     if not scans:
         kinds = " or ".join(suffixes) + " files"
