@@ -148,8 +148,8 @@ def test_dataset_items_collate_for_monai(demo_csv):
 
 def test_table_info_round_trip(tmp_path, demo_csv):
     table = load_table(demo_csv, AIRFOIL_TARGET)
-    path = table.save_info(tmp_path / "models")
-    assert path == tmp_path / "models" / TABLE_INFO_FILE
+    path = tmp_path / "models" / TABLE_INFO_FILE
+    table.info.save(path)
     assert TableInfo.load(path) == table.info
     broken = _write(tmp_path / "broken.json", '{"pipeline": "preprocessing.t1", "params": {}}')
     with pytest.raises(ValueError, match=f"{broken}: not a table fingerprint"):
@@ -158,7 +158,8 @@ def test_table_info_round_trip(tmp_path, demo_csv):
 
 def test_saved_table_is_an_inference_pipeline_fingerprint(tmp_path, demo_csv):
     table = load_table(demo_csv, AIRFOIL_TARGET)
-    path = table.save_info(tmp_path)
+    path = tmp_path / TABLE_INFO_FILE
+    table.info.save(path)
     params = table.info.params()
     assert check_fingerprint(path, PIPELINE, **params)["output"] == {"shape": [5], "dtype": "float32",
                                                                      "axes": "feature"}
@@ -202,7 +203,8 @@ def test_prediction_records_apply_the_model_scaler_and_flag_bad_rows(tmp_path, d
 
 def test_prediction_records_keep_known_targets(tmp_path, demo_csv):
     table = load_table(demo_csv, AIRFOIL_TARGET)
-    info_path = table.save_info(tmp_path)
+    info_path = tmp_path / TABLE_INFO_FILE
+    table.info.save(info_path)
     items = prediction_records(demo_csv, info_path)
     truth = pd.read_csv(demo_csv)[AIRFOIL_TARGET].to_numpy(np.float32)
     np.testing.assert_array_equal(np.concatenate([i["label"] for i in items]), truth)

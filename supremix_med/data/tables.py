@@ -14,9 +14,9 @@ The result, a :class:`RegressionTable`, gives what a bundle config needs: :class
 MLP's input width) and ``label_range`` (the training targets' ``[min, max]``).
 
 For inference this module is a preprocessing pipeline like ``preprocessing.t1`` (:func:`fingerprint`,
-:func:`preprocess`, see :mod:`supremix_med.inference`): :meth:`RegressionTable.save_info` stores the target,
-label range and scaler with the model as a fingerprint (:data:`TABLE_INFO_FILE` under ``ckpt_dir``, whose
-``params`` are :func:`fingerprint`'s arguments), and :func:`prediction_records` applies them to new rows,
+:func:`preprocess`, see :mod:`supremix_med.inference`): the recipe stores :meth:`TableInfo.fingerprint` (the
+target, label range and scaler) with the model as :data:`TABLE_INFO_FILE` under ``ckpt_dir`` (its ``params`` are
+:func:`fingerprint`'s arguments), and :func:`prediction_records` applies them to new rows,
 reporting bad rows in an ``error`` field instead of raising.
 """
 
@@ -319,12 +319,6 @@ class RegressionTable:
         rows = self.rows(split)
         return _items(self.info.scaler.transform(rows), rows[self.target].to_numpy(dtype=np.float32),
                       rows.index.to_numpy() + 1, key)
-
-    def save_info(self, ckpt_dir: str | os.PathLike) -> Path:
-        """Write :attr:`info` to ``<ckpt_dir>/preprocessing.json`` (atomically) for inference; return the path."""
-        path = Path(ckpt_dir) / TABLE_INFO_FILE
-        self.info.save(path)
-        return path
 
 
 def _items(features: np.ndarray, labels: np.ndarray, rows: np.ndarray, key: str) -> list[dict[str, Any]]:

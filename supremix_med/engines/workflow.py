@@ -44,17 +44,22 @@ def _writes_files() -> bool:
     return not _distributed() or dist.get_rank() == 0
 
 
-def save_run_config(ckpt_dir: str | os.PathLike, network_config: dict, dataset_dir: str | os.PathLike) -> None:
+def save_run_config(ckpt_dir: str | os.PathLike, network_config: dict, dataset_dir: str | os.PathLike,
+                    fingerprint: dict | None = None) -> None:
     """Store what inference needs beside the model: how to build the network and the data's fingerprint.
 
-    Writes ``<ckpt_dir>/model_config.json`` (``build_model`` keyword arguments) and, when the dataset is a
-    cache, ``<ckpt_dir>/preprocessing.json`` with the fingerprint of the preprocessing that built it.
+    Writes ``<ckpt_dir>/model_config.json`` (``build_model`` keyword arguments) and
+    ``<ckpt_dir>/preprocessing.json``: ``fingerprint`` when given (data read without a cache, e.g. images or
+    tables, whose reader describes its own preprocessing), else the fingerprint of the cache in ``dataset_dir``
+    when there is one.
     """
     if not _writes_files():
         return
     ckpt_dir = Path(ckpt_dir)
     atomic_write_json(dict(network_config), ckpt_dir / MODEL_CONFIG)
-    if (Path(dataset_dir) / FINGERPRINT).is_file():
+    if fingerprint is not None:
+        atomic_write_json(dict(fingerprint), ckpt_dir / FINGERPRINT)
+    elif (Path(dataset_dir) / FINGERPRINT).is_file():
         atomic_write_json(read_fingerprint(dataset_dir), ckpt_dir / FINGERPRINT)
 
 

@@ -46,8 +46,7 @@ TRAIN = {
     "pretrain#loss_kwargs#supremix#temperature": 1.0,
     "pretrain#loss_kwargs#supremix#window": 7.0,
     **split_datasets({"_target_": "supremix_med.data.tables.TableDataset", "table": "@table", "key": "image"}),
-    "run#0": "$[supremix_med.engines.save_run_config(@ckpt_dir, @model_config, @dataset_dir), "
-             "@table.save_info(@ckpt_dir)]",
+    "data_fingerprint": "$@table.info.fingerprint()",
 }
 
 INFERENCE = {
