@@ -1,9 +1,11 @@
 # Two commands on a fresh clone do everything:
-#   make demo [OUT=dir]   create .venv, install, run the main job on the embedded demo data
-#   make test             create .venv, install, run the tests
+#   make demo [BUNDLE=name] [OUT=dir]   create .venv, install, run a bundle's demo (default: the main job,
+#                                       brain age from T1 MRI) on generated demo data
+#   make test                           create .venv, install, run the tests
 PYTHON ?= python3
 VENV   ?= .venv
-OUT    ?= outputs/demo
+BUNDLE ?= ukb_brainage
+OUT    ?= outputs/demo/$(BUNDLE)
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 # A CPU wheel of this torch lies on the build machines; installing it first keeps pip from
@@ -28,14 +30,10 @@ install: $(VENV)/.installed
 test: install
 	$(PY) -m pytest -q tests
 
-# The main job on the embedded demo data: generate the synthetic ageing cohort, preprocess it into the
-# cache, then run the UK Biobank bundle (train.json + the demo overlay) into $(OUT). Each step resumes.
+# A bundle's demo: generate its synthetic cohort, build the cache, then run train.json + demo.json into
+# $(OUT) (the steps are in the bundle's recipe spec, supremix_med/recipes/<bundle>.py). Each step resumes.
 demo: install
-	$(PY) -m supremix_med.data.demo_t1 --output "$(OUT)/cohort" --workers 2
-	$(PY) -m preprocessing.t1 --manifest "$(OUT)/cohort/manifest.csv" --output "$(OUT)/cache" --workers 2 --register never
-	$(PY) -m monai.bundle run \
-		--config_file "['bundles/ukb_brainage/train.json','bundles/ukb_brainage/demo.json']" \
-		--dataset_dir "$(OUT)/cache" --output_dir "$(OUT)"
+	$(PY) -m supremix_med.demo $(BUNDLE) --output "$(OUT)"
 
 benchmark: install
 	$(PY) benchmarks/loss_speed.py

@@ -11,7 +11,8 @@ templates, keyed by config id (``"pretrain#loss_kwargs#supremix#temperature"``):
 - ``EVALUATE``, ``MULTI_GPU``: applied to ``templates/evaluate.json`` / ``templates/multi_gpu_train.json``
   (optional; most bundles have none);
 - ``OVERLAYS``: ``{file name: config}`` written as they are, e.g. ``{"demo.json": {...}}``: overlays a user
-  merges with ``train.json`` (``--config_file "['train.json','demo.json']"``).
+  merges with ``train.json`` (``--config_file "['train.json','demo.json']"``);
+- ``DEMO_STEPS`` and ``DEMO_DATASET``: how :mod:`supremix_med.demo` makes the demo data.
 
 ``python -m supremix_med.recipes`` renders ``bundles/<name>/`` from them, so each bundle folder stays a plain,
 self-contained MONAI bundle (portable, editable, checked by MONAI's tools), while the recipe is written once.
@@ -36,9 +37,11 @@ from typing import Any
 
 from supremix_med.io import atomic_write
 
-__all__ = ["bundle_names", "render_bundle", "apply_overrides", "split_datasets", "format_config", "SPLITS",
-           "stale_files", "write_bundle"]
+__all__ = ["BUNDLES_DIR", "SPLITS", "apply_overrides", "bundle_names", "bundle_spec", "format_config",
+           "render_bundle", "split_datasets", "stale_files", "write_bundle"]
 
+#: The repository's bundle folders (this package is installed in editable mode from the repository).
+BUNDLES_DIR = Path(__file__).resolve().parents[2] / "bundles"
 #: Config ids of the recipe's datasets and the split each reads.
 SPLITS = {"pretrain": "train", "train": "train", "validate": "val", "test": "test"}
 #: Template file -> (rendered file, spec attribute holding its overrides).
@@ -57,7 +60,8 @@ def bundle_names() -> list[str]:
     return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
 
 
-def _spec(name: str) -> ModuleType:
+def bundle_spec(name: str) -> ModuleType:
+    """The spec module of bundle ``name`` (its overrides, overlays and demo steps)."""
     if name not in bundle_names():
         raise ValueError(f"unknown bundle {name!r}; the recipes know {bundle_names()}.")
     return importlib.import_module(f"{__name__}.{name}")
@@ -145,7 +149,7 @@ def _bundle_defaults(name: str) -> dict[str, dict[str, str]]:
 
 def render_bundle(name: str) -> dict[str, str]:
     """Text of every file the recipe writes into ``bundles/<name>/``: ``{file name: text}``."""
-    spec = _spec(name)
+    spec = bundle_spec(name)
     defaults = _bundle_defaults(name)
     files = {}
     for file_name, attribute in _TEMPLATES.items():

@@ -6,9 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from supremix_med.recipes import bundle_names, stale_files, write_bundle
-
-BUNDLES_DIR = Path(__file__).resolve().parents[2] / "bundles"
+from supremix_med.recipes import BUNDLES_DIR, bundle_names, stale_files, write_bundle
 
 
 def main(argv: list[str] | None = None) -> int:

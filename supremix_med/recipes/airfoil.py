@@ -83,3 +83,6 @@ OVERLAYS = {
         "finetune_epochs": 60,
     },
 }
+
+DEMO_STEPS = [["supremix_med.data.demo_table", "--output", "{out}/data"]]
+DEMO_DATASET = "{out}/data"

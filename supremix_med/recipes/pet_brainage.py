@@ -56,3 +56,9 @@ OVERLAYS = {
         "pretrain#view_keys": ["image"],
     },
 }
+
+DEMO_STEPS = [
+    ["supremix_med.data.demo_pet", "--output", "{out}/cohort", "--n_subjects", "160", "--workers", "2"],
+    ["preprocessing.pet", "--manifest", "{out}/cohort/manifest.csv", "--output", "{out}/cache", "--workers", "2"],
+]
+DEMO_DATASET = "{out}/cache"

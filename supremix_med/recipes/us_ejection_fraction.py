@@ -62,3 +62,9 @@ OVERLAYS = {
         "pretrain#view_keys": ["image"],
     },
 }
+
+DEMO_STEPS = [
+    ["supremix_med.data.demo_ultrasound", "--output", "{out}/cohort", "--workers", "2"],
+    ["preprocessing.ultrasound", "--echonet_root", "{out}/cohort", "--output", "{out}/cache", "--workers", "2"],
+]
+DEMO_DATASET = "{out}/cache"
