@@ -57,7 +57,7 @@ from supremix_med.io import atomic_write
 __all__ = [
     "SPLIT_FILES", "PAD", "UNK", "VOCAB_FILE", "EMBEDDINGS_FILE", "tokenize", "split_file", "read_pairs",
     "Vocabulary", "WordVectors", "default_embeddings_path", "load_word_vectors", "build_word_vectors",
-    "dataset_word_vectors", "TextPairDataset", "collate_pairs",
+    "dataset_word_vectors", "pair_tensor", "TextPairDataset", "prediction_records", "collate_pairs",
 ]
 
 logger = logging.getLogger(__name__)
@@ -126,6 +126,23 @@ def read_pairs(path: str | os.PathLike, require_score: bool = True) -> pd.DataFr
             number; the message names the file and the line.
     """
     path = Path(path)
+    pairs = _read_table(path, (*SENTENCE_COLUMNS, *((SCORE_COLUMN,) if require_score else ())))
+    problems = _row_problems(path, pairs)
+    if (problems != "").any():
+        raise ValueError(problems[problems != ""].iloc[0])
+    if SCORE_COLUMN in pairs.columns:
+        scores = pd.to_numeric(pairs[SCORE_COLUMN], errors="coerce")
+        bad = ~np.isfinite(scores.to_numpy(dtype=float, na_value=np.nan))
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"{path}: line {first + _FIRST_DATA_LINE} has score "
+                             f"{pairs[SCORE_COLUMN].iloc[first]!r}, expected a finite number.")
+        pairs[SCORE_COLUMN] = scores.astype(float)
+    return pairs
+
+
+def _read_table(path: Path, needed: Sequence[str]) -> pd.DataFrame:
+    """The file's ``id``, sentence and (when present, unparsed) ``score`` columns; checks file and columns."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such sentence-pair file.")
     try:
@@ -133,34 +150,24 @@ def read_pairs(path: str | os.PathLike, require_score: bool = True) -> pd.DataFr
                             encoding="utf-8")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         raise ValueError(f"{path}: not a readable tab-separated file with a header row ({error}).") from error
-    needed = [*SENTENCE_COLUMNS, *((SCORE_COLUMN,) if require_score else ())]
     missing = [c for c in needed if c not in frame.columns]
     if missing:
         raise ValueError(f"{path}: no column(s) {missing}; found {list(frame.columns)}.")
     if frame.empty:
         raise ValueError(f"{path}: holds a header but no sentence pair.")
-    pairs = pd.DataFrame({
-        "id": frame[ID_COLUMN] if ID_COLUMN in frame.columns else [str(i) for i in range(len(frame))],
-        **{c: frame[c].fillna("") for c in SENTENCE_COLUMNS},
-    })
-    for column in SENTENCE_COLUMNS:
-        empty = pairs[column].str.strip() == ""
-        if empty.any():
-            raise ValueError(f"{path}: line {_line(empty)} has an empty {column!r} (a row with too few tabs?).")
-    if SCORE_COLUMN in frame.columns:
-        scores = pd.to_numeric(frame[SCORE_COLUMN], errors="coerce")
-        bad = ~np.isfinite(scores.to_numpy(dtype=float, na_value=np.nan))
-        if bad.any():
-            first = int(np.flatnonzero(bad)[0])
-            raise ValueError(f"{path}: line {first + _FIRST_DATA_LINE} has score "
-                             f"{frame[SCORE_COLUMN].iloc[first]!r}, expected a finite number.")
-        pairs[SCORE_COLUMN] = scores.astype(float)
-    return pairs
+    ids = frame[ID_COLUMN] if ID_COLUMN in frame.columns else pd.Series([str(i) for i in range(len(frame))])
+    columns = [c for c in (*SENTENCE_COLUMNS, SCORE_COLUMN) if c in frame.columns]
+    return pd.concat([ids.rename("id"), frame[columns].fillna("")], axis=1)
 
 
-def _line(mask: pd.Series) -> int:
-    """File line number of the first True row of ``mask`` (rows start on line 2)."""
-    return int(np.flatnonzero(mask.to_numpy())[0]) + _FIRST_DATA_LINE
+def _row_problems(path: Path, pairs: pd.DataFrame) -> pd.Series:
+    """Per row, why its sentences cannot be used (an empty sentence: a row with too few tabs?), or ""."""
+    problems = pd.Series("", index=pairs.index)
+    for column in reversed(SENTENCE_COLUMNS):  # the first column's problem wins
+        empty = (pairs[column].str.strip() == "").to_numpy()
+        lines = np.flatnonzero(empty) + _FIRST_DATA_LINE
+        problems[empty] = [f"{path}: line {n} has an empty {column!r} (a row with too few tabs?)." for n in lines]
+    return problems
 
 
 class Vocabulary:
@@ -358,6 +365,14 @@ def dataset_word_vectors(dataset_dir: str | os.PathLike, embeddings_path: str | 
     return build_word_vectors(texts, embeddings_path if embeddings_path is not None else default_embeddings_path())
 
 
+def pair_tensor(first: Sequence[int], second: Sequence[int]) -> torch.Tensor:
+    """Token ids of two sentences as int64 [2, max(len)], the shorter row right-padded with 0."""
+    tokens = torch.zeros(2, max(len(first), len(second)), dtype=torch.int64)
+    tokens[0, :len(first)] = torch.as_tensor(first, dtype=torch.int64)
+    tokens[1, :len(second)] = torch.as_tensor(second, dtype=torch.int64)
+    return tokens
+
+
 class TextPairDataset(Dataset):
     """Tokenised sentence pairs of one split or file, as MONAI-style dicts.
 
@@ -391,12 +406,7 @@ class TextPairDataset(Dataset):
 
     def _transform(self, index: int) -> Any:
         record = self.data[index]
-        first, second = record["tokens"]
-        length = max(len(first), len(second))
-        tokens = torch.zeros(2, length, dtype=torch.int64)
-        tokens[0, :len(first)] = torch.tensor(first)
-        tokens[1, :len(second)] = torch.tensor(second)
-        item = {self.key: tokens, "id": record["id"]}
+        item = {self.key: pair_tensor(*record["tokens"]), "id": record["id"]}
         if "label" in record:
             item["label"] = torch.tensor([record["label"]], dtype=torch.float32)
         return self.transform(item) if self.transform is not None else item
@@ -416,6 +426,36 @@ class TextPairDataset(Dataset):
         if SCORE_COLUMN not in self.pairs:
             raise ValueError(f"{self.path}: has no {SCORE_COLUMN!r} column.")
         return self.pairs[SCORE_COLUMN].to_numpy(dtype=np.float32)
+
+
+def prediction_records(data_file: str | os.PathLike, vocabulary: Vocabulary | str | os.PathLike,
+                       key: str = "tokens") -> list[dict[str, Any]]:
+    """Items for inference on the pairs of a TSV file; a bad row is reported, never fatal.
+
+    Every row gives ``{key: int64 [2, L], "label": float32 [1], "id": str, "path": str(data_file), "error": str}``.
+    ``label`` is the row's score when the file has a numeric one, else NaN (unknown). A row with an empty
+    sentence gets the unknown word in its place and an ``error`` naming the file and line; its prediction must be
+    discarded (``PredictionWriter`` leaves it empty).
+
+    Args:
+        data_file: a TSV with ``sentence1`` and ``sentence2`` columns (see the module docstring).
+        vocabulary: the model's :class:`Vocabulary` or its ``vocab.txt``.
+        key: item key of the token ids.
+
+    Raises:
+        FileNotFoundError, ValueError: the file is missing, unreadable, or lacks a sentence column.
+    """
+    path = Path(data_file)
+    vocabulary = vocabulary if isinstance(vocabulary, Vocabulary) else Vocabulary.load(vocabulary)
+    pairs = _read_table(path, SENTENCE_COLUMNS)
+    problems = _row_problems(path, pairs)
+    scores = (pd.to_numeric(pairs[SCORE_COLUMN], errors="coerce") if SCORE_COLUMN in pairs
+              else pd.Series(np.nan, index=pairs.index))
+    return [
+        {key: pair_tensor(vocabulary.encode(a), vocabulary.encode(b)), "label": torch.tensor([y], dtype=torch.float32),
+         "id": i, "path": str(path), "error": problem}
+        for i, a, b, y, problem in zip(pairs["id"], pairs["sentence1"], pairs["sentence2"], scores, problems)
+    ]
 
 
 def collate_pairs(batch: Sequence[Mapping[str, Any]], key: str = "tokens") -> dict[str, Any]:
