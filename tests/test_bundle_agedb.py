@@ -95,16 +95,22 @@ def test_inference_on_a_folder(trained, tmp_path):
     assert predictions["id"].tolist() == ["a", "nested/b"] and (predictions["error"] == "").all()
 
 
-def test_imdb_wiki_vanilla_probes_the_agedb_encoder_through_the_transfer_overlay(trained, faces, tmp_path):
+def test_imdb_wiki_probes_the_agedb_encoder_through_the_transfer_overlay(trained, faces, tmp_path):
     run_workflow(bundle_configs(IMDB_WIKI, "train", "demo", "transfer"), dataset_dir=str(faces),
-                 output_dir=str(tmp_path), method="vanilla",
-                 encoder_checkpoint=str(trained / "models" / "pretrained_encoder.pt"), **TINY)
-    assert json.loads((tmp_path / "metrics.json").read_text())["method"] == "vanilla"
-    assert not (tmp_path / "models" / "pretrained_encoder.pt").exists()
+                 output_dir=str(tmp_path), encoder_checkpoint=str(trained / "models" / "pretrained_encoder.pt"), **TINY)
+    assert not (tmp_path / "models" / "pretrained_encoder.pt").exists()  # no pre-training of its own
     pretrained = torch.load(trained / "models" / "pretrained_encoder.pt", weights_only=True)
     final = torch.load(tmp_path / "models" / "model_final.pt", weights_only=True)
     for key, value in pretrained.items():
         torch.testing.assert_close(final[f"encoder.{key}"], value)
+
+
+def test_imdb_wiki_vanilla_trains_end_to_end(faces, tmp_path):
+    run_workflow(bundle_configs(IMDB_WIKI, "train", "demo"), dataset_dir=str(faces), output_dir=str(tmp_path),
+                 method="vanilla", **TINY)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["method"] == "vanilla" and metrics["linear_probe"] is False and metrics["n"] == 4
+    assert not (tmp_path / "models" / "pretrained_encoder.pt").exists()
 
 
 def test_bad_split_csv_fails_naming_the_file(faces, tmp_path):

@@ -10,7 +10,7 @@ temperature 0.5 and window 5 years, batch 128, then a linear probe on the frozen
 augmentation; validation and test see a centred crop (:func:`~supremix_med.data.face_transforms.face_eval_transforms`).
 ``label_range`` is the training ages' range. Shot groups: 1-year bins, many > 100, few < 20 training images.
 
-``train.json`` writes the face preprocessing fingerprint (image size, crop) beside the model; inference runs
+``train.json`` stores the face preprocessing fingerprint (image size, crop) beside the model; inference runs
 :func:`supremix_med.data.faces.preprocess` with those parameters on a folder of images or a CSV ``id,path[,age]``
 and writes ``predictions.csv`` with an ``error`` column naming every unreadable file. The ``transfer.json`` overlay
 probes an encoder pre-trained elsewhere (e.g. on IMDB-WIKI-DIR) instead of pre-training.
@@ -35,7 +35,7 @@ _COMMON_IMPORTS = [
 _FACES = {"_target_": "supremix_med.data.faces.FaceDataset", "csv_path": "@csv_path", "image_dir": "@dataset_dir"}
 
 TRAIN = {
-    "imports": [*_COMMON_IMPORTS, "$import supremix_med.data.faces", "$import supremix_med.io"],
+    "imports": [*_COMMON_IMPORTS, "$import supremix_med.data.faces"],
     "dataset_dir": "/data/agedb",
     "csv_path": "$@bundle_root + '/agedb.csv'",
     "image_size": 224,
@@ -53,9 +53,7 @@ TRAIN = {
     "pretrain#loss_kwargs#supremix#temperature": 0.5,
     "pretrain#loss_kwargs#supremix#window": 5.0,
     **split_datasets(_FACES),
-    "run#0": "$[supremix_med.engines.save_run_config(@ckpt_dir, @model_config, @dataset_dir), "
-             "supremix_med.io.atomic_write_json(supremix_med.data.faces.fingerprint(@image_size, @crop_fraction), "
-             "@ckpt_dir + '/preprocessing.json')]",
+    "data_fingerprint": "$supremix_med.data.faces.fingerprint(@image_size, @crop_fraction)",
 }
 
 INFERENCE = {
@@ -71,20 +69,21 @@ INFERENCE = {
 
 TRANSFER = {
     "encoder_checkpoint": "outputs/imdb_wiki/models/pretrained_encoder.pt",
-    "linear_probe": True,
+    "frozen_encoder": "@linear_probe",
     "run#2": "$@network.load_encoder(@encoder_checkpoint)",
 }
-"""Overlay: probe an encoder pre-trained by another run (same network and image size) instead of pre-training."""
+"""Overlay: probe an encoder pre-trained by another run (same network and image size) instead of pre-training;
+``--linear_probe False`` fine-tunes it instead."""
 
 DEMO = {
     "dataset_dir": "outputs/faces_demo",
     "csv_path": "$@dataset_dir + '/faces.csv'",
     "output_dir": "outputs/agedb_demo",
     "image_size": 48,
-    "pretrain_epochs": 15,
-    "finetune_epochs": 15,
+    "pretrain_epochs": 8,
+    "finetune_epochs": 10,
     "batch_size": 64,
-    "num_workers": 0,
+    "num_workers": 1,
     "shots": {"bin_width": 1.0, "many": 25, "few": 10},
     "network_config": {
         "encoder": "resnet",
