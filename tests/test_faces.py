@@ -17,7 +17,7 @@ from supremix_med.data.face_transforms import (
     IMAGENET_MEAN, IMAGENET_STD, CenterResizedCropd, RandColorJitterd, RandGrayscaled, RandResizedCropd,
     face_augmentation, face_eval_transforms, face_load_transforms, grayscale,
 )
-from supremix_med.data.faces import FaceDataset, face_records, read_dir_split
+from supremix_med.data.faces import FaceDataset, face_records, fingerprint, preprocess, read_dir_split
 from supremix_med.engines import multi_view_transform
 
 AGEDB_CSV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dir_splits" / "agedb.csv"
@@ -145,6 +145,19 @@ def test_unreadable_image_names_file_and_line(faces_dir: Path) -> None:
     with pytest.raises(ValueError, match=r"broken\.png \(line 7 of .*split\.csv\): cannot read the image "
                                          r"\(UnidentifiedImageError"):
         dataset[2]
+
+
+def test_preprocess_is_the_evaluation_view_and_names_unreadable_files(faces_dir: Path) -> None:
+    path = str(faces_dir / "img/a.png")
+    expected = Compose([*face_load_transforms(), *face_eval_transforms(16)])({"image": path})["image"]
+    out = preprocess(path, image_size=16)
+    assert out.dtype == np.float32 and out.shape == (3, 16, 16)
+    np.testing.assert_array_equal(out, expected.numpy())
+    assert fingerprint(16)["output"]["shape"] == [3, 16, 16] and fingerprint(16)["params"]["crop_fraction"] == 0.875
+    with pytest.raises(ValueError, match="image_size must be a positive integer"):
+        fingerprint(0)
+    with pytest.raises(ValueError, match=r"broken\.png: cannot read the image \(UnidentifiedImageError"):
+        preprocess(faces_dir / "img/broken.png", image_size=16)
 
 
 # ----------------------------------------------------------------------------------------------- transforms
