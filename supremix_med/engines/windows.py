@@ -8,9 +8,10 @@ such as ``resnet18_1d`` see windows of W frames:
 
       {"_target_": "RandSpatialCropd", "keys": "image", "roi_size": [W], "random_size": false}
 
-  returns [C, W] starting at a uniformly drawn frame (its start changes every time the item is loaded). In
-  contrastive pre-training, ``multi_view_transform`` applies it once per view, so the views of a run are two
-  windows of it. Every series must have at least W frames (a shorter one is returned whole and cannot be
+  returns [C, W] starting at a uniformly drawn frame (its start changes every time the item is loaded), as a
+  MetaTensor; ``{"_target_": "EnsureTyped", "keys": "image", "track_meta": false}`` after it drops the (spatial,
+  meaningless here) metadata, so batches of views stack as plain tensors. In contrastive pre-training,
+  ``multi_view_transform`` applies both once per view, so the views of a run are two windows of it. Every series must have at least W frames (a shorter one is returned whole and cannot be
   batched with the others); a cache built by ``preprocessing.fmri`` has ``frames`` >= W frames everywhere.
 - **Evaluation** predicts every window that ``preprocessing.fmri.sliding_windows`` cuts from a series and
   averages them: :class:`WindowAveragingInferer` (the evaluators' ``inferer``), so a run gets one prediction.
