@@ -10,7 +10,8 @@ import pytest
 import torch
 from ignite.engine import Engine
 from monai.engines import SupervisedTrainer
-from monai.transforms import RandGaussianNoised
+from monai.data import MetaTensor, list_data_collate
+from monai.transforms import RandAffined, RandGaussianNoised
 
 from supremix_med.engines import (
     METHODS,
@@ -29,6 +30,16 @@ def _batch(b: int = 6, d: int = 5) -> dict:
     gen = torch.Generator().manual_seed(0)
     return {"image": torch.randn(b, d, generator=gen), "image_1": torch.randn(b, d, generator=gen),
             "label": torch.arange(b, dtype=torch.float32).reshape(b, 1) % 3, "id": [f"s{i}" for i in range(b)]}
+
+
+def test_contrastive_batch_of_augmented_meta_tensors_gives_plain_tensors():
+    """Views augmented apart (RandAffined) carry different MetaTensor metadata; the batch drops it."""
+    views = multi_view_transform([RandAffined(keys="image", prob=1.0, rotate_range=0.3)], ("image", "image_1"))
+    batch = list_data_collate([views({"image": MetaTensor(torch.rand(1, 6, 6, 6)), "label": float(i)})
+                               for i in range(3)])
+    stacked, labels = ContrastiveBatch(("image", "image_1"))(batch, "cpu")
+    assert type(stacked) is torch.Tensor and type(labels) is torch.Tensor
+    assert stacked.shape == (3, 2, 1, 6, 6, 6) and labels.tolist() == [0.0, 1.0, 2.0]
 
 
 def test_contrastive_batch_stacks_views_view_axis_second():

@@ -15,6 +15,7 @@ import copy
 
 import torch
 from monai.transforms import Compose, CopyItemsd, MapTransform
+from monai.utils import convert_to_tensor
 
 from supremix_med.losses.mixsupcon import mixup_batch
 
@@ -79,8 +80,9 @@ class ContrastiveBatch:
         missing = [k for k in (*self.view_keys, self.label_key) if k not in batchdata]
         if missing:
             raise KeyError(f"ContrastiveBatch: batch has no key(s) {missing}; it has {sorted(batchdata)}.")
-        views = torch.stack([torch.as_tensor(batchdata[k]) for k in self.view_keys], dim=1)
-        labels = torch.as_tensor(batchdata[self.label_key]).reshape(views.shape[0], -1)[:, 0].float()
+        # plain tensors: MONAI MetaTensors carry per-view metadata that cannot be stacked or sliced together
+        views = torch.stack([convert_to_tensor(batchdata[k], track_meta=False) for k in self.view_keys], dim=1)
+        labels = convert_to_tensor(batchdata[self.label_key], track_meta=False).reshape(views.shape[0], -1)[:, 0].float()
         if self.mixup_alpha is not None:
             views, labels = mixup_batch(views, labels, alpha=self.mixup_alpha)
         return views.to(device=device, non_blocking=non_blocking), labels.to(device=device, non_blocking=non_blocking)
