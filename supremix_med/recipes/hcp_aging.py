@@ -73,3 +73,9 @@ OVERLAYS = {
         },
     },
 }
+
+DEMO_STEPS = [
+    ["supremix_med.data.demo_fmri", "--output", "{out}/cohort", "--n_subjects", "200", "--n_runs", "2"],
+    ["preprocessing.fmri", "--manifest", "{out}/cohort/manifest.csv", "--output", "{out}/cache"],
+]
+DEMO_DATASET = "{out}/cache"
