@@ -222,7 +222,8 @@ def tiny_random_cache(tmp_path_factory) -> Path:
     return folder / "cache"
 
 
-def test_a_real_run_of_the_ukb_bundle(tiny_random_cache, tmp_path):
+def test_a_real_run_of_the_ukb_bundle(tiny_random_cache, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # a tiny network: threads would only contend with other tests
     overrides = {"dataset_dir": str(tiny_random_cache), "pretrain_epochs": "1", "finetune_epochs": "1",
                  "batch_size": "4", "num_workers": "0"}
     (run,) = compare_methods(UKB, tmp_path, methods=["supremix"], seed=1, overrides=overrides)
