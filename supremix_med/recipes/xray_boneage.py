@@ -84,3 +84,10 @@ OVERLAYS = {
         "pretrain#view_keys": ["image"],
     },
 }
+
+DEMO_STEPS = [
+    ["supremix_med.data.demo_xray", "--output", "{out}/cohort"],
+    ["preprocessing.xray", "--manifest", "{out}/cohort/manifest.csv", "--output", "{out}/cache", "--size", "128",
+     "--target", "boneage"],
+]
+DEMO_DATASET = "{out}/cache"
