@@ -99,10 +99,14 @@ OVERLAYS = {
         "embeddings_path": "$@dataset_dir + '/glove.demo.16d.txt'",
         "output_dir": "outputs/stsb_demo/run",
         "pretrain_epochs": 10,
-        "finetune_epochs": 20,
+        "finetune_epochs": 40,
         "batch_size": 64,
+        "learning_rate": 0.005,
         "network_config#hidden_size": 32,
         # 0.5-wide bins: the demo's 1000 training pairs put 10-300 pairs in each
         "shots": {"bin_width": 0.5, "many": 100, "few": 20},
     },
 }
+
+DEMO_STEPS = [["supremix_med.data.demo_stsb", "--output", "{out}/data"]]
+DEMO_DATASET = "{out}/data"
