@@ -99,3 +99,6 @@ DEMO = {
 a quarter-width 2D ResNet-18, a few epochs on a CPU."""
 
 OVERLAYS = {"demo.json": DEMO, "transfer.json": TRANSFER}
+
+DEMO_STEPS = [["supremix_med.data.demo_faces", "--output", "{out}/faces"]]
+DEMO_DATASET = "{out}/faces"
