@@ -50,8 +50,13 @@ def make_inputs(n: int, device: str, seed: int = 0) -> tuple[torch.Tensor, torch
 
 
 def loss_call(name: str, features: torch.Tensor, labels: torch.Tensor) -> Callable[[], torch.Tensor]:
-    """A closure computing loss ``name`` on the inputs (ConR also needs the regressor's predictions)."""
+    """A closure computing loss ``name`` on the inputs (ConR also needs the regressor's predictions).
+
+    SimCSE takes the N rows as N / 2 sentence pairs [N / 2, 2, D] with scores 0..5 (the labels / 20).
+    """
     loss = LOSSES[name](**LOSS_KWARGS.get(name, {}))
+    if name == "simcse":
+        return lambda: loss(features.reshape(-1, 2, DIM), labels[: features.shape[0] // 2] / 20)
     if name == "conr":
         predictions = labels + 5 * torch.randn(labels.shape, generator=torch.Generator().manual_seed(1)).to(labels)
         return lambda: loss(features, labels, predictions)
