@@ -1,4 +1,4 @@
-"""Helpers of the small end-to-end bundle tests (tests/test_bundle_pet.py, tests/test_bundle_us.py)."""
+"""Helpers of the small end-to-end bundle tests (tests/test_bundle_*.py)."""
 
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 from monai.bundle import ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
 
+from _bundle_runs import bundle_configs, run_workflow
 from conftest import BUNDLES
 from supremix_med.data.demo_table import TABLE_FILE, generate_table
 from supremix_med.data.tables import AIRFOIL_TARGET, TABLE_INFO_FILE, TableInfo, load_table
@@ -20,16 +21,7 @@ PREDICTED = f"predicted_{AIRFOIL_TARGET}"
 
 
 def _configs(*names: str) -> list[str]:
-    return [str(BUNDLE / f"{name}.json") for name in names]
-
-
-def _run(configs: list[str], workflow_type: str = "train", **override) -> ConfigWorkflow:
-    workflow = ConfigWorkflow(config_file=configs, workflow_type=workflow_type, **override)
-    workflow.initialize()
-    assert not workflow.check_properties(), workflow.check_properties()
-    workflow.run()
-    workflow.finalize()
-    return workflow
+    return bundle_configs(BUNDLE, *names)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +36,7 @@ def table_dir(tmp_path_factory) -> Path:
 def trained(table_dir, tmp_path_factory) -> Path:
     """One SupReMix train.json + demo.json run on the tiny table; returns its output_dir."""
     out = tmp_path_factory.mktemp("airfoil_run") / "supremix"
-    _run(_configs("train", "demo"), dataset_dir=str(table_dir), output_dir=str(out), method="supremix", **TINY)
+    run_workflow(_configs("train", "demo"), dataset_dir=str(table_dir), output_dir=str(out), method="supremix", **TINY)
     return out
 
 
@@ -65,7 +57,7 @@ def test_train_writes_every_output(trained, table_dir):
 
 
 def test_evaluate_overlay_reuses_the_stored_model(trained, table_dir):
-    _run(_configs("train", "demo", "evaluate"), dataset_dir=str(table_dir), output_dir=str(trained), batch_size=16)
+    run_workflow(_configs("train", "demo", "evaluate"), dataset_dir=str(table_dir), output_dir=str(trained), batch_size=16)
     evaluated = json.loads((trained / "eval" / "metrics.json").read_text())
     assert evaluated["mae"] == pytest.approx(json.loads((trained / "metrics.json").read_text())["mae"], rel=1e-5)
 
@@ -87,7 +79,7 @@ def test_inference_predicts_rows_and_names_bad_ones(trained, table_dir, tmp_path
     new = tmp_path / "new_rows.csv"
     rows.to_csv(new, index=False)
     out = tmp_path / "inference"
-    _run(_configs("inference"), workflow_type="infer", ckpt_dir=str(trained / "models"), data_file=str(new),
+    run_workflow(_configs("inference"), workflow_type="infer", ckpt_dir=str(trained / "models"), data_file=str(new),
          output_dir=str(out))
     predictions = pd.read_csv(out / "predictions.csv")
     assert predictions["id"].tolist() == [1, 2, 3, 4]
@@ -105,7 +97,7 @@ def test_any_csv_with_its_own_target_column(table_dir, tmp_path):
     data_file = tmp_path / "my_table.csv"
     renamed.to_csv(data_file, index=False)
     out = tmp_path / "vanilla"
-    _run(_configs("train"), data_file=str(data_file), target_column="y", output_dir=str(out), method="vanilla",
+    run_workflow(_configs("train"), data_file=str(data_file), target_column="y", output_dir=str(out), method="vanilla",
          pretrain_epochs=1, finetune_epochs=1, batch_size=16, num_workers=0)
     assert json.loads((out / "models" / "model_config.json").read_text())["in_features"] == 4
     assert not (out / "models" / "pretrained_encoder.pt").exists()

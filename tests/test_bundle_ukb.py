@@ -11,8 +11,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
+from monai.bundle import ckpt_export, verify_metadata, verify_net_in_out
 
+from _bundle_runs import bundle_configs, run_workflow
 from conftest import BUNDLES, REPO
 
 BUNDLE = BUNDLES / "ukb_brainage"
@@ -20,23 +21,14 @@ TINY = {"pretrain_epochs": 1, "finetune_epochs": 2, "batch_size": 4, "num_worker
 
 
 def _configs(*names: str) -> list[str]:
-    return [str(BUNDLE / f"{name}.json") for name in names]
-
-
-def _run(configs: list[str], workflow_type: str = "train", **override) -> ConfigWorkflow:
-    workflow = ConfigWorkflow(config_file=configs, workflow_type=workflow_type, **override)
-    workflow.initialize()
-    assert not workflow.check_properties(), workflow.check_properties()
-    workflow.run()
-    workflow.finalize()
-    return workflow
+    return bundle_configs(BUNDLE, *names)
 
 
 @pytest.fixture(scope="module")
 def trained(tiny_cache, tmp_path_factory) -> Path:
     """One SupReMix train.json + demo.json run on the tiny cache; returns its output_dir."""
     out = tmp_path_factory.mktemp("run") / "supremix"
-    _run(_configs("train", "demo"), dataset_dir=str(tiny_cache), output_dir=str(out), method="supremix", **TINY)
+    run_workflow(_configs("train", "demo"), dataset_dir=str(tiny_cache), output_dir=str(out), method="supremix", **TINY)
     return out
 
 
@@ -59,7 +51,7 @@ def test_train_writes_every_output(trained):
 
 
 def test_evaluate_overlay_reuses_the_stored_model(trained, tiny_cache):
-    _run(_configs("train", "evaluate"), dataset_dir=str(tiny_cache), output_dir=str(trained),
+    run_workflow(_configs("train", "evaluate"), dataset_dir=str(tiny_cache), output_dir=str(trained),
          num_workers=0, batch_size=4)
     evaluated = json.loads((trained / "eval" / "metrics.json").read_text())
     trained_metrics = json.loads((trained / "metrics.json").read_text())
@@ -80,7 +72,7 @@ def test_monai_bundle_tools(trained, tmp_path):
 
 @pytest.mark.parametrize("method", ["vanilla", "supcon", "rnc", "conr", "mixsupcon"])
 def test_every_method_runs_the_recipe(method, tiny_cache, tmp_path):
-    _run(_configs("train", "demo"), dataset_dir=str(tiny_cache), output_dir=str(tmp_path), method=method,
+    run_workflow(_configs("train", "demo"), dataset_dir=str(tiny_cache), output_dir=str(tmp_path), method=method,
          pretrain_epochs=1, finetune_epochs=1, batch_size=4, num_workers=0)
     assert json.loads((tmp_path / "metrics.json").read_text())["method"] == method
     assert (tmp_path / "models" / "pretrained_encoder.pt").is_file() == (method != "vanilla")
@@ -88,7 +80,7 @@ def test_every_method_runs_the_recipe(method, tiny_cache, tmp_path):
 
 def test_mlflow_tracking(tiny_cache, tmp_path):
     import mlflow
-    _run(_configs("train", "demo"), tracking="mlflow", dataset_dir=str(tiny_cache), output_dir=str(tmp_path),
+    run_workflow(_configs("train", "demo"), tracking="mlflow", dataset_dir=str(tiny_cache), output_dir=str(tmp_path),
          method="vanilla", finetune_epochs=1, batch_size=4, num_workers=0)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns.db'}")
     runs = mlflow.search_runs(search_all_experiments=True)
@@ -96,7 +88,7 @@ def test_mlflow_tracking(tiny_cache, tmp_path):
 
 
 def test_linear_probe_keeps_the_pretrained_encoder(tiny_cache, tmp_path):
-    _run(_configs("train", "demo"), dataset_dir=str(tiny_cache), output_dir=str(tmp_path), linear_probe=True, **TINY)
+    run_workflow(_configs("train", "demo"), dataset_dir=str(tiny_cache), output_dir=str(tmp_path), linear_probe=True, **TINY)
     pretrained = torch.load(tmp_path / "models" / "pretrained_encoder.pt", weights_only=True)
     final = torch.load(tmp_path / "models" / "model_final.pt", weights_only=True)
     for key, value in pretrained.items():
@@ -104,7 +96,7 @@ def test_linear_probe_keeps_the_pretrained_encoder(tiny_cache, tmp_path):
 
 
 def test_inference_on_a_folder_of_scans(trained, tiny_cohort, tmp_path):
-    _run([str(BUNDLE / "inference.json")], workflow_type="infer", dataset_dir=str(tiny_cohort / "manifest.csv"),
+    run_workflow([str(BUNDLE / "inference.json")], workflow_type="infer", dataset_dir=str(tiny_cohort / "manifest.csv"),
          ckpt_dir=str(trained / "models"), output_dir=str(tmp_path), num_workers=0)
     predictions = pd.read_csv(tmp_path / "predictions.csv")
     assert len(predictions) == 12

@@ -20,7 +20,8 @@ from supremix_med.data.face_transforms import (
 from supremix_med.data.faces import FaceDataset, face_records, fingerprint, preprocess, read_dir_split
 from supremix_med.engines import multi_view_transform
 
-AGEDB_CSV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dir_splits" / "agedb.csv"
+#: The published AgeDB-DIR split, shipped with the agedb bundle.
+AGEDB_CSV = Path(__file__).resolve().parents[1] / "bundles" / "agedb" / "agedb.csv"
 
 
 def _write_images(folder: Path, names: list[str], shape: tuple[int, int] = (30, 20), seed: int = 0) -> None:
@@ -115,7 +116,6 @@ def test_unreadable_csv(faces_dir: Path) -> None:
         read_dir_split(path)
 
 
-@pytest.mark.skipif(not AGEDB_CSV.exists(), reason="the published AgeDB-DIR split file is not beside the repository")
 def test_published_agedb_dir_split() -> None:
     table = read_dir_split(AGEDB_CSV, image_dir="/images")
     assert table["split"].value_counts().to_dict() == {"train": 12208, "val": 2140, "test": 2140}
