@@ -7,16 +7,10 @@ pipeline on a folder of series folders / NIfTI files or a CSV ``id,path[,age]``,
 parameters of the training cache (``preprocessing_params``; the fingerprint check refuses others).
 """
 
+from supremix_med.recipes.ukb_brainage import BRAIN_AFFINE
+
 _AUGMENTATION = [
-    {
-        "_target_": "RandAffined",
-        "keys": "image",
-        "prob": 0.8,
-        "rotate_range": [0.05, 0.05, 0.05],
-        "translate_range": [3, 3, 3],
-        "scale_range": [0.05, 0.05, 0.05],
-        "padding_mode": "zeros",
-    },
+    BRAIN_AFFINE,
     # SUV scales with body composition and blood glucose: a global gain the network must ignore
     {"_target_": "RandScaleIntensityd", "keys": "image", "factors": 0.15, "prob": 0.8},
 ]

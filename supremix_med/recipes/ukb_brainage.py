@@ -4,23 +4,23 @@ Cache: ``python -m preprocessing.t1`` (or ``preprocessing.ukb``); inference prep
 same pipeline, registering them to MNI152 when needed.
 """
 
+#: Small affine jitter (rotation, shift, scale) of a brain volume on the 2 mm MNI grid; the PET bundle uses it too.
+BRAIN_AFFINE = {
+    "_target_": "RandAffined",
+    "keys": "image",
+    "prob": 0.8,
+    "rotate_range": [0.05, 0.05, 0.05],
+    "translate_range": [3, 3, 3],
+    "scale_range": [0.05, 0.05, 0.05],
+    "padding_mode": "zeros",
+}
+
 TRAIN = {
     "dataset_dir": "/data/ukb_brainage_cache",
     "bias_correction_method": "beheshti",
     "label_range": [45.0, 82.0],
     "network_config": {"encoder": "resnet18_3d", "projection_dim": 128, "n_targets": 1},
-    "augmentation": [
-        {
-            "_target_": "RandAffined",
-            "keys": "image",
-            "prob": 0.8,
-            "rotate_range": [0.05, 0.05, 0.05],
-            "translate_range": [3, 3, 3],
-            "scale_range": [0.05, 0.05, 0.05],
-            "padding_mode": "zeros",
-        },
-        {"_target_": "RandScaleIntensityd", "keys": "image", "factors": 0.1, "prob": 0.5},
-    ],
+    "augmentation": [BRAIN_AFFINE, {"_target_": "RandScaleIntensityd", "keys": "image", "factors": 0.1, "prob": 0.5}],
 }
 
 INFERENCE = {
