@@ -44,7 +44,7 @@ __all__ = ["BUNDLES_DIR", "SPLITS", "apply_overrides", "bundle_names", "bundle_s
 BUNDLES_DIR = Path(__file__).resolve().parents[2] / "bundles"
 #: Config ids of the recipe's datasets and the split each reads.
 SPLITS = {"pretrain": "train", "train": "train", "validate": "val", "test": "test"}
-#: Template file -> (rendered file, spec attribute holding its overrides).
+#: Template file (rendered under the same name) -> the spec attribute holding its overrides.
 _TEMPLATES = {
     "train.json": "TRAIN",
     "evaluate.json": "EVALUATE",
