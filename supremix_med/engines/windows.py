@@ -11,8 +11,9 @@ such as ``resnet18_1d`` see windows of W frames:
   returns [C, W] starting at a uniformly drawn frame (its start changes every time the item is loaded), as a
   MetaTensor; ``{"_target_": "EnsureTyped", "keys": "image", "track_meta": false}`` after it drops the (spatial,
   meaningless here) metadata, so batches of views stack as plain tensors. In contrastive pre-training,
-  ``multi_view_transform`` applies both once per view, so the views of a run are two windows of it. Every series must have at least W frames (a shorter one is returned whole and cannot be
-  batched with the others); a cache built by ``preprocessing.fmri`` has ``frames`` >= W frames everywhere.
+  ``multi_view_transform`` applies both once per view, so the views of a run are two windows of it. Every
+  series must have at least W frames (a shorter one is returned whole and cannot be batched with the others);
+  a cache built by ``preprocessing.fmri`` has ``frames`` >= W frames everywhere.
 - **Evaluation** predicts every window that ``preprocessing.fmri.sliding_windows`` cuts from a series and
   averages them: :class:`WindowAveragingInferer` (the evaluators' ``inferer``), so a run gets one prediction.
 - **Per subject**: :class:`SubjectAveragingCollector` (the evaluators' collector) averages the predictions of
