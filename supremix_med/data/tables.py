@@ -172,6 +172,7 @@ class FeatureScaler:
 
     @property
     def n_features(self) -> int:
+        """Number of feature columns ``d``."""
         return len(self.columns)
 
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
@@ -188,11 +189,13 @@ class FeatureScaler:
         return ((values - np.asarray(self.mean)) / np.asarray(self.std)).astype(np.float32)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready ``{"columns", "mean", "std", "constant"}`` (the inverse of :meth:`from_dict`)."""
         return {"columns": list(self.columns), "mean": list(self.mean), "std": list(self.std),
                 "constant": list(self.constant)}
 
     @classmethod
     def from_dict(cls, record: dict[str, Any]) -> FeatureScaler:
+        """Rebuild a scaler from :meth:`to_dict`'s output."""
         return cls(tuple(record["columns"]), tuple(float(m) for m in record["mean"]),
                    tuple(float(s) for s in record["std"]), tuple(record.get("constant", ())))
 
@@ -280,10 +283,12 @@ class RegressionTable:
 
     @property
     def target(self) -> str:
+        """Name of the target column."""
         return self.info.target
 
     @property
     def feature_columns(self) -> tuple[str, ...]:
+        """Names of the ``d`` feature columns, in the order of the feature vectors."""
         return self.info.scaler.columns
 
     @property
