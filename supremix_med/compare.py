@@ -83,6 +83,7 @@ class MethodRun:
 
     @property
     def failed(self) -> bool:
+        """Whether the run failed (``status == "failed"``)."""
         return self.status == "failed"
 
 
