@@ -9,11 +9,9 @@ parameters of the training cache (``preprocessing_params``; the fingerprint chec
 
 from supremix_med.recipes.ukb_brainage import BRAIN_AFFINE
 
-_AUGMENTATION = [
-    BRAIN_AFFINE,
-    # SUV scales with body composition and blood glucose: a global gain the network must ignore
-    {"_target_": "RandScaleIntensityd", "keys": "image", "factors": 0.15, "prob": 0.8},
-]
+#: SUV scales with body composition and blood glucose: a global gain the network must ignore.
+_SUV_GAIN = {"_target_": "RandScaleIntensityd", "keys": "image", "factors": 0.15, "prob": 0.8}
+_AUGMENTATION = [BRAIN_AFFINE, _SUV_GAIN]
 
 TRAIN = {
     "dataset_dir": "/data/pet_brainage_cache",
@@ -46,7 +44,7 @@ OVERLAYS = {
             "projection_dim": 64,
             "n_targets": 1,
         },
-        "augmentation": [{"_target_": "RandScaleIntensityd", "keys": "image", "factors": 0.15, "prob": 0.8}],
+        "augmentation": [_SUV_GAIN],
         "pretrain#view_keys": ["image"],
     },
 }
