@@ -89,7 +89,8 @@ def plot_predictions(frame: pd.DataFrame, path: str | os.PathLike, target_name: 
 
 def _shot_report(pred: np.ndarray, truth: np.ndarray, train_targets: Sequence[float],
                  shots: Mapping) -> dict[str, dict[str, float | None]]:
-    """Many/medium/few-shot MAE, MSE and GM (``None`` where a group has no test sample) and the rule used."""
+    """``{"many" | "medium" | "few": {"mae", "mse", "gm", "n"}, "rule": shots}``: each group's test-sample count
+    and metrics (``None`` where the group has no test sample), and the grouping rule used."""
     groups = shot_metrics(pred, truth, train_targets, **shots)
     report: dict = {group: {name: None if np.isnan(value) else value for name, value in values.items()}
                     for group, values in groups.items() if group != "all"}
