@@ -1,4 +1,5 @@
-"""End to end: the xray_boneage bundle on a tiny synthetic hand cohort (train -> infer, evaluate, bundle tools)."""
+"""End to end: the xray_boneage bundle on a tiny synthetic hand cohort (train -> infer, evaluate, bundle tools), image
+only and with sex as a covariate."""
 
 from __future__ import annotations
 
@@ -151,3 +152,48 @@ def test_monai_bundle_tools(trained, tmp_path):
     ckpt_export(net_id="network_def", filepath=str(exported), ckpt_file=str(trained / "models" / "model.pt"),
                 meta_file=meta, config_file=_configs("train", "evaluate"), ckpt_dir=str(trained / "models"))
     assert torch.jit.load(str(exported))(torch.zeros(1, 1, SIZE, SIZE)).shape == (1, 1)
+
+
+@pytest.fixture(scope="module")
+def trained_with_sex(cache, tmp_path_factory) -> Path:
+    """The same run with ``--covariates "['sex']"``: the regressor also sees sex (M 0, F 1)."""
+    out = tmp_path_factory.mktemp("xray_run") / "sex"
+    _run(_configs("train", "demo"), dataset_dir=str(cache), output_dir=str(out), covariates=["sex"], **TINY)
+    return out
+
+
+def test_sex_covariate_is_a_model_input_stored_with_the_model(trained_with_sex, cache, tmp_path):
+    models = trained_with_sex / "models"
+    config = json.loads((models / "model_config.json").read_text())
+    assert config["covariates"] == ["sex"]
+    head = torch.load(models / "model.pt", weights_only=True)["regressor.weight"]
+    assert head.shape == (1, 2048 // 8 + 1)  # resnet50_2d at widen 1/8: 256 image features, then sex
+    assert json.loads((trained_with_sex / "metrics.json").read_text())["n"] == 2
+    # the evaluate overlay reads the covariate list from the stored model config
+    _run(_configs("train", "evaluate"), dataset_dir=str(cache), output_dir=str(trained_with_sex), num_workers=0,
+         batch_size=4)
+    evaluated = json.loads((trained_with_sex / "eval" / "metrics.json").read_text())
+    assert evaluated["mae"] == pytest.approx(json.loads((trained_with_sex / "metrics.json").read_text())["mae"],
+                                             rel=1e-5)
+    exported = tmp_path / "model.ts"
+    ckpt_export(net_id="network_def", filepath=str(exported), ckpt_file=str(models / "model.pt"),
+                meta_file=str(BUNDLE / "metadata.json"), config_file=_configs("train", "evaluate"),
+                ckpt_dir=str(models))
+    assert torch.jit.load(str(exported))(torch.zeros(1, 1, SIZE, SIZE), None, torch.ones(1, 1)).shape == (1, 1)
+
+
+def test_inference_with_sex_from_a_csv_reports_a_bad_sex_per_file(trained_with_sex, cohort, tmp_path):
+    new = pd.read_csv(cohort / "manifest.csv").query("split == 'new'")
+    rows = new[["id", "path", "sex"]].assign(path=lambda m: [str(cohort / p) for p in m["path"]])
+    shutil.copy(rows["path"].iloc[0], tmp_path / "bad_sex.png")
+    rows.loc[len(rows) + 100] = ["bad_sex", str(tmp_path / "bad_sex.png"), "X"]
+    rows.to_csv(tmp_path / "new.csv", index=False)
+    _run([str(BUNDLE / "inference.json")], workflow_type="infer", dataset_dir=str(tmp_path / "new.csv"),
+         ckpt_dir=str(trained_with_sex / "models"), output_dir=str(tmp_path / "out"), num_workers=0)
+    predictions = pd.read_csv(tmp_path / "out" / "predictions.csv", keep_default_na=False).set_index("id")
+    assert list(predictions.index) == [*new["id"], "bad_sex"]
+    good = predictions.drop(index="bad_sex")
+    assert (good["error"] == "").all() and good["predicted_boneage"].astype(float).notna().all()
+    error = predictions.loc["bad_sex", "error"]
+    assert str(tmp_path / "bad_sex.png") in error and "covariate 'sex'" in error and "'X'" in error
+    assert predictions.loc["bad_sex", "predicted_boneage"] == ""

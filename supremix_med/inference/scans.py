@@ -12,12 +12,13 @@ also declare
 The pieces, used by every bundle's ``inference.json``:
 
 - :func:`list_scans` turns the bundle's ``dataset_dir`` (a folder of scans, or a CSV ``id,path[,<target>]``)
-  into MONAI dataset items ``{"id", "path", "label"}`` (``label`` is the known target, NaN if unknown).
+  into MONAI dataset items ``{"id", "path", "label"}`` (``label`` is the known target, NaN if unknown), plus the
+  model's covariate columns (e.g. ``sex``) from the CSV when the model takes covariates.
 - :func:`check_fingerprint` refuses a model whose stored ``preprocessing.json`` differs from what this code's
   pipeline does: a scan preprocessed differently from the training data gets a confidently wrong prediction.
 - :class:`PreprocessScan` is the bundle's ``preprocessing``: it runs the training pipeline on one item and
   never raises for a bad scan. It stores the reason in ``error`` and a zero image instead, so one unreadable
-  file does not stop a batch of thousands and the collated batch keeps its shape.
+  file (or one unknown covariate value) does not stop a batch of thousands and the collated batch keeps its shape.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ import pandas as pd
 import torch
 from monai.transforms import Transform
 from pydicom.misc import is_dicom
+
+from supremix_med.data.covariates import COVARIATES_KEY, EncodeCovariatesd
 
 __all__ = ["DICOM_LAYOUTS", "FINGERPRINT_IGNORED", "NIFTI_SUFFIXES", "PreprocessScan", "check_fingerprint",
            "list_scans", "load_pipeline", "qc_fields"]
@@ -111,18 +114,20 @@ def _scans_in_folder(folder: Path, suffixes: Sequence[str], dicom: str | None) -
     return pd.DataFrame({"id": [i for _, i in ordered], "path": [str(p) for p, _ in ordered], "label": math.nan})
 
 
-def _scans_in_csv(csv: Path, target: str) -> pd.DataFrame:
-    """Rows of ``csv`` with columns ``id,path[,<target>]``; relative paths are resolved against the CSV's folder."""
+def _scans_in_csv(csv: Path, target: str, covariates: Sequence[str]) -> pd.DataFrame:
+    """Rows of ``csv`` with columns ``id,path[,<covariates>][,<target>]``; relative paths are resolved against the
+    CSV's folder; covariate values are kept as strings, checked per scan by :class:`PreprocessScan`."""
     try:
-        # ids and paths verbatim (an id "NA" stays "NA"); empty or NA-like targets are unknown
-        table = pd.read_csv(csv, dtype={"id": str, "path": str}, keep_default_na=False,
-                            na_values={target: ["", "NA", "NaN", "nan"]})
+        # ids, paths and covariates verbatim (an id "NA" stays "NA"); empty or NA-like targets are unknown
+        table = pd.read_csv(csv, dtype={"id": str, "path": str, **dict.fromkeys(covariates, str)},
+                            keep_default_na=False, na_values={target: ["", "NA", "NaN", "nan"]})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise ValueError(f"list_scans: cannot read {str(csv)!r} as a CSV: {err}") from err
-    missing = [c for c in ("id", "path") if c not in table.columns]
+    required = ("id", "path", *covariates)
+    missing = [c for c in required if c not in table.columns]
     if missing:
-        raise ValueError(f"list_scans: {str(csv)!r} needs columns id,path[,{target}]; missing {missing}, "
-                         f"found {list(table.columns)}.")
+        raise ValueError(f"list_scans: {str(csv)!r} needs columns {','.join(required)}[,{target}]; missing "
+                         f"{missing}, found {list(table.columns)}.")
     if table.empty:
         raise ValueError(f"list_scans: {str(csv)!r} lists no scans.")
     blank = table.index[(table["id"].str.strip() == "") | (table["path"].str.strip() == "")]
@@ -136,11 +141,12 @@ def _scans_in_csv(csv: Path, target: str) -> pd.DataFrame:
             raise ValueError(f"list_scans: {str(csv)!r} has non-numeric {target} on data row(s) "
                              f"{(bad + 1).tolist()}: {table.loc[bad, target].tolist()}.")
     paths = [str(csv.parent / Path(raw.strip()).expanduser()) for raw in table["path"]]  # absolute paths stay
-    return pd.DataFrame({"id": table["id"].str.strip(), "path": paths, "label": label.astype(float)})
+    return pd.DataFrame({"id": table["id"].str.strip(), "path": paths, "label": label.astype(float),
+                         **{c: table[c] for c in covariates}})
 
 
 def list_scans(source: str | os.PathLike, suffixes: Sequence[str] = NIFTI_SUFFIXES, dicom: str | None = None,
-               target: str = "age") -> list[dict[str, Any]]:
+               target: str = "age", covariates: Sequence[str] = ()) -> list[dict[str, Any]]:
     """List the scans to predict as MONAI dataset items.
 
     Args:
@@ -164,24 +170,31 @@ def list_scans(source: str | os.PathLike, suffixes: Sequence[str] = NIFTI_SUFFIX
             ``(".avi", ".mp4")`` or ``(".npy", ".csv", ".mat")``.
         dicom: ``None`` (no DICOM search), or one of :data:`DICOM_LAYOUTS`.
         target: CSV column of the known target (e.g. ``"age"``, ``"ef"``).
+        covariates: CSV columns the model takes per scan (its ``model_config.json`` ``covariates``, e.g.
+            ``["sex"]``); they need a CSV ``source``. Their values are passed on as strings (empty where the
+            CSV has none) and checked per scan by :class:`PreprocessScan`.
 
     Returns:
-        one dict per scan, ``{"id": str, "path": str, "label": float}`` (``label`` = the target, NaN if unknown),
-        in folder (sorted path) or CSV order.
+        one dict per scan, ``{"id": str, "path": str, "label": float, <covariate>: str, ...}`` (``label`` = the
+        target, NaN if unknown), in folder (sorted path) or CSV order.
 
     Raises:
         FileNotFoundError: ``source`` does not exist.
-        ValueError: an unknown ``dicom`` layout; a folder without scans; a CSV that cannot be parsed, lacks
-            ``id``/``path``, has empty ids or paths, non-numeric targets or duplicate ids (the message names
-            the file and rows).
+        ValueError: an unknown ``dicom`` layout; a folder without scans or a folder given for a model with
+            covariates; a CSV that cannot be parsed, lacks ``id``/``path`` or a covariate column, has empty ids
+            or paths, non-numeric targets or duplicate ids (the message names the file and rows).
     """
     if dicom not in (None, *DICOM_LAYOUTS):
         raise ValueError(f"list_scans: dicom must be None or one of {DICOM_LAYOUTS}, got {dicom!r}.")
     source = Path(source).expanduser()
+    if source.is_dir() and covariates:
+        raise ValueError(f"list_scans: the model takes the covariate(s) {list(covariates)} per scan, which a folder "
+                         f"({str(source)!r}) cannot give; list the scans in a CSV with columns "
+                         f"id,path,{','.join(covariates)}.")
     if source.is_dir():
         table = _scans_in_folder(source, tuple(s.lower() for s in suffixes), dicom)
     elif source.is_file():
-        table = _scans_in_csv(source, target)
+        table = _scans_in_csv(source, target, covariates)
     else:
         raise FileNotFoundError(f"list_scans: {str(source)!r} is neither a folder of scans nor a CSV file.")
     duplicated = table["id"][table["id"].duplicated()].unique().tolist()
@@ -278,6 +291,9 @@ class PreprocessScan(Transform):
     - one entry per ``QC_FIELDS`` item of the pipeline, from its QC record (``preprocess_with_qc``; a
       pipeline without it reports no QC): the record's value converted to the default's type, the default
       when the record has None or the scan failed;
+    - with ``covariates``, ``covariates``: float32 [C], the item's covariate values encoded by
+      :class:`~supremix_med.data.covariates.EncodeCovariatesd` (zeros when a value is missing or unknown: the
+      scan then fails and is not preprocessed);
     - ``error``: empty, or why the scan could not be used: the ``ValueError`` / ``OSError`` message (prefixed
       with the path if it does not name it); any other exception is logged with its traceback and reported
       with its class name and the path.
@@ -285,6 +301,7 @@ class PreprocessScan(Transform):
     Args:
         pipeline: the preprocessing module, e.g. ``"preprocessing.t1"``, ``"preprocessing.pet"``.
         path_key: item key holding the scan's path.
+        covariates: item keys of the covariates the model takes (e.g. ``["sex"]`` from the inference CSV).
         **params: the pipeline's parameters (e.g. ``register="auto"`` for T1, ``frames=32`` for ultrasound),
             given to its ``preprocess_with_qc`` / ``preprocess`` and ``fingerprint``.
 
@@ -292,10 +309,12 @@ class PreprocessScan(Transform):
         ValueError: an unusable ``pipeline`` or invalid ``params`` (raised by its ``fingerprint``).
     """
 
-    def __init__(self, pipeline: str = "preprocessing.t1", path_key: str = "path", **params: Any) -> None:
+    def __init__(self, pipeline: str = "preprocessing.t1", path_key: str = "path", covariates: Sequence[str] = (),
+                 **params: Any) -> None:
         module = load_pipeline(pipeline)
         self.pipeline = pipeline
         self.path_key = path_key
+        self.encode_covariates = EncodeCovariatesd(list(covariates), id_key="id") if covariates else None
         self.params = params
         self.image_shape = tuple(module.fingerprint(**params)["output"]["shape"])
         self.qc_defaults = qc_fields(pipeline)
@@ -313,6 +332,8 @@ class PreprocessScan(Transform):
         path = str(item[self.path_key])
         image, qc, error = None, {}, ""
         try:
+            if self.encode_covariates is not None:  # first: a scan without its covariates is not worth reading
+                item = self.encode_covariates(item)
             image, qc = self._run(path)
         except (ValueError, OSError) as err:  # unusable or missing scan; the message names the file
             error = str(err) if path in str(err) else f"{path}: {err}"
@@ -321,5 +342,7 @@ class PreprocessScan(Transform):
             error = f"{type(err).__name__} while preprocessing {path}: {err}"
         item["image"] = torch.zeros(self.image_shape) if image is None else torch.as_tensor(image, dtype=torch.float32)
         item.update({key: _collatable(qc.get(key), default) for key, default in self.qc_defaults.items()})
+        if self.encode_covariates is not None:
+            item.setdefault(COVARIATES_KEY, torch.zeros(len(self.encode_covariates.keys)))
         item["error"] = error
         return item

@@ -8,6 +8,9 @@ Example (a bundle's ``network_def``)::
         "projection_dim": 128,
         "encoder_checkpoint": "$@ckpt_dir + '/pretrain_final.pt'"
     }
+
+With ``"covariates": ["sex"]`` the model's regressor also takes one covariate per sample (see
+:mod:`supremix_med.data.covariates`); the names are kept in the model config, so inference knows what to read.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ def build_model(
     freeze_encoder: bool = False,
     fds: bool | Mapping[str, Any] | None = None,
     label_range: Sequence[float] | None = None,
+    covariates: Sequence[str] = (),
     **encoder_kwargs,
 ) -> ContrastiveRegressor:
     """Build a :class:`ContrastiveRegressor`, optionally with pre-trained and frozen encoder weights.
@@ -71,19 +75,27 @@ def build_model(
             the same layer, so saved as a model config they restore its buffers too.
         label_range: [lo, hi] target range (label units) over which the FDS buckets are laid out unless
             ``fds`` places them itself; used only with ``fds``.
+        covariates: names of the covariates the regressor takes beside the image features, in the order of the
+            batch's ``"covariates"`` [B, C] tensor (e.g. ``["sex"]``); the model gets
+            ``n_covariates = len(covariates)``. Empty: image only.
         encoder_kwargs: constructor arguments of the named encoder.
 
     Raises:
         ValueError: unknown encoder name, ``encoder_kwargs`` given with a module, a checkpoint that does not
-            fit the encoder, or bad ``fds`` settings.
+            fit the encoder, bad ``fds`` settings, or ``covariates`` that are not distinct names.
     """
+    names = [] if isinstance(covariates, str) else list(covariates)
+    if isinstance(covariates, str) or not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
+        raise ValueError(f"build_model: covariates must be a list of distinct column names, e.g. ['sex'], got "
+                         f"{covariates!r}.")
     if isinstance(encoder, str):
         encoder = build_encoder(encoder, **encoder_kwargs)
     elif encoder_kwargs:
         raise ValueError(f"build_model: encoder arguments {sorted(encoder_kwargs)} given with a ready "
                          f"{type(encoder).__name__} module; pass an encoder name to use them.")
     model = ContrastiveRegressor(encoder, projection_dim=projection_dim, n_targets=n_targets,
-                                 fds=build_fds(getattr(encoder, "out_features", None), fds, label_range))
+                                 fds=build_fds(getattr(encoder, "out_features", None), fds, label_range),
+                                 n_covariates=len(names))
     if encoder_checkpoint is not None:
         model.load_encoder(encoder_checkpoint)
     return model.freeze_encoder(freeze_encoder)

@@ -3,7 +3,9 @@
 - :class:`ContrastiveRegressor` holds ``encoder`` -> features [B, F], ``projector`` -> projections [B, P] and
   ``regressor`` -> predictions [B, n_targets]. ``forward`` predicts, so the same object is the bundle's
   ``network_def`` for fine-tuning, evaluation and inference. With an optional FDS layer, ``forward(x, labels)``
-  in training mode calibrates the features before the regressor (feature-distribution smoothing).
+  in training mode calibrates the features before the regressor (feature-distribution smoothing). With
+  ``n_covariates`` C > 0 the regressor sees [features, covariates] [B, F + C] (e.g. sex for bone age):
+  ``forward(x, covariates=c)``; the projector, hence contrastive pre-training, sees the image features only.
 - :class:`MultiViewProjector` adapts it to contrastive pre-training: views [B, V, *input] -> [B, V, P].
 - :class:`JointProjectorRegressor` returns projections and predictions from one encoder pass (ConR, which
   regularises a regression with a contrastive term).
@@ -95,10 +97,12 @@ class ContrastiveRegressor(nn.Module):
         in_features: F for an encoder without an ``out_features`` attribute.
         fds: optional :class:`~supremix_med.imbalance.FDS` layer over the F features (see :meth:`forward`);
             its statistics are buffers of the model's state dict.
+        n_covariates: number C of covariates (e.g. 1 for sex coded 0/1) concatenated to the F features before
+            the regressor; 0 = image only.
 
     Attributes:
-        encoder, projector (:class:`ProjectionHead` F -> F -> P), regressor (:class:`Regressor` F -> n_targets),
-        fds (or ``None``).
+        encoder, projector (:class:`ProjectionHead` F -> F -> P), regressor (:class:`Regressor`
+        F + C -> n_targets), fds (or ``None``), n_covariates (C).
         target_mean, target_std: buffers [n_targets]; the regressor works on standardised targets and
             :meth:`predict` returns ``regressor(h) * target_std + target_mean`` in label units (set them with
             :meth:`set_target_statistics` before training; they are saved in the state dict).
@@ -111,6 +115,7 @@ class ContrastiveRegressor(nn.Module):
         n_targets: int = 1,
         in_features: int | None = None,
         fds: FDS | None = None,
+        n_covariates: int = 0,
     ) -> None:
         super().__init__()
         features = in_features if in_features is not None else getattr(encoder, "out_features", None)
@@ -122,12 +127,15 @@ class ContrastiveRegressor(nn.Module):
         if n_targets < 1 or projection_dim < 1:
             raise ValueError(f"ContrastiveRegressor: n_targets and projection_dim must be >= 1, "
                              f"got {n_targets} and {projection_dim}.")
+        if not isinstance(n_covariates, int) or n_covariates < 0:
+            raise ValueError(f"ContrastiveRegressor: n_covariates must be an integer >= 0, got {n_covariates!r}.")
         if fds is not None and fds.feature_dim != features:
             raise ValueError(f"ContrastiveRegressor: the FDS layer smooths {fds.feature_dim} features, the encoder "
                              f"gives {features}.")
         self.encoder = encoder
         self.projector = ProjectionHead(features, projection_dim)
-        self.regressor = Regressor(features, n_targets)
+        self.regressor = Regressor(features + n_covariates, n_targets)
+        self.n_covariates = n_covariates
         self.fds = fds
         self.register_buffer("target_mean", torch.zeros(n_targets))
         self.register_buffer("target_std", torch.ones(n_targets))
@@ -159,29 +167,56 @@ class ContrastiveRegressor(nn.Module):
         """Inputs [B, *input] -> unit-norm projections [B, P] (the embedding a contrastive loss sees)."""
         return self.project_features(self.encode(x))
 
-    def predict_features(self, features: torch.Tensor) -> torch.Tensor:
-        """Features [B, F] -> predictions [B, n_targets] in label units."""
-        return self.regressor(features) * self.target_std + self.target_mean
+    def regressor_input(self, features: torch.Tensor, covariates: torch.Tensor | None = None) -> torch.Tensor:
+        """The regressor's input: features [B, F] and covariates [B, C] (or [B] when C = 1) -> [B, F + C].
 
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """Inputs [B, *input] -> predictions [B, n_targets] in label units."""
-        return self.predict_features(self.encode(x))
+        Raises:
+            ValueError: the model takes covariates and none are given, or they are not [B, C].
+        """
+        if self.n_covariates == 0:
+            return features
+        if covariates is None:
+            raise ValueError("ContrastiveRegressor: this model takes " + str(self.n_covariates)
+                             + " covariate(s) per sample beside the image; pass covariates [B, C].")
+        # TorchScript-compatible: no f-strings, and a new name for the refined (non-optional) tensor
+        values = covariates.unsqueeze(1) if covariates.dim() == 1 and self.n_covariates == 1 else covariates
+        if values.dim() != 2 or values.shape[0] != features.shape[0] or values.shape[1] != self.n_covariates:
+            raise ValueError("ContrastiveRegressor: expected covariates [" + str(features.shape[0]) + ", "
+                             + str(self.n_covariates) + "], got " + str(list(covariates.shape)) + ".")
+        return torch.cat([features, values.to(features.dtype)], dim=1)
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Predictions [B, n_targets] in label units from inputs [B, *input].
+    def predict_features(self, features: torch.Tensor, covariates: torch.Tensor | None = None) -> torch.Tensor:
+        """Features [B, F] (and covariates [B, C] if the model takes any) -> predictions [B, n_targets] in label
+        units."""
+        return self.regressor(self.regressor_input(features, covariates)) * self.target_std + self.target_mean
+
+    def predict(self, x: torch.Tensor, covariates: torch.Tensor | None = None) -> torch.Tensor:
+        """Inputs [B, *input] (and covariates [B, C] if the model takes any) -> predictions [B, n_targets] in
+        label units."""
+        return self.predict_features(self.encode(x), covariates)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None,
+                covariates: torch.Tensor | None = None) -> torch.Tensor:
+        """Predictions [B, n_targets] in label units from inputs [B, *input] and, for a model with
+        ``n_covariates`` C > 0, ``covariates`` [B, C] (float; a trainer or evaluator passes the batch's
+        ``"covariates"`` with ``PrepareBatchExtraInput(extra_keys={"covariates": "covariates"})``).
 
         Without an FDS layer, without ``labels`` or in eval mode this is :meth:`predict`. In training mode with
         an FDS layer and ``labels`` ([B] or [B, 1], label units; a trainer passes them with MONAI's
         ``PrepareBatchExtraInput(extra_keys={"labels": "label"})``), the batch's detached features are first
         collected for the epoch's statistics (:meth:`FDS.collect`) and the features are calibrated by
         :meth:`FDS.smooth` at ``fds.current_epoch`` before the regressor (gradients flow through them). A
-        TorchScript export (for inference) compiles only the :meth:`predict` path and ignores ``labels``.
+        TorchScript export (for inference) compiles only the :meth:`predict` path and ignores ``labels``. FDS
+        smooths the image features only; the covariates join them after it.
+
+        Raises:
+            ValueError: the model takes covariates and ``covariates`` is None or not [B, C].
         """
         features = self.encode(x)
         if not torch.jit.is_scripting() and self.training and self.fds is not None and labels is not None:
             self.fds.collect(features, labels)
             features = self.fds.smooth(features, labels, self.fds.current_epoch)
-        return self.predict_features(features)
+        return self.predict_features(features, covariates)
 
     def freeze_encoder(self, frozen: bool = True) -> ContrastiveRegressor:
         """Freeze (or unfreeze) the encoder for the linear-probe protocol.
@@ -271,10 +306,15 @@ class JointProjectorRegressor(nn.Module):
     """Projections and predictions from one encoder pass, for a regression regularised by a contrastive term.
 
     forward(x [B, V, *input]) returns ``{"features": [B, V, P] unit-norm, "predictions": [B, V, n_targets]}``.
+    The predictions come from the image alone, so a model with covariates is refused (``ValueError``).
     """
 
     def __init__(self, model: ContrastiveRegressor) -> None:
         super().__init__()
+        if model.n_covariates:
+            raise ValueError(f"JointProjectorRegressor: the model's regressor takes {model.n_covariates} "
+                             "covariate(s), but contrastive pre-training sees images only; pre-train with another "
+                             "method or train this model without covariates.")
         self.model = model
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

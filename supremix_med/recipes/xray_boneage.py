@@ -3,9 +3,12 @@
 Cache: ``python -m preprocessing.xray`` on a manifest ``id,path,boneage[,sex,split]`` of DICOM CR/DX files or
 PNG/JPEG images, or directly on the RSNA Pediatric Bone Age layout (``--rsna_images DIR --rsna_csv CSV``,
 columns ``id,boneage,male``); the demo cohort is ``supremix_med.data.demo_xray`` (synthetic hands, PNG).
-Sex is kept as a covariate column of the cache's manifest; the network does not take it (image only).
-Inference runs the same pipeline on a folder of PNG/JPEG/DICOM files or a CSV ``id,path[,boneage]``, with the
-preprocessing parameters stored beside the model (so a model trained on 128-pixel images preprocesses at 128).
+Sex is kept as a covariate column of the cache's manifest. By default the network sees the image only;
+``--covariates "['sex']"`` makes sex (M -> 0, F -> 1) a second input of the regressor, beside the image features,
+as bone-age models do (the recipe's ``covariates`` knob; pre-training still sees images only).
+Inference runs the same pipeline on a folder of PNG/JPEG/DICOM files or a CSV ``id,path[,boneage]`` -- for a
+model trained with sex, a CSV ``id,path,sex[,boneage]`` -- with the preprocessing parameters and the covariate
+list stored beside the model (so a model trained on 128-pixel images preprocesses at 128).
 """
 
 #: One year: the label unit of the losses' windows and of the shot-wise bins.
