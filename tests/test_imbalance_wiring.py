@@ -91,6 +91,8 @@ def test_build_fds_settings() -> None:
     for bad, message in [({"label_range": [0, 1], "bucket_num": 3}, "not both"),
                          ({"label_range": [2, 1]}, "lo < hi"),
                          ({"label_range": 3}, r"\[lo, hi\]"),
+                         ({"label_range": [0, 1], "bin_width": 0}, "bin_width must be a number > 0"),
+                         ({"label_range": [0, 1], "bin_width": "1"}, "bin_width must be a number > 0"),
                          ({"buckets": 3}, r"unknown settings \['buckets'\]")]:
         with pytest.raises(ValueError, match=message):
             build_fds(8, bad)

@@ -103,7 +103,8 @@ def build_fds(feature_dim: int, fds: bool | Mapping[str, Any] | None = None,
 
     Raises:
         ValueError: ``fds`` of another type or with unknown keys, ``label_range`` together with
-            ``bucket_start``/``bucket_num`` or not two finite numbers with lo < hi, bad FDS settings.
+            ``bucket_start``/``bucket_num`` or not two finite numbers with lo < hi, a ``bin_width`` that is not
+            a number > 0, bad FDS settings.
     """
     settings = _settings(fds, "fds", _keywords(FDS, exclude=("feature_dim",)) | {"label_range"})
     if settings is None:
@@ -128,6 +129,8 @@ def _buckets_of_range(settings: dict[str, Any]) -> dict[str, Any]:
     if not (math.isfinite(low) and math.isfinite(high) and low < high):
         raise ValueError(f"fds: label_range must hold two finite numbers with lo < hi, got {label_range!r}.")
     bin_width = settings.get("bin_width", inspect.signature(FDS).parameters["bin_width"].default)
+    if isinstance(bin_width, bool) or not isinstance(bin_width, (int, float)) or not bin_width > 0:
+        raise ValueError(f"fds: bin_width must be a number > 0 (label units), got {bin_width!r}.")
     return {"bucket_start": low, "bucket_num": max(1, math.ceil((high - low) / bin_width))}
 
 
