@@ -83,7 +83,7 @@ def synthesize_table(n_rows: int = 1503, seed: int = 0, noise_db: float = 1.0) -
     thickness = 0.012 * chord * np.exp(0.09 * angle) * (velocity / VELOCITIES_M_S[-1]) ** -0.2
     level = _sound_pressure(frequency, angle, velocity, thickness)
     level = level - level.mean() + MEAN_LEVEL_DB + rng.normal(0.0, noise_db, n_rows)
-    # the precision of the UCI file: micrometres of thickness, millidecibels
+    # the precision of the UCI file: 1e-8 m (10 nm) of thickness, millidecibels
     columns = (frequency, angle, chord, velocity, np.round(thickness, 8), np.round(level, 3))
     return pd.DataFrame(dict(zip(AIRFOIL_COLUMNS, columns)))
 
