@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from supremix_med.recipes import (SPLITS, apply_overrides, bundle_names, format_config, render_bundle,
-                                  split_datasets, stale_files, write_bundle)
+                                  split_datasets, stale_files, template_imports, write_bundle)
 from supremix_med.recipes.__main__ import main
 
 BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
@@ -63,3 +63,9 @@ def test_cli_writes_then_checks(tmp_path, capsys):
 def test_unknown_bundle_is_named():
     with pytest.raises(ValueError, match="unknown bundle 'nope'"):
         render_bundle("nope")
+
+
+def test_template_imports_extend_the_templates_own():
+    imports = template_imports("$import supremix_med.data.faces")
+    assert imports[:-1] == json.loads(render_bundle("ukb_brainage")["train.json"])["imports"]
+    assert imports[-1] == "$import supremix_med.data.faces"

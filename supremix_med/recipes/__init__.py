@@ -38,7 +38,7 @@ from typing import Any
 from supremix_med.io import atomic_write
 
 __all__ = ["BUNDLES_DIR", "SPLITS", "apply_overrides", "bundle_names", "bundle_spec", "format_config",
-           "render_bundle", "split_datasets", "stale_files", "write_bundle"]
+           "render_bundle", "split_datasets", "stale_files", "template_imports", "write_bundle"]
 
 #: The repository's bundle folders (this package is installed in editable mode from the repository).
 BUNDLES_DIR = Path(__file__).resolve().parents[2] / "bundles"
@@ -77,6 +77,14 @@ def _child(node: Any, key: str, config_id: str) -> Any:
     if isinstance(node, list) and key.isdigit() and int(key) < len(node):
         return node[int(key)]
     raise KeyError(f"override {config_id!r}: the template has no {key!r} there.")
+
+
+def template_imports(*extra: str, file_name: str = "train.json") -> list[str]:
+    """The ``imports`` of template ``file_name`` followed by ``extra`` ones, for a spec that needs more modules.
+
+    Example: ``"imports": template_imports("$import supremix_med.data.faces")``.
+    """
+    return [*json.loads(_template(file_name))["imports"], *extra]
 
 
 def apply_overrides(config: dict, overrides: Mapping[str, Any]) -> dict:

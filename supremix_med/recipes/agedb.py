@@ -16,26 +16,12 @@ and writes ``predictions.csv`` with an ``error`` column naming every unreadable 
 probes an encoder pre-trained elsewhere (e.g. on IMDB-WIKI-DIR) instead of pre-training.
 """
 
-from supremix_med.recipes import split_datasets
+from supremix_med.recipes import split_datasets, template_imports
 
-_COMMON_IMPORTS = [
-    "$import os",
-    "$import sys",
-    "$import json",
-    "$import torch",
-    "$import monai",
-    "$import ignite",
-    "$import supremix_med.data.datasets",
-    "$import supremix_med.engines",
-    "$import supremix_med.imbalance",
-    "$import supremix_med.metrics",
-    "$import supremix_med.networks",
-    "$import supremix_med",
-]
 _FACES = {"_target_": "supremix_med.data.faces.FaceDataset", "csv_path": "@csv_path", "image_dir": "@dataset_dir"}
 
 TRAIN = {
-    "imports": [*_COMMON_IMPORTS, "$import supremix_med.data.faces"],
+    "imports": template_imports("$import supremix_med.data.faces"),
     "dataset_dir": "/data/agedb",
     "csv_path": "$@bundle_root + '/agedb.csv'",
     "image_size": 224,

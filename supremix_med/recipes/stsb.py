@@ -16,12 +16,8 @@ training pairs, ``few`` under 20 (the DIR rule recounted on the training split; 
 lists differ slightly).
 """
 
-from supremix_med.recipes import SPLITS, split_datasets
+from supremix_med.recipes import SPLITS, split_datasets, template_imports
 
-_TEMPLATE_IMPORTS = ["$import os", "$import sys", "$import json", "$import torch", "$import monai", "$import ignite",
-                     "$import supremix_med.data.datasets", "$import supremix_med.engines",
-                     "$import supremix_med.imbalance", "$import supremix_med.metrics", "$import supremix_med.networks",
-                     "$import supremix_med"]
 _TEXT_PAIRS = "supremix_med.data.text_pairs"
 _KEY = "image"
 _COLLATE = {"_target_": f"{_TEXT_PAIRS}.collate_pairs", "_mode_": "callable", "key": _KEY}
@@ -30,7 +26,7 @@ _SAVED_EMBEDDINGS = "os.path.join(@ckpt_dir, 'embeddings.npy')"
 _SCORE_RANGE = [0.0, 5.0]
 
 TRAIN = {
-    "imports": [*_TEMPLATE_IMPORTS, f"$import {_TEXT_PAIRS}"],
+    "imports": template_imports(f"$import {_TEXT_PAIRS}"),
     "dataset_dir": "/data/stsb",
     "embeddings_path": None,
     "word_vectors": f"${_TEXT_PAIRS}.dataset_word_vectors(@dataset_dir, @embeddings_path)",
