@@ -29,7 +29,8 @@ from supremix_med.data.text_pairs import (
 )
 from supremix_med.networks import build_model
 
-REAL_SPLIT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dir_splits" / "stsb"
+#: The published STS-B-DIR split, shipped with the stsb bundle.
+REAL_SPLIT = Path(__file__).resolve().parents[1] / "bundles" / "stsb" / "dir_split"
 HEADER = "index\tgenre\tsentence1\tsentence2\tscore\n"
 
 
@@ -227,7 +228,6 @@ def test_demo_cli(tmp_path, capsys):
     assert len(read_pairs(split_file(tmp_path, "test"))) == 3
 
 
-@pytest.mark.skipif(not REAL_SPLIT.is_dir(), reason="the published STS-B-DIR split is not in ../shared")
 def test_published_stsb_dir_split_reads():
     sizes = {split: len(read_pairs(split_file(REAL_SPLIT, split))) for split in ("train", "val", "test")}
     assert sizes == {"train": 5249, "val": 1000, "test": 1000}

@@ -27,7 +27,7 @@ _SCORE_RANGE = [0.0, 5.0]
 
 TRAIN = {
     "imports": template_imports(f"$import {_TEXT_PAIRS}"),
-    "dataset_dir": "/data/stsb",
+    "dataset_dir": "$@bundle_root + '/dir_split'",  # the published STS-B-DIR split, shipped with the bundle
     "embeddings_path": None,
     "word_vectors": f"${_TEXT_PAIRS}.dataset_word_vectors(@dataset_dir, @embeddings_path)",
     "vocabulary": "$@word_vectors.vocabulary",
