@@ -62,8 +62,8 @@ def test_evaluate_overlay_uses_the_saved_vocabulary(trained, demo_dir):
     assert evaluated["mae"] == pytest.approx(json.loads((trained / "metrics.json").read_text())["mae"], rel=1e-5)
 
 
-@pytest.mark.parametrize("method,probe", [("vanilla", False), ("simcse", True)])
-def test_vanilla_trains_end_to_end_and_simcse_pretrains(method, probe, demo_dir, tmp_path):
+@pytest.mark.parametrize("method,probe", [("vanilla", False), ("simcse", True), ("mixsupcon", True)])
+def test_vanilla_trains_end_to_end_and_the_text_baselines_pretrain(method, probe, demo_dir, tmp_path):
     run_workflow(bundle_configs(BUNDLE, "train", "demo"), dataset_dir=str(demo_dir), output_dir=str(tmp_path),
                  method=method, **{**TINY, "finetune_epochs": 1})
     metrics = json.loads((tmp_path / "metrics.json").read_text())

@@ -23,7 +23,7 @@ from supremix_med.engines import (
     write_report,
 )
 from supremix_med.metrics import BiasCorrection
-from supremix_med.networks import build_model
+from supremix_med.networks import MultiViewProjector, build_model
 
 
 def _batch(b: int = 6, d: int = 5) -> dict:
@@ -48,6 +48,25 @@ def test_contrastive_batch_stacks_views_view_axis_second():
     assert views.shape == (6, 2, 5)
     torch.testing.assert_close(views[:, 1], batch["image_1"])
     torch.testing.assert_close(labels, batch["label"][:, 0])
+
+
+def test_token_ids_are_mixed_as_encoder_features():
+    """MixSupCon on token ids: the batch passes (lambda, partners) on and the projector mixes the features."""
+    tokens = torch.randint(1, 50, (4, 14))
+    batch = {"image": tokens, "label": torch.tensor([0.0, 1.0, 2.0, 3.0])}
+    torch.manual_seed(3)
+    views, labels, args, kwargs = ContrastiveBatch(("image",), mixup_alpha=1.0)(batch, "cpu")
+    lam, perm = kwargs["mixup"]
+    assert torch.equal(views[:, 0], tokens) and args == ()
+    torch.testing.assert_close(labels, lam * batch["label"] + (1 - lam) * batch["label"][perm])
+    model = build_model("mlp", in_features=14, hidden=[8], projection_dim=4)
+    projector = MultiViewProjector(model)
+    floats = views.float()
+    features = model.encode(floats[:, 0]).reshape(4, 1, -1)
+    mixed = lam.reshape(4, 1, 1) * features + (1 - lam.reshape(4, 1, 1)) * features[perm]
+    expected = model.project_features(mixed.reshape(4, -1)).reshape(4, 1, -1)
+    torch.testing.assert_close(projector(floats, mixup=(lam, perm)), expected)
+    assert not torch.allclose(projector(floats), expected)
 
 
 def test_contrastive_batch_mixup_mixes_labels_within_range():

@@ -17,7 +17,7 @@ import torch
 from monai.transforms import Compose, CopyItemsd, MapTransform
 from monai.utils import convert_to_tensor
 
-from supremix_med.losses.mixsupcon import mixup_batch
+from supremix_med.losses.mixsupcon import mix_with_partners, mixup_batch, mixup_partners
 
 __all__ = ["ContrastiveBatch", "multi_view_transform"]
 
@@ -59,7 +59,10 @@ class ContrastiveBatch:
         label_key: batch key of the regression target, [B] or [B, 1].
         mixup_alpha: when set (MixSupCon), mix every view with a random partner sample before the encoder
             (lambda ~ Beta(alpha, alpha)) and return the mixed labels (see ``losses.mixsupcon.mixup_batch``).
-            The same partner and lambda are used for all views of a sample.
+            The same partner and lambda are used for all views of a sample. Inputs that cannot be mixed (integer
+            token ids) are returned as they are, with the mixed labels and the network keyword argument
+            ``mixup=(lambda [B], partners [B])``: :class:`~supremix_med.networks.MultiViewProjector` then mixes
+            the encoder's features instead (manifold mixup).
     """
 
     def __init__(self, view_keys: Sequence[str] = ("image",), label_key: str = "label",
@@ -71,8 +74,9 @@ class ContrastiveBatch:
         self.mixup_alpha = mixup_alpha
 
     def __call__(self, batchdata: Mapping[str, Any], device: str | torch.device | None = None,
-                 non_blocking: bool = False, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``(views [B, V, C, *S], labels [B])`` on ``device``.
+                 non_blocking: bool = False, **kwargs: Any) -> tuple:
+        """Return ``(views [B, V, C, *S], labels [B])`` on ``device``, or for feature-level mixup
+        ``(views, mixed labels, (), {"mixup": (lambda, partners)})`` (MONAI's inputs, targets, args, kwargs).
 
         ``kwargs`` (MONAI's ``to_kwargs``, e.g. a memory format) are not applied: the view stack is 6-D, and
         the network flattens it to [B * V, C, *S] itself.
@@ -83,6 +87,13 @@ class ContrastiveBatch:
         # plain tensors: MONAI MetaTensors carry per-view metadata that cannot be stacked or sliced together
         views = torch.stack([convert_to_tensor(batchdata[k], track_meta=False) for k in self.view_keys], dim=1)
         labels = convert_to_tensor(batchdata[self.label_key], track_meta=False).reshape(views.shape[0], -1)[:, 0].float()
-        if self.mixup_alpha is not None:
+        mixup = None
+        if self.mixup_alpha is not None and views.is_floating_point():
             views, labels = mixup_batch(views, labels, alpha=self.mixup_alpha)
-        return views.to(device=device, non_blocking=non_blocking), labels.to(device=device, non_blocking=non_blocking)
+        elif self.mixup_alpha is not None:
+            lam, perm = mixup_partners(views.shape[0], self.mixup_alpha)
+            labels = mix_with_partners(labels, lam, perm)
+            mixup = (lam.to(device=device), perm.to(device=device))
+        views = views.to(device=device, non_blocking=non_blocking)
+        labels = labels.to(device=device, non_blocking=non_blocking)
+        return (views, labels) if mixup is None else (views, labels, (), {"mixup": mixup})

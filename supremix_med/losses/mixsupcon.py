@@ -29,7 +29,7 @@ from torch.distributions import Beta
 from ._utils import anchor_mean, is_distributed, prepare_contrast_batch
 from .supcon import check_positive, masked_logsumexp, pair_masks, similarities
 
-__all__ = ["MixSupConLoss", "mixup_batch"]
+__all__ = ["MixSupConLoss", "mix_with_partners", "mixup_batch", "mixup_partners"]
 
 
 def _sample_beta(alpha: float, size: int, generator: torch.Generator | None) -> torch.Tensor:
@@ -82,14 +82,26 @@ def mixup_batch(inputs: torch.Tensor, labels: torch.Tensor, alpha: float = 1.0,
     labels = labels.reshape(batch)
     labels = labels if labels.is_floating_point() else labels.float()
 
+    lam, perm = mixup_partners(batch, alpha, generator)
+    return mix_with_partners(inputs, lam, perm), mix_with_partners(labels, lam, perm)
+
+
+def mixup_partners(batch: int, alpha: float = 1.0,
+                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup coefficients lam [B] ~ Beta(alpha, alpha) and partners perm [B] (a random permutation), on the CPU.
+
+    ``generator`` (a CPU generator) makes both reproducible without touching the global RNG state.
+    """
+    alpha = check_positive(alpha, "alpha", "mixup_partners")
     lam = _sample_beta(alpha, batch, generator)
-    perm = torch.randperm(batch, generator=generator,
-                          device="cpu" if generator is None else generator.device).to(inputs.device)
-    lam_inputs = lam.to(device=inputs.device, dtype=inputs.dtype).reshape(batch, *([1] * (inputs.dim() - 1)))
-    lam_labels = lam.to(device=labels.device, dtype=labels.dtype)
-    mixed_inputs = lam_inputs * inputs + (1 - lam_inputs) * inputs[perm]
-    mixed_labels = lam_labels * labels + (1 - lam_labels) * labels[perm.to(labels.device)]
-    return mixed_inputs, mixed_labels
+    perm = torch.randperm(batch, generator=generator, device="cpu" if generator is None else generator.device)
+    return lam, perm
+
+
+def mix_with_partners(values: torch.Tensor, lam: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """``lam[b] * values[b] + (1 - lam[b]) * values[perm[b]]`` for floating ``values`` [B, ...] (any device)."""
+    lam = lam.to(device=values.device, dtype=values.dtype).reshape(-1, *([1] * (values.dim() - 1)))
+    return lam * values + (1 - lam) * values[perm.to(values.device)]
 
 
 class MixSupConLoss(nn.Module):

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from supremix_med.imbalance.fds import FDS
+from supremix_med.losses.mixsupcon import mix_with_partners
 
 from .heads import ProjectionHead, Regressor
 
@@ -291,15 +292,21 @@ class MultiViewProjector(nn.Module):
     """Contrastive pre-training view of a :class:`ContrastiveRegressor`: [B, V, *input] -> [B, V, P] unit-norm.
 
     All B * V views go through the encoder as one batch (so BatchNorm sees every view), sample-major.
+    ``forward(x, mixup=(lam [B], partners [B]))`` mixes each sample's encoder features with its partner's,
+    lam * f_b + (1 - lam) * f_partner, before the projection head: MixSupCon's mixup for inputs that cannot be
+    mixed themselves, such as token ids (see :class:`~supremix_med.engines.ContrastiveBatch`).
     """
 
     def __init__(self, model: ContrastiveRegressor) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mixup: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         batch, views = x.shape[:2]
-        return self.model.project(_fold_views(x)).reshape(batch, views, -1)
+        features = self.model.encode(_fold_views(x)).reshape(batch, views, -1)
+        if mixup is not None:
+            features = mix_with_partners(features, *mixup)
+        return self.model.project_features(features.reshape(batch * views, -1)).reshape(batch, views, -1)
 
 
 class JointProjectorRegressor(nn.Module):

@@ -10,10 +10,10 @@ vocabulary is the data's tokens that have a vector; it is saved beside the model
 
 The paper's settings: SupReMix with temperature 1.0 and window 1.0 (score units), batch 128, one view per pair,
 linear probe of the pre-trained encoder; ``vanilla`` trains the whole network (the paper's Vanilla row). SimCSE
-(``--method simcse``: pairs scoring above 2 are positives) is the extra text baseline. MixSupCon is not offered:
-it mixes inputs, and token ids cannot be mixed. Shot groups: 0.1-wide score bins from 0, ``many`` over 100
-training pairs, ``few`` under 20 (the DIR rule recounted on the training split; the DIR code's hard-coded bin
-lists differ slightly).
+(``--method simcse``: pairs scoring above 2 are positives) is the extra text baseline. MixSupCon cannot mix token
+ids, so it mixes the pair features the encoder makes of them (manifold mixup, see ``engines.ContrastiveBatch``).
+Shot groups: 0.1-wide score bins from 0, ``many`` over 100 training pairs, ``few`` under 20 (the DIR rule
+recounted on the training split; the DIR code's hard-coded bin lists differ slightly).
 """
 
 from supremix_med.recipes import SPLITS, split_datasets, template_imports
@@ -50,6 +50,7 @@ TRAIN = {
         "supcon": {"temperature": 1.0},
         "rnc": {"temperature": 2.0},
         "conr": {"temperature": 0.2, "window": 1.0, "prediction_window": 1.0, "label_range": "@label_range"},
+        "mixsupcon": {"temperature": 1.0, "sigma": 1.0, "mixup_alpha": 1.0},
         "simcse": {"temperature": 0.05, "threshold": 2.0},
     },
     "collate_fn": _COLLATE,
