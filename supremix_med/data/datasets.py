@@ -19,7 +19,7 @@ from .cache import MANIFEST_FILE, array_path, read_cache_info
 from .manifest import read_manifest_csv
 from .splits import SPLITS
 
-__all__ = ["CachedDataset"]
+__all__ = ["CachedDataset", "RecordDataset"]
 
 
 _CHUNK = 32768  # elements per conversion step: torch's intra-op grain size, so each step runs on one thread
@@ -48,7 +48,24 @@ def _select_splits(split: str | Sequence[str]) -> list[str]:
     return names
 
 
-class CachedDataset(Dataset):
+class RecordDataset(Dataset):
+    """A MONAI ``Dataset`` over records (dicts) with an ``"id"`` and a scalar ``"label"`` (a number or a [1] array).
+
+    The recipe reads :attr:`labels` (target standardisation, the mean baseline, LDS) and reports read :attr:`ids`.
+    """
+
+    @property
+    def ids(self) -> list[str]:
+        """Sample ids, in item order."""
+        return [r["id"] for r in self.data]
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Targets [len(self)] (float32), in item order."""
+        return np.array([r["label"] for r in self.data], dtype=np.float32).reshape(len(self.data))
+
+
+class CachedDataset(RecordDataset):
     """The samples of one or more splits of a cache, as MONAI-style dicts.
 
     Item ``i`` is ``transform(d)`` for the dict ``d`` with
@@ -158,12 +175,3 @@ class CachedDataset(Dataset):
             item[c] = torch.tensor([value], dtype=torch.float32) if isinstance(value, float) else value
         return self.transform(item)
 
-    @property
-    def ids(self) -> list[str]:
-        """Sample ids, in item order."""
-        return [r["id"] for r in self.data]
-
-    @property
-    def labels(self) -> np.ndarray:
-        """Targets [len(self)] (float32), in item order: the values of the ``"label"`` tensors."""
-        return np.array([r["label"] for r in self.data], dtype=np.float32)

@@ -11,7 +11,7 @@ and optionally ``id`` (a unique sample id; the ``path`` is the id otherwise). Ot
 :func:`read_dir_split` reads and checks the file, :func:`face_records` turns one split into MONAI-style
 records ``{"image": absolute path, "label": age, "id": ...}`` for :class:`monai.data.Dataset`, and
 :class:`FaceDataset` is that dataset with the image loading built in (RGB, channel-first, [0, 1]) and the
-``labels``/``ids`` properties of :class:`supremix_med.data.datasets.CachedDataset`, so a bundle can swap one
+``labels``/``ids`` properties of :class:`supremix_med.data.datasets.RecordDataset`, so a bundle can swap one
 for the other. :func:`preprocess` and :func:`fingerprint` make this module the preprocessing pipeline of face
 inference (``supremix_med.inference.PreprocessScan(pipeline="supremix_med.data.faces")``).
 """
@@ -28,11 +28,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from monai.data import Dataset
 from monai.transforms import Compose
 from PIL import Image
 
-from .datasets import _select_splits
+from .datasets import RecordDataset, _select_splits
 from .face_transforms import face_eval_transforms, face_load_transforms
 from .manifest import read_manifest_csv
 from .splits import SPLITS
@@ -193,7 +192,7 @@ def _load(load: Callable[[dict[str, Any]], dict[str, Any]], path: str, where: st
         raise ValueError(f"{path}{where}: cannot read the image ({_reason(path, error)}).") from error
 
 
-class FaceDataset(Dataset):
+class FaceDataset(RecordDataset):
     """The face images of one or more splits of a DIR split CSV, as MONAI-style dicts.
 
     Item ``i`` is ``transform(d)`` for the dict ``d`` with
@@ -239,15 +238,6 @@ class FaceDataset(Dataset):
         item = {"image": image, "label": torch.tensor([record["label"]], dtype=torch.float32), "id": record["id"]}
         return self.transform(item)
 
-    @property
-    def ids(self) -> list[str]:
-        """Sample ids, in item order."""
-        return [r["id"] for r in self.data]
-
-    @property
-    def labels(self) -> np.ndarray:
-        """Ages [len(self)] (float32), in item order."""
-        return np.array([r["label"] for r in self.data], dtype=np.float32)
 
 
 # ------------------------------------------------------------------------------- inference pipeline

@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from monai.data import Dataset
 
+from supremix_med.data.datasets import RecordDataset
 from supremix_med.data.splits import SPLITS, assign_splits
 from supremix_med.io import atomic_write_json
 
@@ -364,7 +364,7 @@ def load_table(data_file: str | os.PathLike, target_column: str = AIRFOIL_TARGET
     return RegressionTable(Path(data_file), values, split, info)
 
 
-class TableDataset(Dataset):
+class TableDataset(RecordDataset):
     """The items of one split of a :class:`RegressionTable` (see :meth:`RegressionTable.records`).
 
     Args:
@@ -378,15 +378,6 @@ class TableDataset(Dataset):
                  transform: Sequence[Callable] | Callable | None = None, key: str = FEATURES_KEY) -> None:
         super().__init__(data=table.records(split, key), transform=transform)
 
-    @property
-    def ids(self) -> list[str]:
-        """Sample ids (1-based data rows of the file), in item order."""
-        return [r["id"] for r in self.data]
-
-    @property
-    def labels(self) -> np.ndarray:
-        """Targets [len(self)] (float32), in item order."""
-        return np.array([r["label"][0] for r in self.data], dtype=np.float32)
 
 
 def prediction_records(data_file: str | os.PathLike, info: TableInfo | str | os.PathLike,
