@@ -88,3 +88,22 @@ def test_missing_score_column_names_the_file(demo_dir, tmp_path):
     with pytest.raises(RuntimeError) as error:
         workflow.run()
     assert f"{bad / 'train_new.tsv'}: no column(s) ['score']" in str(error.value.__cause__)
+
+
+def test_inference_predicts_pairs_and_names_bad_rows(trained, tmp_path):
+    new = tmp_path / "pairs.tsv"
+    new.write_text("sentence1\tsentence2\tscore\n"
+                   "The big dog is running quickly in the park .\tThe large puppy is jogging rapidly in the garden .\t5\n"
+                   "\tThe cat is here .\t1\n"
+                   "The cat is eating .\tA zebra sings .\t\n", encoding="utf-8")
+    out = tmp_path / "inference"
+    run_workflow(bundle_configs(BUNDLE, "inference"), workflow_type="infer", ckpt_dir=str(trained / "models"),
+                 data_file=str(new), output_dir=str(out))
+    predictions = pd.read_csv(out / "predictions.csv")
+    assert predictions["id"].tolist() == [0, 1, 2]
+    assert predictions["error"].fillna("").tolist() == [
+        "", f"{new}: line 3 has an empty 'sentence1' (a row with too few tabs?).", ""]
+    assert predictions["predicted_score"].isna().tolist() == [False, True, False]
+    assert predictions["score"].isna().tolist() == [False, False, True]
+
+

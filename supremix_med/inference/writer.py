@@ -111,7 +111,7 @@ class PredictionWriter(PredictionCollector):
         gap_name: column of predicted - target; default ``<target_name>_gap`` (brain-age bundles use
             ``brain_age_gap``).
         pipeline: the preprocessing module of :class:`~supremix_med.inference.PreprocessScan`, whose
-            ``QC_FIELDS`` are the QC columns.
+            ``QC_FIELDS`` are the QC columns; ``None`` for inputs read without one (sentence pairs): no QC columns.
 
     Raises:
         ValueError: a malformed ``target_range`` or ``qc_limits``, or a limit on a field the pipeline does not
@@ -121,13 +121,13 @@ class PredictionWriter(PredictionCollector):
     def __init__(self, output_path: str | os.PathLike, bias_correction: BiasCorrection | None = None,
                  target_range: Sequence[float] | None = None, qc_limits: Limits | None = None,
                  target_name: str = "age", gap_name: str | None = None,
-                 pipeline: str = "preprocessing.t1") -> None:
+                 pipeline: str | None = "preprocessing.t1") -> None:
         super().__init__(id_key="id")
         self.output_path = Path(output_path)
         self.bias_correction = bias_correction
         self.target_name = target_name
         self.gap_name = gap_name or f"{target_name}_gap"
-        self.qc_fields = tuple(qc_fields(pipeline))
+        self.qc_fields = tuple(qc_fields(pipeline)) if pipeline is not None else ()
         self.target_range = target_range
         self.qc_limits = dict(qc_limits or {})
         qc_flags(np.zeros(0), target_range, dict.fromkeys(self.qc_fields, np.zeros(0)), self.qc_limits)  # validate
