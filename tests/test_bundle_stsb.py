@@ -105,5 +105,3 @@ def test_inference_predicts_pairs_and_names_bad_rows(trained, tmp_path):
         "", f"{new}: line 3 has an empty 'sentence1' (a row with too few tabs?).", ""]
     assert predictions["predicted_score"].isna().tolist() == [False, True, False]
     assert predictions["score"].isna().tolist() == [False, False, True]
-
-

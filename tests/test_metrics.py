@@ -95,6 +95,16 @@ def test_shot_groups_by_training_counts() -> None:
     assert shot_groups(test, TRAIN, many=2, few=2, origin=-0.5).tolist() == ["medium", "many", "few"]
 
 
+def test_shot_groups_bin_float32_labels_by_their_decimal_value() -> None:
+    """2.8 stored as float32 (2.7999999523) still falls in the 0.1-wide bin [2.8, 2.9), as does the float64 one."""
+    train = np.array([2.8] * 3 + [2.75] * 2)
+    test = np.array([2.8, 2.75], dtype=np.float32)
+    assert shot_groups(test, train.astype(np.float32), bin_width=0.1, origin=0.0, many=2, few=1).tolist() == \
+        ["many", "medium"]
+    assert shot_groups(test.astype(np.float64), train, bin_width=0.1, origin=0.0, many=2, few=1).tolist() == \
+        ["many", "medium"]
+
+
 def test_shot_metrics_hand_example() -> None:
     result = shot_metrics(SHOT_PRED, SHOT_TARGET, TRAIN, bin_width=1.0, many=3, few=2)
     assert set(result) == {"all", "many", "medium", "few"}
