@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from supremix_med.losses import ConRLoss, MixSupConLoss, RnCLoss, SupConLoss, SupReMixLoss
+from supremix_med.losses import ConRLoss, MixSupConLoss, RnCLoss, SimCSELoss, SupConLoss, SupReMixLoss
 
 WORLD = 2
 BATCH, VIEWS, DIM = 6, 2, 4
@@ -74,6 +74,10 @@ def run_mixsupcon(features: torch.Tensor, labels: torch.Tensor, lam: torch.Tenso
     return MixSupConLoss()(features, labels)
 
 
+def run_simcse(features: torch.Tensor, labels: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    return SimCSELoss(temperature=0.3, threshold=1.5)(features, labels)  # the 2 views as a pair's 2 sentences
+
+
 #: name -> function(features [b, V, D], labels [b], mix_neg_lambda [rows, gathered rows]) -> loss.
 LOSS_CASES: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "supremix": run_supremix,
@@ -81,6 +85,7 @@ LOSS_CASES: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch
     "rnc": run_rnc,
     "conr": run_conr,
     "mixsupcon": run_mixsupcon,
+    "simcse": run_simcse,
 }
 
 
