@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("bundle", choices=bundle_names())
     parser.add_argument("--output", type=Path, help="output folder (default: outputs/demo/<bundle>)")
-    parser.add_argument("--dry-run", action="store_true", help="print the commands without running them")
+    parser.add_argument("--dry_run", action="store_true", help="print the commands without running them")
     args = parser.parse_args(argv)
     output = args.output or Path("outputs") / "demo" / args.bundle
     for command in demo_commands(args.bundle, output):

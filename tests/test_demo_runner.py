@@ -22,7 +22,7 @@ def test_every_bundle_has_a_demo_of_existing_modules(bundle, tmp_path):
 
 
 def test_dry_run_prints_without_running(tmp_path, capsys):
-    assert main(["airfoil", "--output", str(tmp_path), "--dry-run"]) == 0
+    assert main(["airfoil", "--output", str(tmp_path), "--dry_run"]) == 0
     printed = capsys.readouterr().out
     assert "supremix_med.data.demo_table" in printed and "monai.bundle run" in printed
     assert not any(tmp_path.iterdir())

@@ -53,10 +53,10 @@ def test_rendered_bundle_is_up_to_date(name):
 
 def test_cli_writes_then_checks(tmp_path, capsys):
     name = bundle_names()[0]
-    assert main(["--check", "--bundles-dir", str(tmp_path), name]) == 1
+    assert main(["--check", "--bundles_dir", str(tmp_path), name]) == 1
     assert "stale" in capsys.readouterr().out
-    assert main(["--bundles-dir", str(tmp_path), name]) == 0
-    assert main(["--check", "--bundles-dir", str(tmp_path), name]) == 0
+    assert main(["--bundles_dir", str(tmp_path), name]) == 0
+    assert main(["--check", "--bundles_dir", str(tmp_path), name]) == 0
     assert write_bundle(name, tmp_path) == []
 
 

@@ -13,7 +13,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m supremix_med.recipes", description=__doc__)
     parser.add_argument("names", nargs="*", help=f"bundles to render (default: all of {bundle_names()})")
     parser.add_argument("--check", action="store_true", help="only list stale files; exit 1 if there are any")
-    parser.add_argument("--bundles-dir", type=Path, default=BUNDLES_DIR, help="where the bundle folders are")
+    parser.add_argument("--bundles_dir", type=Path, default=BUNDLES_DIR, help="where the bundle folders are")
     args = parser.parse_args(argv)
     names = args.names or bundle_names()
     if args.check:
