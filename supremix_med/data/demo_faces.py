@@ -42,7 +42,6 @@ ages shows the same person (pose, colours, lighting, noise) at those ages.
 
 from __future__ import annotations
 
-import argparse
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -53,9 +52,7 @@ import pandas as pd
 from PIL import Image
 from scipy import ndimage
 
-from supremix_med.data.generation import (
-    add_cohort_arguments, check_cohort_request, cohort_options, truncated_normal, write_missing,
-)
+from supremix_med.data.generation import check_cohort_request, cohort_main, truncated_normal, write_missing
 from supremix_med.io import atomic_write, check_generator_record
 
 __all__ = ["IMAGE_SIZE", "generate_faces", "synthesize_face"]
@@ -286,10 +283,7 @@ def generate_faces(
 
 def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     """Command line: ``python -m supremix_med.data.demo_faces --output DIR [--n_subjects N] [--seed S] [--workers W]``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_cohort_arguments(parser, 1500, age_range=(18.0, 80.0))
-    args = parser.parse_args(argv)
-    return generate_faces(args.output, **cohort_options(args))
+    return cohort_main(generate_faces, __doc__.splitlines()[0], 1500, argv, age_range=(18.0, 80.0))
 
 
 if __name__ == "__main__":

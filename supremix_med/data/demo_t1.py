@@ -54,7 +54,6 @@ the number of workers or subjects and are byte-identical for the same seed.
 
 from __future__ import annotations
 
-import argparse
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -66,9 +65,7 @@ import pandas as pd
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from supremix_med.data.generation import (
-    add_cohort_arguments, check_cohort_request, cohort_options, truncated_normal, write_missing,
-)
+from supremix_med.data.generation import check_cohort_request, cohort_main, truncated_normal, write_missing
 from supremix_med.io import atomic_write, check_generator_record
 
 __all__ = [
@@ -466,10 +463,7 @@ def generate_cohort(
 
 def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     """Command line: ``python -m supremix_med.data.demo_t1 --output DIR [--n_subjects N] [--seed S] [--workers W]``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_cohort_arguments(parser, 240, age_range=(42.0, 82.0))
-    args = parser.parse_args(argv)
-    return generate_cohort(args.output, **cohort_options(args))
+    return cohort_main(generate_cohort, __doc__.splitlines()[0], 240, argv, age_range=(42.0, 82.0))
 
 
 if __name__ == "__main__":

@@ -34,7 +34,6 @@ byte-identical for the same seed, any number of workers, and any cohort size. Sp
 
 from __future__ import annotations
 
-import argparse
 import functools
 import math
 from collections.abc import Sequence
@@ -46,7 +45,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from supremix_med.data.generation import add_cohort_arguments, cohort_options, map_indices, write_table
+from supremix_med.data.generation import cohort_main, map_indices, write_table
 from supremix_med.io import atomic_write, check_generator_record
 
 __all__ = ["FPS", "N_FRAMES", "PIXEL_CM", "SIZE", "ClipGeometry", "draw_geometry", "generate_cohort",
@@ -266,9 +265,7 @@ def generate_cohort(
 
 def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     """Command line: ``python -m supremix_med.data.demo_ultrasound --output DIR [--n_clips N] [--seed S]``."""
-    parser = add_cohort_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]), 200, "n_clips")
-    args = parser.parse_args(argv)
-    return generate_cohort(args.output, **cohort_options(args))
+    return cohort_main(generate_cohort, __doc__.splitlines()[0], 200, argv, n_name="n_clips")
 
 
 if __name__ == "__main__":

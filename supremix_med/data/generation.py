@@ -23,8 +23,8 @@ from tqdm import tqdm
 from supremix_med.io import atomic_write
 
 __all__ = [
-    "add_cohort_arguments", "check_cohort_request", "cohort_options", "map_indices", "truncated_normal", "write_missing",
-    "write_table",
+    "add_cohort_arguments", "check_cohort_request", "cohort_main", "cohort_options", "map_indices", "truncated_normal",
+    "write_missing", "write_table",
 ]
 
 T = TypeVar("T")
@@ -180,3 +180,15 @@ def cohort_options(args: argparse.Namespace) -> dict[str, Any]:
         options["workers"] = args.workers
     options["progress"] = not args.no_progress
     return options
+
+
+def cohort_main(generate: Callable[..., pd.DataFrame], description: str, n_default: int,
+                argv: Sequence[str] | None = None, **arguments: Any) -> pd.DataFrame:
+    """The command line of a generator that takes only the shared cohort arguments.
+
+    Parses ``argv`` with :func:`add_cohort_arguments` (``n_default`` and ``arguments``: ``n_name``, ``workers``,
+    ``age_range``) and returns ``generate(output, **cohort_options(args))``.
+    """
+    parser = add_cohort_arguments(argparse.ArgumentParser(description=description), n_default, **arguments)
+    args = parser.parse_args(argv)
+    return generate(args.output, **cohort_options(args))
