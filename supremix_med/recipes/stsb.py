@@ -36,7 +36,7 @@ TRAIN = {
     "shots": {"bin_width": 0.1, "many": 100, "few": 20},
     "batch_size": 128,
     "num_workers": 0,  # pairs are tokenised in memory: worker processes would only add start-up time
-    "linear_probe": "$@method != 'vanilla'",
+    "linear_probe": True,  # the recipe's frozen_encoder leaves vanilla end to end
     "network_config": {
         "encoder": "bilstm_pair",
         "embeddings": "$@word_vectors.save(@ckpt_dir)",  # vocab.txt + embeddings.npy beside the model
