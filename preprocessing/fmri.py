@@ -39,7 +39,8 @@ no confounds (the cache calls ``preprocess`` with a path only): give it denoised
 Windows. Training on fixed-length windows of a [parcels, T] sample uses MONAI's
 ``RandSpatialCrop(roi_size=[length], random_size=False)`` (or ``RandSpatialCropd``): with the parcels as
 channels, time is its one spatial axis, so it cuts a random contiguous window of ``length`` frames.
-``sliding_windows`` gives the windows that cover a series at evaluation, to average predictions over.
+Evaluation averages predictions over the windows that cover a series
+(:func:`supremix_med.engines.windows.sliding_windows`).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -66,9 +67,6 @@ from preprocessing._common import add_cache_arguments, build_cache_from_cli, cac
 from supremix_med.data.manifest import load_manifest
 from supremix_med.data.splits import assign_splits
 
-if TYPE_CHECKING:
-    import torch
-
 __all__ = [
     "EXTRACTED_SUFFIXES",
     "PIPELINE",
@@ -79,7 +77,6 @@ __all__ = [
     "main",
     "parcel_timeseries",
     "preprocess",
-    "sliding_windows",
 ]
 
 PIPELINE = "fmri_parcels"
@@ -386,35 +383,6 @@ def fingerprint(atlas_path: str | os.PathLike | None = None, **params: Any) -> d
     }
     return json.loads(json.dumps(record))
 
-
-def sliding_windows(series: np.ndarray | torch.Tensor, length: int, stride: int) -> np.ndarray | torch.Tensor:
-    """The windows of ``length`` frames that cover a series, to average a model's predictions over.
-
-    Windows start at 0, stride, 2*stride, ... and, if that leaves frames uncovered at the end, one more window
-    ends at the last frame (so every frame is in some window).
-
-    Args:
-        series: (C, T) array or tensor (parcels x frames).
-        length: window length, frames (<= T).
-        stride: frames between window starts (>= 1).
-
-    Returns:
-        (n_windows, C, length), the same type as ``series``.
-    """
-    if series.ndim != 2:
-        raise ValueError(f"expected a (channels, frames) series, got shape {tuple(series.shape)}.")
-    n_frames = series.shape[1]
-    if not 1 <= length <= n_frames or stride < 1:
-        raise ValueError(f"need 1 <= length <= T={n_frames} and stride >= 1, got length={length}, stride={stride}.")
-    starts = list(range(0, n_frames - length + 1, stride))
-    if starts[-1] != n_frames - length:
-        starts.append(n_frames - length)
-    windows = [series[:, s:s + length] for s in starts]
-    if isinstance(series, np.ndarray):
-        return np.stack(windows)
-    import torch  # only for tensors: the preprocessing workers need no torch
-
-    return torch.stack(windows)
 
 
 def assign_subject_splits(manifest: pd.DataFrame, seed: int = 0, fractions: Sequence[float] = (0.7, 0.15, 0.15),

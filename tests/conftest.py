@@ -9,7 +9,7 @@ import pytest
 
 from preprocessing import t1
 from supremix_med.data.cache import build_cache
-from supremix_med.data.demo_t1 import generate_cohort
+from supremix_med.demo.t1 import generate_cohort
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLES = REPO / "bundles"

@@ -14,7 +14,7 @@ from PIL import Image
 
 from _bundle_runs import bundle_configs, one_torch_thread, run_workflow  # noqa: F401 (autouse fixture)
 from conftest import BUNDLES
-from supremix_med.data.demo_faces import generate_faces
+from supremix_med.demo.faces import generate_faces
 
 AGEDB, IMDB_WIKI = BUNDLES / "agedb", BUNDLES / "imdb_wiki"
 TINY = {
@@ -50,7 +50,7 @@ def test_train_writes_metrics_predictions_and_model(trained):
     for name in ("model.pt", "model_final.pt", "pretrained_encoder.pt", "model_config.json", "preprocessing.json"):
         assert (models / name).is_file(), name
     fingerprint = json.loads((models / "preprocessing.json").read_text())
-    assert fingerprint["pipeline"] == "supremix_med.data.faces" and fingerprint["output"]["shape"] == [3, 24, 24]
+    assert fingerprint["pipeline"] == "faces" and fingerprint["output"]["shape"] == [3, 24, 24]
     metrics = json.loads((trained / "metrics.json").read_text())
     assert metrics["n"] == 4 and metrics["method"] == "supremix" and metrics["linear_probe"] is True
     assert {"mae", "baseline_mae", "gm", "pearson_r"} <= metrics.keys()

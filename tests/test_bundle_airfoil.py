@@ -12,8 +12,8 @@ from monai.bundle import ConfigWorkflow, ckpt_export, verify_metadata, verify_ne
 
 from _bundle_runs import bundle_configs, run_workflow
 from conftest import BUNDLES
-from supremix_med.data.demo_table import TABLE_FILE, generate_table
-from supremix_med.data.tables import AIRFOIL_TARGET, TABLE_INFO_FILE, TableInfo, load_table
+from supremix_med.demo.table import TABLE_FILE, generate_table
+from supremix_med.data.sources.tables import AIRFOIL_TARGET, TABLE_INFO_FILE, TableInfo, load_table
 
 BUNDLE = BUNDLES / "airfoil"
 TINY = {"pretrain_epochs": 1, "finetune_epochs": 2, "batch_size": 16}

@@ -14,7 +14,7 @@ from monai.bundle import verify_metadata, verify_net_in_out
 from _bundle_runs import bundle_configs, one_torch_thread, run_workflow  # noqa: F401 (module fixture)
 from conftest import BUNDLES
 from preprocessing import fmri
-from supremix_med.data.demo_fmri import CohortParams, generate_cohort, synthesize_run
+from supremix_med.demo.fmri import CohortParams, generate_cohort, synthesize_run
 
 BUNDLE = BUNDLES / "hcp_aging"
 N_PARCELS, N_FRAMES, FRAMES, WINDOW = 16, 44, 40, 16

@@ -21,7 +21,7 @@ from conftest import BUNDLES
 from monai.bundle import verify_metadata, verify_net_in_out
 
 from preprocessing import pet
-from supremix_med.data import demo_pet
+from supremix_med.demo import pet as demo_pet
 from supremix_med.data.cache import build_cache
 
 BUNDLE = BUNDLES / "pet_brainage"

@@ -12,8 +12,8 @@ from monai.bundle import ConfigWorkflow, verify_metadata
 
 from _bundle_runs import bundle_configs, one_torch_thread, run_workflow  # noqa: F401 (autouse fixture)
 from conftest import BUNDLES
-from supremix_med.data.demo_stsb import generate_demo
-from supremix_med.data.text_pairs import EMBEDDINGS_FILE, VOCAB_FILE, Vocabulary
+from supremix_med.demo.stsb import generate_demo
+from supremix_med.data.sources.text_pairs import EMBEDDINGS_FILE, VOCAB_FILE, Vocabulary
 
 BUNDLE = BUNDLES / "stsb"
 TINY = {"pretrain_epochs": 1, "finetune_epochs": 2, "batch_size": 16, "network_config#hidden_size": 4}

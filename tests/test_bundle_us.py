@@ -20,7 +20,7 @@ from conftest import BUNDLES
 from monai.bundle import verify_metadata, verify_net_in_out
 
 from preprocessing import ultrasound
-from supremix_med.data.demo_ultrasound import write_avi
+from supremix_med.demo.ultrasound import write_avi
 
 BUNDLE = BUNDLES / "us_ejection_fraction"
 TRAIN_DEMO = bundle_configs(BUNDLE, "train", "demo")

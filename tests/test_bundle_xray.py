@@ -18,7 +18,7 @@ from pydicom.data import get_testdata_file
 from conftest import BUNDLES
 from preprocessing import xray
 from supremix_med.data.cache import build_cache
-from supremix_med.data.demo_xray import generate_cohort
+from supremix_med.demo.xray import generate_cohort
 
 BUNDLE = BUNDLES / "xray_boneage"
 SIZE = 64  # the tiny cohort is cached at 64 x 64 pixels

@@ -170,7 +170,7 @@ def test_list_scans_needs_the_covariate_columns(scans_csv, tmp_path):
 
 
 def test_preprocess_scan_reports_bad_covariates_per_file(scans_csv):
-    transform = PreprocessScan("preprocessing.xray", covariates=["sex"], size=16)
+    transform = PreprocessScan("xray", covariates=["sex"], size=16)
     good, unknown, empty = (transform(item) for item in list_scans(scans_csv, covariates=["sex"]))
     assert good["error"] == "" and good[COVARIATES_KEY].tolist() == [1.0] and good["image"].abs().sum() > 0
     for failed, value in ((unknown, "'unknown'"), (empty, "''")):

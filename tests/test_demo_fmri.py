@@ -1,4 +1,4 @@
-"""Tests of the synthetic resting-state demo cohort (supremix_med.data.demo_fmri)."""
+"""Tests of the synthetic resting-state demo cohort (supremix_med.demo.fmri)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from preprocessing.fmri import preprocess
-from supremix_med.data.demo_fmri import (
+from supremix_med.demo.fmri import (
     NETWORKS,
     SITES,
     CohortParams,

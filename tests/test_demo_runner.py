@@ -4,8 +4,8 @@ import importlib.util
 
 import pytest
 
-from supremix_med.demo import demo_commands, main
-from supremix_med.recipes import bundle_names, bundle_spec
+from supremix_med.demo import DEMOS, demo_commands, main
+from supremix_med.recipes import bundle_names
 
 
 @pytest.mark.parametrize("bundle", bundle_names())
@@ -17,19 +17,18 @@ def test_every_bundle_has_a_demo_of_existing_modules(bundle, tmp_path):
     run = commands[-1]
     assert run[2:5] == ["monai.bundle", "run", "--config_file"]
     assert run[run.index("--output_dir") + 1] == str(tmp_path)
-    assert run[run.index("--dataset_dir") + 1] == bundle_spec(bundle).DEMO_DATASET.format(out=tmp_path)
+    assert run[run.index("--dataset_dir") + 1] == DEMOS[bundle].dataset_dir.format(out=tmp_path)
     assert f"{bundle}/demo.json" in run[5]
 
 
 def test_dry_run_prints_without_running(tmp_path, capsys):
     assert main(["airfoil", "--output", str(tmp_path), "--dry_run"]) == 0
     printed = capsys.readouterr().out
-    assert "supremix_med.data.demo_table" in printed and "monai.bundle run" in printed
+    assert "supremix_med.demo.table" in printed and "monai.bundle run" in printed
     assert not any(tmp_path.iterdir())
 
 
-def test_bundle_without_demo_steps_is_named(monkeypatch):
-    spec = bundle_spec("airfoil")
-    monkeypatch.delattr(spec, "DEMO_STEPS")
-    with pytest.raises(ValueError, match="'airfoil' has no demo.*DEMO_STEPS"):
+def test_bundle_without_demo_is_named(monkeypatch):
+    monkeypatch.delitem(DEMOS, "airfoil")
+    with pytest.raises(ValueError, match="'airfoil' has no demo; demos exist for"):
         demo_commands("airfoil", "out")

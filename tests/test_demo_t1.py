@@ -1,4 +1,4 @@
-"""Tests of the synthetic ageing T1 demo cohort (supremix_med.data.demo_t1)."""
+"""Tests of the synthetic ageing T1 demo cohort (supremix_med.demo.t1)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from supremix_med.data.demo_t1 import (
+from supremix_med.demo.t1 import (
     MNI_1MM_AFFINE,
     MNI_1MM_SHAPE,
     SITES,

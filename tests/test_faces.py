@@ -12,12 +12,12 @@ import torch
 from monai.transforms import Compose
 from PIL import Image
 
-from supremix_med.data.demo_faces import IMAGE_SIZE, generate_faces, main, synthesize_face
-from supremix_med.data.face_transforms import (
+from supremix_med.demo.faces import IMAGE_SIZE, generate_faces, main, synthesize_face
+from supremix_med.data.sources.face_transforms import (
     IMAGENET_MEAN, IMAGENET_STD, CenterResizedCropd, RandColorJitterd, RandGrayscaled, RandResizedCropd,
     face_augmentation, face_eval_transforms, face_load_transforms, grayscale,
 )
-from supremix_med.data.faces import FaceDataset, face_records, fingerprint, preprocess, read_dir_split
+from supremix_med.data.sources.faces import FaceDataset, face_records, fingerprint, preprocess, read_dir_split
 from supremix_med.engines import multi_view_transform
 
 #: The published AgeDB-DIR split, shipped with the agedb bundle.

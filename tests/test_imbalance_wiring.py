@@ -13,10 +13,10 @@ from monai.inferers import SimpleInferer
 from torch import nn
 from torch.utils.data import DataLoader
 
+from supremix_med.engines import FDSUpdateHandler
 from supremix_med.imbalance import (
     FDS,
     FDS_DEFAULTS,
-    FDSUpdateHandler,
     LDSL1Loss,
     build_fds,
     regression_loss,

@@ -23,7 +23,7 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 
 from preprocessing import pet, xray
-from supremix_med.data import demo_pet
+from supremix_med.demo import pet as demo_pet
 from supremix_med.inference import (
     PredictionWriter,
     PreprocessScan,
@@ -32,6 +32,7 @@ from supremix_med.inference import (
     qc_fields,
     qc_flags,
 )
+from supremix_med.pipelines import PIPELINES, get_pipeline
 
 PET_PARAMS = {"shape": [16, 16, 16], "spacing_mm": 4.0, "grid": "scan"}
 XRAY_PARAMS = {"size": 16}
@@ -111,7 +112,7 @@ def test_list_scans_csv_reads_the_named_target(tmp_path):
 
 # ------------------------------------------------------------------------------------------- preprocessing
 def test_pet_series_and_failures_give_the_same_keys(pet_dir):
-    transform = PreprocessScan("preprocessing.pet", **PET_PARAMS)
+    transform = PreprocessScan("pet", **PET_PARAMS)
     items = {item["id"]: transform(item) for item in list_scans(pet_dir, dicom="series")}
     expected_keys = {"id", "path", "label", "image", "error", *pet.QC_FIELDS}
     assert all(set(item) == expected_keys for item in items.values())
@@ -128,7 +129,7 @@ def test_pet_series_and_failures_give_the_same_keys(pet_dir):
 
 
 def test_xray_failures_name_the_file(xray_dir):
-    transform = PreprocessScan("preprocessing.xray", **XRAY_PARAMS)
+    transform = PreprocessScan("xray", **XRAY_PARAMS)
     good = transform({"id": "hand", "path": str(xray_dir / "hand.png")})
     assert good["error"] == "" and good["image"].shape == (1, 16, 16) and good["format"] == "PNG"
     assert good["inverted"] is False and good["modality"] == ""
@@ -143,26 +144,35 @@ def test_a_message_without_the_path_gets_it_prefixed(monkeypatch, tmp_path):
         raise ValueError("the exposure is constant")
 
     monkeypatch.setattr(xray, "preprocess_with_qc", refuse)
-    item = PreprocessScan("preprocessing.xray", **XRAY_PARAMS)({"path": str(tmp_path / "a.png")})
+    item = PreprocessScan("xray", **XRAY_PARAMS)({"path": str(tmp_path / "a.png")})
     assert item["error"] == f"{tmp_path / 'a.png'}: the exposure is constant"
 
 
 def test_pipeline_without_qc_record_reports_no_qc_fields(tmp_path):
     """fMRI has ``preprocess`` only: its items carry the series and the error, and no QC fields."""
     np.save(tmp_path / "run.npy", np.random.default_rng(0).standard_normal((10, 7)).astype(np.float32))
-    transform = PreprocessScan("preprocessing.fmri", n_parcels=7, frames=8)
-    assert qc_fields("preprocessing.fmri") == {}
+    transform = PreprocessScan("fmri_parcels", n_parcels=7, frames=8)
+    assert qc_fields("fmri_parcels") == {}
     item = transform({"path": str(tmp_path / "run.npy")})
     assert set(item) == {"path", "image", "error"} and item["image"].shape == (7, 8) and item["error"] == ""
-    short = PreprocessScan("preprocessing.fmri", n_parcels=7, frames=20)({"path": str(tmp_path / "run.npy")})
+    short = PreprocessScan("fmri_parcels", n_parcels=7, frames=20)({"path": str(tmp_path / "run.npy")})
     assert "fewer than the 20 kept" in short["error"] and short["image"].shape == (7, 20)
 
 
-@pytest.mark.parametrize("pipeline, message", [("preprocessing.nowhere", "cannot be imported"),
-                                               ("supremix_med.io", "has no preprocess or fingerprint")])
-def test_unusable_pipeline_is_refused(pipeline, message):
-    with pytest.raises(ValueError, match=message):
-        PreprocessScan(pipeline)
+def test_unknown_pipeline_is_refused_with_the_registered_names():
+    with pytest.raises(ValueError, match=r"unknown preprocessing pipeline 'preprocessing.nowhere'; registered .*'t1'"):
+        PreprocessScan("preprocessing.nowhere")
+
+
+def test_registered_module_without_the_pipeline_functions_is_refused(monkeypatch):
+    monkeypatch.setitem(PIPELINES, "broken", "supremix_med.io")
+    with pytest.raises(ValueError, match="has no preprocess or fingerprint"):
+        PreprocessScan("broken")
+
+
+@pytest.mark.parametrize("name", sorted(PIPELINES))
+def test_every_registered_pipeline_records_its_own_name(name):
+    assert get_pipeline(name).PIPELINE == name
 
 
 # --------------------------------------------------------------------------------------------- fingerprint
@@ -171,13 +181,13 @@ def test_pet_fingerprint_ignores_the_series_choice_and_names_differences(tmp_pat
     stored["libraries"]["pydicom"] = "0.0.1"
     (tmp_path / "preprocessing.json").write_text(json.dumps(stored))
     with caplog.at_level(logging.WARNING, logger="supremix_med.inference.scans"):
-        current = check_fingerprint(tmp_path / "preprocessing.json", "preprocessing.pet", **PET_PARAMS)
+        current = check_fingerprint(tmp_path / "preprocessing.json", "pet", **PET_PARAMS)
     assert current == pet.fingerprint(**PET_PARAMS) and "libraries.pydicom (model: '0.0.1'" in caplog.text
-    with pytest.raises(ValueError, match=r"preprocessing.pet preprocessing differs .*params.spacing_mm \(model: 4.0, "
+    with pytest.raises(ValueError, match=r"this code.s pet preprocessing differs .*params.spacing_mm \(model: 4.0, "
                                          r"this code: 2.0\)"):
-        check_fingerprint(tmp_path / "preprocessing.json", "preprocessing.pet", shape=[16, 16, 16], grid="scan")
+        check_fingerprint(tmp_path / "preprocessing.json", "pet", shape=[16, 16, 16], grid="scan")
     with pytest.raises(ValueError, match=r"pipeline \(model: 'pet', this code: 'xray'\)"):
-        check_fingerprint(tmp_path / "preprocessing.json", "preprocessing.xray")
+        check_fingerprint(tmp_path / "preprocessing.json", "xray")
 
 
 # ------------------------------------------------------------------------------------------------- writer
@@ -200,8 +210,8 @@ def test_writer_reports_the_pipelines_qc_and_target(xray_dir, tmp_path):
              {"id": "ct", "path": str(xray_dir / "ct.dcm"), "label": float("nan")},
              {"id": "broken", "path": str(xray_dir / "broken.png"), "label": 30.0}]
     writer = PredictionWriter(tmp_path / "out" / "predictions.csv", target_range=(0.0, 9.0), target_name="months",
-                              pipeline="preprocessing.xray")
-    table = _predict(items, PreprocessScan("preprocessing.xray", **XRAY_PARAMS), writer).set_index("id")
+                              pipeline="xray")
+    table = _predict(items, PreprocessScan("xray", **XRAY_PARAMS), writer).set_index("id")
     assert list(table.columns) == ["path", "predicted_months", "months", "months_gap", *xray.QC_FIELDS, "qc_flag",
                                    "error"]  # no bias correction: no corrected gap
     hand = table.loc["hand"]
@@ -217,11 +227,11 @@ def test_writer_reports_the_pipelines_qc_and_target(xray_dir, tmp_path):
 def test_writer_flags_qc_limits_of_any_field(pet_dir, tmp_path):
     items = list_scans(pet_dir, dicom="series")[:2]
     writer = PredictionWriter(tmp_path / "predictions.csv", qc_limits={"slices": (9, None)},
-                              pipeline="preprocessing.pet")
-    table = _predict(items, PreprocessScan("preprocessing.pet", **PET_PARAMS), writer)
+                              pipeline="pet")
+    table = _predict(items, PreprocessScan("pet", **PET_PARAMS), writer)
     assert list(table["qc_flag"]) == ["slices 8 below 9"] * 2 and list(table["source"]) == ["dicom"] * 2
     with pytest.raises(ValueError, match=r"qc_limits name \['fps'\], which are not QC fields"):
-        PredictionWriter(tmp_path / "p.csv", qc_limits={"fps": (1.0, None)}, pipeline="preprocessing.pet")
+        PredictionWriter(tmp_path / "p.csv", qc_limits={"fps": (1.0, None)}, pipeline="pet")
 
 
 @pytest.mark.parametrize("arguments, message", [

@@ -11,15 +11,14 @@ import torch
 from ignite.engine import Engine
 from monai.data import decollate_batch
 
+from supremix_med.engines import RegressionEpochMetric, regression_ignite_metrics
 from supremix_med.metrics import (
     REGRESSION_METRICS,
     BiasCorrection,
-    RegressionEpochMetric,
     gm,
     mae,
     mse,
     pearson_r,
-    regression_ignite_metrics,
     regression_metrics,
     shot_groups,
     shot_metrics,

@@ -20,7 +20,6 @@ from preprocessing.fmri import (
     main,
     parcel_timeseries,
     preprocess,
-    sliding_windows,
 )
 
 T_R = 0.8
@@ -277,18 +276,6 @@ def test_subject_splits_keep_a_given_split_column():
     pd.testing.assert_frame_equal(assign_subject_splits(given), given)
 
 
-def test_sliding_windows_cover_the_series_numpy_and_torch():
-    series = np.arange(2 * 10, dtype=np.float32).reshape(2, 10)
-    windows = sliding_windows(series, length=4, stride=4)
-    assert windows.shape == (3, 2, 4)  # starts 0, 4 and the last window 6..9
-    np.testing.assert_array_equal(windows[:, 0, 0], [0, 4, 6])
-    np.testing.assert_array_equal(windows[1], series[:, 4:8])
-    assert sliding_windows(series, length=4, stride=3).shape == (3, 2, 4)  # 0, 3, 6: already ends at frame 9
-    as_tensor = sliding_windows(torch.from_numpy(series), length=4, stride=4)
-    assert isinstance(as_tensor, torch.Tensor)
-    np.testing.assert_array_equal(as_tensor.numpy(), windows)
-    with pytest.raises(ValueError, match="length <= T=10"):
-        sliding_windows(series, length=11, stride=1)
 
 
 def test_monai_random_crop_cuts_contiguous_time_windows():

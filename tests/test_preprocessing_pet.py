@@ -15,7 +15,7 @@ import SimpleITK as sitk
 from scipy.spatial.transform import Rotation
 
 from preprocessing import pet, t1
-from supremix_med.data import demo_pet
+from supremix_med.demo import pet as demo_pet
 from supremix_med.data.cache import array_path, read_cache_info
 
 INJECTION = datetime(2024, 3, 1, 9, 0, 0)

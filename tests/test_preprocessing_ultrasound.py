@@ -30,7 +30,7 @@ from preprocessing.ultrasound import (
     sector_mask,
 )
 from supremix_med.data.cache import read_cache_info
-from supremix_med.data.demo_ultrasound import FPS, N_FRAMES, SIZE, generate_cohort, synthesize_clip, write_avi
+from supremix_med.demo.ultrasound import FPS, N_FRAMES, SIZE, generate_cohort, synthesize_clip, write_avi
 
 SMALL = {"frames": 8, "size": 32}  # output size for tests that do not look at resolution
 

@@ -19,7 +19,7 @@ from scipy.stats import spearmanr
 
 from preprocessing import xray
 from supremix_med.data import read_cache_info
-from supremix_med.data.demo_xray import IMAGE_SHAPE, generate_cohort
+from supremix_med.demo.xray import IMAGE_SHAPE, generate_cohort
 
 CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 STORED = (np.arange(12, dtype=np.uint16).reshape(3, 4) * 100)  # stored values 0, 100, ..., 1100
@@ -281,7 +281,7 @@ def test_demo_cohort_is_deterministic_and_resumable(cohort, tmp_path):
 
 def test_demo_bone_age_is_visible():
     """Bone area grows with bone age across children, despite size, pose and exposure jitter."""
-    from supremix_med.data.demo_xray import _child_rng, _draw_covariates, synthesize_hand
+    from supremix_med.demo.xray import _child_rng, _draw_covariates, synthesize_hand
 
     boneage, bone_area = [], []
     for index in range(12):

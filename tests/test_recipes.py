@@ -66,6 +66,6 @@ def test_unknown_bundle_is_named():
 
 
 def test_template_imports_extend_the_templates_own():
-    imports = template_imports("$import supremix_med.data.faces")
+    imports = template_imports("$import supremix_med.data.sources.faces")
     assert imports[:-1] == json.loads(render_bundle("ukb_brainage")["train.json"])["imports"]
-    assert imports[-1] == "$import supremix_med.data.faces"
+    assert imports[-1] == "$import supremix_med.data.sources.faces"

@@ -1,4 +1,4 @@
-"""Tabular regression data (supremix_med.data.tables) and the generated demo table (data.demo_table)."""
+"""Tabular regression data (supremix_med.data.sources.tables) and the generated demo table (supremix_med.demo.table)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from monai.data import DataLoader
 
-from supremix_med.data.demo_table import TABLE_FILE, generate_table, main, synthesize_table
-from supremix_med.data.tables import (
+from supremix_med.demo.table import TABLE_FILE, generate_table, main, synthesize_table
+from supremix_med.data.sources.tables import (
     AIRFOIL_COLUMNS, AIRFOIL_TARGET, PIPELINE, TABLE_INFO_FILE, FeatureScaler, TableDataset, TableInfo, load_table,
     prediction_records, preprocess, read_table,
 )
@@ -122,7 +122,7 @@ def test_scaler_is_fitted_on_the_training_rows_only(tmp_path, demo_csv):
 
 
 def test_constant_feature_is_centred_and_reported(tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="supremix_med.data.tables"):
+    with caplog.at_level(logging.WARNING, logger="supremix_med.data.sources.tables"):
         table = load_table(_small_csv(tmp_path / "t.csv"), "y")
     assert table.info.scaler.constant == ("c",)
     assert "['c'] are constant" in caplog.text
@@ -151,7 +151,7 @@ def test_table_info_round_trip(tmp_path, demo_csv):
     path = tmp_path / "models" / TABLE_INFO_FILE
     table.info.save(path)
     assert TableInfo.load(path) == table.info
-    broken = _write(tmp_path / "broken.json", '{"pipeline": "preprocessing.t1", "params": {}}')
+    broken = _write(tmp_path / "broken.json", '{"pipeline": "t1", "params": {}}')
     with pytest.raises(ValueError, match=f"{broken}: not a table fingerprint"):
         TableInfo.load(broken)
 

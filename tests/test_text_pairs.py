@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-from supremix_med.data import demo_stsb
-from supremix_med.data.text_pairs import (
+from supremix_med.demo import stsb as demo_stsb
+from supremix_med.data.sources.text_pairs import (
     EMBEDDINGS_FILE,
     KUMO_PACKAGE,
     VOCAB_FILE,

@@ -13,8 +13,7 @@ from monai.data import DataLoader, Dataset, MetaTensor
 from monai.engines import SupervisedEvaluator
 from monai.transforms import RandSpatialCropd
 
-from preprocessing.fmri import sliding_windows
-from supremix_med.engines import SubjectAveragingCollector, WindowAveragingInferer, evaluate_and_report
+from supremix_med.engines import SubjectAveragingCollector, WindowAveragingInferer, evaluate_and_report, sliding_windows
 from supremix_med.networks import build_model
 
 
@@ -152,3 +151,16 @@ def test_window_and_subject_averaging_drive_evaluate_and_report(tmp_path):
     assert predictions["n_runs"].tolist() == [2, 2, 2]
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["mae"] == pytest.approx(metrics["mae"])
     assert (tmp_path / "bias_correction.json").is_file()
+
+def test_sliding_windows_cover_the_series_numpy_and_torch():
+    series = np.arange(2 * 10, dtype=np.float32).reshape(2, 10)
+    windows = sliding_windows(series, length=4, stride=4)
+    assert windows.shape == (3, 2, 4)  # starts 0, 4 and the last window 6..9
+    np.testing.assert_array_equal(windows[:, 0, 0], [0, 4, 6])
+    np.testing.assert_array_equal(windows[1], series[:, 4:8])
+    assert sliding_windows(series, length=4, stride=3).shape == (3, 2, 4)  # 0, 3, 6: already ends at frame 9
+    as_tensor = sliding_windows(torch.from_numpy(series), length=4, stride=4)
+    assert isinstance(as_tensor, torch.Tensor)
+    np.testing.assert_array_equal(as_tensor.numpy(), windows)
+    with pytest.raises(ValueError, match="length <= T=10"):
+        sliding_windows(series, length=11, stride=1)

@@ -17,7 +17,7 @@ from monai.data import Dataset
 
 from .cache import MANIFEST_FILE, array_path, read_cache_info
 from .manifest import read_manifest_csv
-from .splits import SPLITS
+from .splits import select_splits
 
 __all__ = ["CachedDataset", "RecordDataset"]
 
@@ -37,15 +37,6 @@ def _to_float32(stored: np.ndarray) -> torch.Tensor:
     for start in range(0, source.numel(), _CHUNK):
         image[start:start + _CHUNK] = source[start:start + _CHUNK]
     return image.reshape(stored.shape)
-
-
-def _select_splits(split: str | Sequence[str]) -> list[str]:
-    """``"all"`` -> every split; a name or a list of names -> those, checked."""
-    names = list(SPLITS) if split == "all" else [split] if isinstance(split, str) else list(split)
-    unknown = [s for s in names if s not in SPLITS]
-    if unknown or not names:
-        raise ValueError(f"split must be 'all', one of {SPLITS} or a list of them, got {split!r}.")
-    return names
 
 
 class RecordDataset(Dataset):
@@ -113,7 +104,7 @@ class CachedDataset(RecordDataset):
         if missing:
             raise ValueError(f"{self.cache_dir / MANIFEST_FILE}: no column(s) {missing}; found "
                              f"{list(manifest.columns)}.")
-        names = _select_splits(split)
+        names = select_splits(split)
         rows = pd.concat([manifest[manifest["split"] == s] for s in names], ignore_index=True)
         if rows.empty:
             raise ValueError(f"{self.cache_dir}: no cached sample in split(s) {names}; the cache holds {info.samples}.")

@@ -11,9 +11,18 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["SPLITS", "assign_splits", "check_fractions"]
+__all__ = ["SPLITS", "assign_splits", "check_fractions", "select_splits"]
 
 SPLITS: tuple[str, str, str] = ("train", "val", "test")
+
+
+def select_splits(split: str | Sequence[str]) -> list[str]:
+    """``"all"`` -> every split; a name or a list of names -> those, checked."""
+    names = list(SPLITS) if split == "all" else [split] if isinstance(split, str) else list(split)
+    unknown = [s for s in names if s not in SPLITS]
+    if unknown or not names:
+        raise ValueError(f"split must be 'all', one of {SPLITS} or a list of them, got {split!r}.")
+    return names
 
 
 def check_fractions(fractions: Sequence[float]) -> np.ndarray:

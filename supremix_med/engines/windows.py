@@ -1,6 +1,6 @@
 """Fixed-length time windows for parcel time series: random windows to train, averaged windows to evaluate.
 
-A cached fMRI run is a [C, T] series (C parcels as channels, T frames; see ``preprocessing.fmri``). Networks
+A cached fMRI run is a [C, T] series (C parcels as channels, T frames). Networks
 such as ``resnet18_1d`` see windows of W frames:
 
 - **Training** cuts one random contiguous window per sample and epoch. MONAI does this already: with the
@@ -14,7 +14,7 @@ such as ``resnet18_1d`` see windows of W frames:
   ``multi_view_transform`` applies both once per view, so the views of a run are two windows of it. Every
   series must have at least W frames (a shorter one is returned whole and cannot be batched with the others);
   a cache built by ``preprocessing.fmri`` has ``frames`` >= W frames everywhere.
-- **Evaluation** predicts every window that ``preprocessing.fmri.sliding_windows`` cuts from a series and
+- **Evaluation** predicts every window that ``sliding_windows`` cuts from a series and
   averages them: :class:`WindowAveragingInferer` (the evaluators' ``inferer``), so a run gets one prediction.
 - **Per subject**: :class:`SubjectAveragingCollector` (the evaluators' collector) averages the predictions of
   a subject's runs, so ``evaluate_and_report`` writes metrics, ``predictions.csv`` and the bias correction per
@@ -35,16 +35,42 @@ from monai.inferers import Inferer
 
 from supremix_med.engines.reporting import PredictionCollector
 
-__all__ = ["SubjectAveragingCollector", "WindowAveragingInferer"]
+__all__ = ["SubjectAveragingCollector", "WindowAveragingInferer", "sliding_windows"]
 
 #: Largest spread (label units) allowed between the targets of one subject's runs.
 TARGET_TOLERANCE = 1e-4
 
 
+def sliding_windows(series: np.ndarray | torch.Tensor, length: int, stride: int) -> np.ndarray | torch.Tensor:
+    """The windows of ``length`` frames that cover a series, to average a model's predictions over.
+
+    Windows start at 0, stride, 2*stride, ... and, if that leaves frames uncovered at the end, one more window
+    ends at the last frame (so every frame is in some window).
+
+    Args:
+        series: (C, T) array or tensor (parcels x frames).
+        length: window length, frames (<= T).
+        stride: frames between window starts (>= 1).
+
+    Returns:
+        (n_windows, C, length), the same type as ``series``.
+    """
+    if series.ndim != 2:
+        raise ValueError(f"expected a (channels, frames) series, got shape {tuple(series.shape)}.")
+    n_frames = series.shape[1]
+    if not 1 <= length <= n_frames or stride < 1:
+        raise ValueError(f"need 1 <= length <= T={n_frames} and stride >= 1, got length={length}, stride={stride}.")
+    starts = list(range(0, n_frames - length + 1, stride))
+    if starts[-1] != n_frames - length:
+        starts.append(n_frames - length)
+    windows = [series[:, s:s + length] for s in starts]
+    return np.stack(windows) if isinstance(series, np.ndarray) else torch.stack(windows)
+
+
 class WindowAveragingInferer(Inferer):
     """Predict a series as the mean of the predictions of its sliding windows.
 
-    For inputs [B, C, T], the windows are those of ``preprocessing.fmri.sliding_windows(series, window,
+    For inputs [B, C, T], the windows are those of ``sliding_windows(series, window,
     stride)`` (starts 0, stride, 2 * stride, ... plus one window ending at the last frame if frames are left
     over; identical for every sample of the batch). All B * n_windows windows go through ``network`` in
     batches of ``sw_batch_size`` (all at once by default), and the predictions are averaged over each
@@ -83,9 +109,6 @@ class WindowAveragingInferer(Inferer):
         if frames < self.window:
             raise ValueError(f"WindowAveragingInferer: the series have T={frames} frames, fewer than the window "
                              f"of {self.window} frames the network expects; use longer runs or a shorter window.")
-        # the nilearn-backed preprocessing module is only needed once windows are cut
-        from preprocessing.fmri import sliding_windows
-
         # each (sample, channel) row is a "channel" of sliding_windows: [n, B * C, W] -> [B, n, C, W]
         cut = sliding_windows(inputs.reshape(batch * channels, frames), self.window, self.stride)
         return cut.reshape(-1, batch, channels, self.window).transpose(0, 1)

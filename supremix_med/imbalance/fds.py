@@ -35,7 +35,7 @@ In a training loop the features need not be kept: the model calls :meth:`FDS.col
 count, features and squared features) next to :meth:`FDS.smooth`, and the epoch end becomes
 ``update_last_epoch_stats(e)`` + ``update_running_stats_from_sums(pop_collected() summed over ranks, e)``.
 :class:`~supremix_med.networks.ContrastiveRegressor` and
-:class:`~supremix_med.imbalance.FDSUpdateHandler` do exactly this.
+:class:`~supremix_med.engines.FDSUpdateHandler` do exactly this.
 
 Differences from the authors' code, all deliberate: unobserved buckets neither enter the smoothing (theirs
 mix their initial mean 0 / variance 1 into their neighbours) nor are calibrated; labels outside the bucket
@@ -76,7 +76,7 @@ class FDS(nn.Module):
     ``epoch`` (the last frozen epoch; starts at ``start_update``).
 
     Attributes (not in the state dict): ``current_epoch``, the training epoch a model passes to :meth:`smooth`
-    (set by :class:`~supremix_med.imbalance.FDSUpdateHandler` at each epoch start; 0 until then).
+    (set by :class:`~supremix_med.engines.FDSUpdateHandler` at each epoch start; 0 until then).
 
     Example::
 

@@ -6,7 +6,8 @@ mapping of settings (e.g. ``--lds "{'kernel': 'laplace', 'kernel_size': 5, 'sigm
 - :func:`regression_loss` ``(train_labels, lds)``: the fine-tuning loss, L1 or LDS-weighted L1.
 - :func:`build_fds` ``(feature_dim, fds)``: the FDS layer of a model (what
   ``supremix_med.networks.build_model(fds=...)`` calls), or ``None``.
-- :class:`FDSUpdateHandler` ``(network)``: the epoch-end update of the FDS statistics in an ignite trainer.
+
+The epoch protocol of FDS in an ignite trainer is :class:`supremix_med.engines.FDSUpdateHandler`.
 """
 
 from __future__ import annotations
@@ -16,16 +17,14 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import ignite.distributed as idist
 import torch
-from ignite.engine import Engine, Events
 from numpy.typing import ArrayLike
 from torch import nn
 
 from .fds import FDS
 from .lds import LDSL1Loss, LDSWeights
 
-__all__ = ["FDS_DEFAULTS", "regression_loss", "build_fds", "FDSUpdateHandler"]
+__all__ = ["FDS_DEFAULTS", "regression_loss", "build_fds"]
 
 #: FDS buckets used when neither the settings nor :func:`build_fds`'s ``label_range`` place them: 100 buckets of
 #: width 1 from 0, the authors' setting for ages.
@@ -132,58 +131,3 @@ def _buckets_of_range(settings: dict[str, Any]) -> dict[str, Any]:
     if isinstance(bin_width, bool) or not isinstance(bin_width, (int, float)) or not bin_width > 0:
         raise ValueError(f"fds: bin_width must be a number > 0 (label units), got {bin_width!r}.")
     return {"bucket_start": low, "bucket_num": max(1, math.ceil((high - low) / bin_width))}
-
-
-class FDSUpdateHandler:
-    """Ignite handler that runs FDS's epoch protocol for a model with an ``fds`` layer.
-
-    At EPOCH_STARTED it sets ``fds.current_epoch`` (the 0-based epoch, ``engine.state.epoch - 1``, which the
-    model passes to :meth:`FDS.smooth`) and drops anything collected outside an epoch. At EPOCH_COMPLETED it
-    sums the per-bucket feature sums that the model collected during the epoch over all ranks (when
-    torch.distributed is initialised; every rank runs the handler), freezes and smooths the last epoch's
-    statistics (:meth:`FDS.update_last_epoch_stats`) and folds the epoch into the running statistics
-    (:meth:`FDS.update_running_stats_from_sums`).
-
-    It does nothing for a network without an FDS layer (``network.fds`` missing or ``None``), so a recipe
-    can always attach it.
-
-    Args:
-        network: the trained model, e.g. a :class:`~supremix_med.networks.ContrastiveRegressor`, possibly
-            wrapped in DistributedDataParallel / DataParallel.
-
-    Example (a bundle's ``train#handlers``)::
-
-        {"_target_": "supremix_med.imbalance.FDSUpdateHandler", "network": "@network"}
-    """
-
-    def __init__(self, network: nn.Module) -> None:
-        self.network = network
-
-    @property
-    def fds(self) -> FDS | None:
-        """The network's FDS layer, or ``None``."""
-        wrapped = isinstance(self.network, (nn.DataParallel, nn.parallel.DistributedDataParallel))
-        return getattr(self.network.module if wrapped else self.network, "fds", None)
-
-    def attach(self, engine: Engine) -> None:
-        """Register the epoch-start and epoch-end updates with ``engine``."""
-        engine.add_event_handler(Events.EPOCH_STARTED, self.epoch_started)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
-
-    def epoch_started(self, engine: Engine) -> None:
-        """Tell the FDS layer the current (0-based) epoch and start an empty collection."""
-        fds = self.fds
-        if fds is not None:
-            fds.current_epoch = engine.state.epoch - 1
-            fds.pop_collected()
-
-    @torch.no_grad()
-    def epoch_completed(self, engine: Engine) -> None:
-        """Update the FDS statistics from the epoch's collected features of every rank."""
-        fds = self.fds
-        if fds is None:
-            return
-        epoch = engine.state.epoch - 1
-        sums = idist.all_reduce(fds.pop_collected())
-        fds.update_last_epoch_stats(epoch)
-        fds.update_running_stats_from_sums(sums, epoch)

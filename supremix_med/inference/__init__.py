@@ -15,7 +15,6 @@ from .scans import (
     PreprocessScan,
     check_fingerprint,
     list_scans,
-    load_pipeline,
     qc_fields,
 )
 from .writer import PredictionWriter, qc_flags
@@ -28,7 +27,6 @@ __all__ = [
     "PreprocessScan",
     "check_fingerprint",
     "list_scans",
-    "load_pipeline",
     "qc_fields",
     "qc_flags",
 ]

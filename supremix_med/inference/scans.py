@@ -1,6 +1,6 @@
 """Which scans to predict, and their preprocessing with per-scan error capture, for any modality.
 
-Every modality's ``preprocessing.<modality>`` module (the *pipeline*) offers ``preprocess(path, **params)``
+Every modality's pipeline (a module of :data:`supremix_med.pipelines.PIPELINES`) offers ``preprocess(path, **params)``
 (optionally ``preprocess_with_qc``, returning its QC record too) and ``fingerprint(**params)``; a module may
 also declare
 
@@ -23,14 +23,12 @@ The pieces, used by every bundle's ``inference.json``:
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pandas as pd
@@ -39,9 +37,10 @@ from monai.transforms import Transform
 from pydicom.misc import is_dicom
 
 from supremix_med.data.covariates import COVARIATES_KEY, EncodeCovariatesd
+from supremix_med.pipelines import get_pipeline
 
 __all__ = ["DICOM_LAYOUTS", "FINGERPRINT_IGNORED", "NIFTI_SUFFIXES", "PreprocessScan", "check_fingerprint",
-           "list_scans", "load_pipeline", "qc_fields"]
+           "list_scans", "qc_fields"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,27 +55,11 @@ _NOT_SCANS = ("DICOMDIR",)  # DICOM media index files
 FINGERPRINT_IGNORED = ("libraries",)
 
 
-def load_pipeline(pipeline: str) -> ModuleType:
-    """Import a preprocessing module (e.g. ``"preprocessing.pet"``) and check it has ``preprocess`` and
-    ``fingerprint``.
-
-    Raises:
-        ValueError: the module cannot be imported or lacks either function.
-    """
-    try:
-        module = importlib.import_module(pipeline)
-    except ImportError as err:
-        raise ValueError(f"pipeline {pipeline!r} cannot be imported ({err}); expected a preprocessing module such "
-                         "as 'preprocessing.t1'.") from err
-    missing = [name for name in ("preprocess", "fingerprint") if not callable(getattr(module, name, None))]
-    if missing:
-        raise ValueError(f"pipeline {pipeline!r} has no {' or '.join(missing)}(); it is not a preprocessing module.")
-    return module
 
 
 def qc_fields(pipeline: str) -> dict[str, Any]:
     """The pipeline's ``QC_FIELDS`` (``{entry: value of a failed scan}``), ``{}`` when it declares none."""
-    return dict(getattr(load_pipeline(pipeline), "QC_FIELDS", {}))
+    return dict(getattr(get_pipeline(pipeline), "QC_FIELDS", {}))
 
 
 # --------------------------------------------------------------------------------------------- listing
@@ -232,7 +215,7 @@ def _read_fingerprint(path: Path) -> dict[str, Any]:
     return stored
 
 
-def check_fingerprint(stored_path: str | os.PathLike, pipeline: str = "preprocessing.t1",
+def check_fingerprint(stored_path: str | os.PathLike, pipeline: str = "t1",
                       **params: Any) -> dict[str, Any]:
     """Refuse to predict if this code would preprocess scans differently from the model's training data.
 
@@ -256,7 +239,7 @@ def check_fingerprint(stored_path: str | os.PathLike, pipeline: str = "preproces
     """
     path = Path(stored_path)
     stored = _read_fingerprint(path)
-    module = load_pipeline(pipeline)
+    module = get_pipeline(pipeline)
     current = module.fingerprint(**params)
     flat_stored, flat_current = _flatten(stored), _flatten(current)
     keys = sorted(flat_stored.keys() | flat_current.keys())
@@ -299,7 +282,7 @@ class PreprocessScan(Transform):
       with its class name and the path.
 
     Args:
-        pipeline: the preprocessing module, e.g. ``"preprocessing.t1"``, ``"preprocessing.pet"``.
+        pipeline: the preprocessing module, e.g. ``"t1"``, ``"pet"`` (a name of :data:`supremix_med.pipelines.PIPELINES`).
         path_key: item key holding the scan's path.
         covariates: item keys of the covariates the model takes (e.g. ``["sex"]`` from the inference CSV).
         **params: the pipeline's parameters (e.g. ``register="auto"`` for T1, ``frames=32`` for ultrasound),
@@ -309,9 +292,9 @@ class PreprocessScan(Transform):
         ValueError: an unusable ``pipeline`` or invalid ``params`` (raised by its ``fingerprint``).
     """
 
-    def __init__(self, pipeline: str = "preprocessing.t1", path_key: str = "path", covariates: Sequence[str] = (),
+    def __init__(self, pipeline: str = "t1", path_key: str = "path", covariates: Sequence[str] = (),
                  **params: Any) -> None:
-        module = load_pipeline(pipeline)
+        module = get_pipeline(pipeline)
         self.pipeline = pipeline
         self.path_key = path_key
         self.encode_covariates = EncodeCovariatesd(list(covariates), id_key="id") if covariates else None

@@ -121,7 +121,7 @@ class PredictionWriter(PredictionCollector):
     def __init__(self, output_path: str | os.PathLike, bias_correction: BiasCorrection | None = None,
                  target_range: Sequence[float] | None = None, qc_limits: Limits | None = None,
                  target_name: str = "age", gap_name: str | None = None,
-                 pipeline: str | None = "preprocessing.t1") -> None:
+                 pipeline: str | None = "t1") -> None:
         super().__init__(id_key="id")
         self.output_path = Path(output_path)
         self.bias_correction = bias_correction

@@ -21,7 +21,7 @@ from typing import Any
 
 from torch import nn
 
-from supremix_med.imbalance.training import build_fds
+from supremix_med.imbalance.training import build_fds  # no ignite: building a network needs no engine
 
 from .encoders import BiLSTMPairEncoder, MLPEncoder, ResNetEncoder, resnet18_1d, resnet18_3d, resnet50_2d
 from .model import ContrastiveRegressor

@@ -11,8 +11,9 @@ templates, keyed by config id (``"pretrain#loss_kwargs#supremix#temperature"``):
 - ``EVALUATE``, ``MULTI_GPU``: applied to ``templates/evaluate.json`` / ``templates/multi_gpu_train.json``
   (optional; most bundles have none);
 - ``OVERLAYS``: ``{file name: config}`` written as they are, e.g. ``{"demo.json": {...}}``: overlays a user
-  merges with ``train.json`` (``--config_file "['train.json','demo.json']"``);
-- ``DEMO_STEPS`` and ``DEMO_DATASET``: how :mod:`supremix_med.demo` makes the demo data.
+  merges with ``train.json`` (``--config_file "['train.json','demo.json']"``).
+
+How each bundle's demo data are made is :data:`supremix_med.demo.DEMOS`.
 
 ``python -m supremix_med.recipes`` renders ``bundles/<name>/`` from them, so each bundle folder stays a plain,
 self-contained MONAI bundle (portable, editable, checked by MONAI's tools), while the recipe is written once.
@@ -82,7 +83,7 @@ def _child(node: Any, key: str, config_id: str) -> Any:
 def template_imports(*extra: str, file_name: str = "train.json") -> list[str]:
     """The ``imports`` of template ``file_name`` followed by ``extra`` ones, for a spec that needs more modules.
 
-    Example: ``"imports": template_imports("$import supremix_med.data.faces")``.
+    Example: ``"imports": template_imports("$import supremix_med.data.sources.faces")``.
     """
     return [*json.loads(_template(file_name))["imports"], *extra]
 

@@ -2,14 +2,14 @@
 
 Data (no cache): UCI Airfoil Self-Noise, ``<dataset_dir>/airfoil_self_noise.dat`` (5 features -> the scaled sound
 pressure level, dB), or any numeric CSV through ``data_file`` + ``target_column`` (features = the other
-columns), read by :func:`supremix_med.data.tables.load_table`: a seeded split stratified by the target
+columns), read by :func:`supremix_med.data.sources.tables.load_table`: a seeded split stratified by the target
 (1203/150/150 rows for the airfoil table, the same fractions otherwise) and features standardised with the
 training split's mean and std. Items carry the feature vector [d] under ``"image"`` (the recipe's input key).
 The paper's settings: SupReMix with temperature 1.0 and window 7 (label units), batch 32, one view per sample
 (no augmentation), linear probe. ``label_range`` and the MLP's ``in_features`` come from the training data.
 
 ``train.json`` stores the target name, training label range and scaler beside the model as the fingerprint of
-the ``supremix_med.data.tables`` pipeline (``models/preprocessing.json``); inference checks it against this
+the ``supremix_med.data.sources.tables`` pipeline (``models/preprocessing.json``); inference checks it against this
 code's pipeline, standardises a CSV (or ``.dat``) of feature rows with it and writes ``predictions.csv`` with an
 ``error`` column naming the file, row and column of every unusable row.
 """
@@ -24,7 +24,7 @@ TRAIN = {
     "target_column": "scaled_sound_pressure",
     "target": "@target_column",
     "table": {
-        "_target_": "supremix_med.data.tables.load_table",
+        "_target_": "supremix_med.data.sources.tables.load_table",
         "data_file": "@data_file",
         "target_column": "@target_column",
         "seed": "@seed",
@@ -45,14 +45,14 @@ TRAIN = {
     "pretrain#view_keys": ["image"],
     "pretrain#loss_kwargs#supremix#temperature": 1.0,
     "pretrain#loss_kwargs#supremix#window": 7.0,
-    **split_datasets({"_target_": "supremix_med.data.tables.TableDataset", "table": "@table", "key": "image"}),
+    **split_datasets({"_target_": "supremix_med.data.sources.tables.TableDataset", "table": "@table", "key": "image"}),
     "data_fingerprint": "$@table.info.fingerprint()",
 }
 
 INFERENCE = {
     "dataset_dir": "/data/airfoil",
     "data_file": _TABLE_FILE,
-    "pipeline": "supremix_med.data.tables",
+    "pipeline": "tables",
     "model_table": "$@ckpt_dir + '/preprocessing.json'",
     "preprocessing_params": "$monai.bundle.ConfigParser.load_config_file(@model_table)['params']",
     "target": "$@preprocessing_params['target']",
@@ -64,7 +64,7 @@ INFERENCE = {
     "dataset": {
         "_target_": "Dataset",
         "data": {
-            "_target_": "supremix_med.data.tables.prediction_records",
+            "_target_": "supremix_med.data.sources.tables.prediction_records",
             "data_file": "@data_file",
             "info": "@model_table",
             "key": "image",
@@ -83,6 +83,3 @@ OVERLAYS = {
         "finetune_epochs": 60,
     },
 }
-
-DEMO_STEPS = [["supremix_med.data.demo_table", "--output", "{out}/data"]]
-DEMO_DATASET = "{out}/data"

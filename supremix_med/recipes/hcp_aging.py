@@ -45,7 +45,7 @@ INFERENCE = {
     "dataset_dir": "/data/hcp_aging_runs",
     "label_range": [36.0, 100.0],
     **_WINDOWS,
-    "pipeline": "preprocessing.fmri",
+    "pipeline": "fmri_parcels",
     # the label atlas of 4-D NIfTI runs (must be the one in the model's fingerprint); extracted series need none
     "atlas_path": None,
     # the model's own preprocessing parameters (frames, parcels, band-pass, ...), so only the atlas is given here
@@ -73,9 +73,3 @@ OVERLAYS = {
         },
     },
 }
-
-DEMO_STEPS = [
-    ["supremix_med.data.demo_fmri", "--output", "{out}/cohort", "--n_subjects", "200", "--n_runs", "2"],
-    ["preprocessing.fmri", "--manifest", "{out}/cohort/manifest.csv", "--output", "{out}/cache"],
-]
-DEMO_DATASET = "{out}/cache"

@@ -23,6 +23,3 @@ OVERLAYS = {
     "demo.json": {**agedb.DEMO, "output_dir": "outputs/imdb_wiki_demo"},
     "transfer.json": {**agedb.TRANSFER, "encoder_checkpoint": "outputs/agedb/models/pretrained_encoder.pt"},
 }
-
-DEMO_STEPS = agedb.DEMO_STEPS
-DEMO_DATASET = agedb.DEMO_DATASET

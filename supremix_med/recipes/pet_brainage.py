@@ -2,7 +2,7 @@
 
 Cache: ``python -m preprocessing.pet`` on a manifest ``id,path,age[,sex,split]`` whose paths are DICOM PET series
 folders (SUV from the DICOM tags) or NIfTI volumes (SUV, or Bq/ml with an SUVR reference mask), already in MNI
-space; the demo cohort is ``supremix_med.data.demo_pet`` (DICOM series with SUV tags). Inference runs the same
+space; the demo cohort is ``supremix_med.demo.pet`` (DICOM series with SUV tags). Inference runs the same
 pipeline on a folder of series folders / NIfTI files or a CSV ``id,path[,age]``, with the preprocessing
 parameters of the training cache (``preprocessing_params``; the fingerprint check refuses others).
 """
@@ -24,7 +24,7 @@ TRAIN = {
 INFERENCE = {
     "dataset_dir": "/data/pet_brainage_scans",
     "label_range": [20.0, 90.0],
-    "pipeline": "preprocessing.pet",
+    "pipeline": "pet",
     "dicom_layout": "series",
 }
 
@@ -48,9 +48,3 @@ OVERLAYS = {
         "pretrain#view_keys": ["image"],
     },
 }
-
-DEMO_STEPS = [
-    ["supremix_med.data.demo_pet", "--output", "{out}/cohort", "--n_subjects", "160", "--workers", "2"],
-    ["preprocessing.pet", "--manifest", "{out}/cohort/manifest.csv", "--output", "{out}/cache", "--workers", "2"],
-]
-DEMO_DATASET = "{out}/cache"

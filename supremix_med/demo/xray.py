@@ -45,7 +45,7 @@ import pandas as pd
 from PIL import Image
 from scipy import ndimage
 
-from supremix_med.data.generation import (
+from supremix_med.demo.generation import (
     add_cohort_arguments, cohort_options, map_indices, truncated_normal, write_table,
 )
 from supremix_med.io import atomic_write, check_generator_record
@@ -257,7 +257,7 @@ def generate_cohort(
 
 
 def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
-    """Command line: ``python -m supremix_med.data.demo_xray --output DIR [--n_subjects N] [--seed S]``."""
+    """Command line: ``python -m supremix_med.demo.xray --output DIR [--n_subjects N] [--seed S]``."""
     parser = add_cohort_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]), 400, workers=False)
     parser.add_argument("--boneage_min", type=float, default=12.0, help="months")
     parser.add_argument("--boneage_max", type=float, default=216.0, help="months")

@@ -1,4 +1,4 @@
-"""Shared machinery of the demo cohort generators (``supremix_med.data.demo_*``).
+"""Shared machinery of the demo cohort generators (``supremix_med.demo.*``).
 
 Each generator checks its request (T1 and PET with :func:`check_cohort_request`), draws its jitter with
 :func:`truncated_normal` (T1, X-ray), writes its subjects with a per-index writer that :func:`map_indices` maps

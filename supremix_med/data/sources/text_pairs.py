@@ -462,7 +462,7 @@ def collate_pairs(batch: Sequence[Mapping[str, Any]], key: str = "tokens") -> di
     """Collate :class:`TextPairDataset` items: ``key``'s token ids right-padded with 0 to the longest sentence.
 
     Returns ``{key: int64 [B, 2, L_max], "label": [B, 1], "id": [B], ...}``; keys other than ``key`` go through
-    MONAI's ``list_data_collate``. In a bundle config: ``{"_target_": "supremix_med.data.text_pairs.collate_pairs",
+    MONAI's ``list_data_collate``. In a bundle config: ``{"_target_": "supremix_med.data.sources.text_pairs.collate_pairs",
     "_mode_": "callable", "key": "image"}``.
     """
     if not batch:

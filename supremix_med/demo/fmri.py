@@ -49,7 +49,7 @@ import numpy as np
 import pandas as pd
 from scipy.signal import lfilter
 
-from supremix_med.data.generation import add_cohort_arguments, cohort_options, map_indices, write_table
+from supremix_med.demo.generation import add_cohort_arguments, cohort_options, map_indices, write_table
 from supremix_med.io import atomic_write, check_generator_record
 
 __all__ = ["NETWORKS", "SITES", "CohortParams", "generate_cohort", "main", "network_of_parcels", "synthesize_run"]
@@ -230,7 +230,7 @@ def generate_cohort(output_dir: str | Path, n_subjects: int = 200, seed: int = 0
 
 
 def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
-    """Command line: ``python -m supremix_med.data.demo_fmri --output DIR [--n_subjects N] [--n_runs R] ...``."""
+    """Command line: ``python -m supremix_med.demo.fmri --output DIR [--n_subjects N] [--n_runs R] ...``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_cohort_arguments(parser, 200, workers=False, age_range=(36.0, 100.0))
     parser.add_argument("--n_parcels", type=int, default=400)

@@ -11,8 +11,8 @@ dicts) and then :func:`as_prediction_pair`, which accepts [B] or [B, 1] tensors 
 
 Example (bundle config)::
 
-    "key_val_metric": "$supremix_med.metrics.regression_ignite_metrics(['mae'])",
-    "additional_metrics": "$supremix_med.metrics.regression_ignite_metrics(['mse', 'gm', 'pearson_r'])"
+    "key_val_metric": "$supremix_med.engines.regression_ignite_metrics(['mae'])",
+    "additional_metrics": "$supremix_med.engines.regression_ignite_metrics(['mse', 'gm', 'pearson_r'])"
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from ignite.metrics import EpochMetric, MeanAbsoluteError, MeanSquaredError, Met
 from monai.handlers import from_engine
 from monai.utils import convert_to_tensor
 
-from .regression import REGRESSION_METRICS
+from supremix_med.metrics.regression import REGRESSION_METRICS
 
 __all__ = ["as_prediction_pair", "from_engine_regression", "RegressionEpochMetric", "regression_ignite_metric",
            "regression_ignite_metrics"]

@@ -55,7 +55,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, PositronEmissionTomographyImageStorage, generate_uid
 from scipy import ndimage
 
-from supremix_med.data.generation import check_cohort_request, cohort_main, write_missing
+from supremix_med.demo.generation import check_cohort_request, cohort_main, write_missing
 from supremix_med.io import check_generator_record
 
 __all__ = ["F18_HALF_LIFE_S", "GRID_AFFINE", "GRID_SHAPE", "generate_cohort", "pet_header", "synthesize_suv",
@@ -310,7 +310,7 @@ def generate_cohort(
 
 
 def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
-    """Command line: ``python -m supremix_med.data.demo_pet --output DIR [--n_subjects N] [--seed S] [--workers W]``."""
+    """Command line: ``python -m supremix_med.demo.pet --output DIR [--n_subjects N] [--seed S] [--workers W]``."""
     return cohort_main(generate_cohort, __doc__.splitlines()[0], 50, argv, age_range=(20.0, 80.0))
 
 

@@ -1,8 +1,8 @@
 """Embedded demo table: generated airfoil-like self-noise measurements with a sound-pressure target (dB).
 
 The UCI Airfoil Self-Noise table is not shipped with the project, so the demo draws a table with its columns
-(:data:`~supremix_med.data.tables.AIRFOIL_COLUMNS`) from a cartoon of trailing-edge noise, written as a CSV that
-:func:`supremix_med.data.tables.load_table` reads with ``target_column="scaled_sound_pressure"``.
+(:data:`~supremix_med.data.sources.tables.AIRFOIL_COLUMNS`) from a cartoon of trailing-edge noise, written as a CSV that
+:func:`supremix_med.data.sources.tables.load_table` reads with ``target_column="scaled_sound_pressure"``.
 
 Model (per row, all draws independent):
 
@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from supremix_med.data.generation import write_table
-from supremix_med.data.tables import AIRFOIL_COLUMNS
+from supremix_med.demo.generation import write_table
+from supremix_med.data.sources.tables import AIRFOIL_COLUMNS
 
 __all__ = ["TABLE_FILE", "generate_table", "synthesize_table"]
 
@@ -66,7 +66,7 @@ def synthesize_table(n_rows: int = 1503, seed: int = 0, noise_db: float = 1.0) -
         noise_db: standard deviation of the measurement noise on the target (dB).
 
     Returns:
-        float64 frame [n_rows, 6] with the columns :data:`~supremix_med.data.tables.AIRFOIL_COLUMNS`.
+        float64 frame [n_rows, 6] with the columns :data:`~supremix_med.data.sources.tables.AIRFOIL_COLUMNS`.
 
     Raises:
         ValueError: ``n_rows`` < 1 or ``noise_db`` negative.
@@ -96,7 +96,7 @@ def generate_table(output_dir: str | Path, n_rows: int = 1503, seed: int = 0, no
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m supremix_med.data.demo_table --output DIR [--n_rows N] [--seed S] [--noise_db DB]``."""
+    """``python -m supremix_med.demo.table --output DIR [--n_rows N] [--seed S] [--noise_db DB]``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", required=True, type=Path, help="folder of demo_table.csv")
     parser.add_argument("--n_rows", type=int, default=1503)

@@ -65,7 +65,7 @@ import pandas as pd
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from supremix_med.data.generation import check_cohort_request, cohort_main, truncated_normal, write_missing
+from supremix_med.demo.generation import check_cohort_request, cohort_main, truncated_normal, write_missing
 from supremix_med.io import atomic_write, check_generator_record
 
 __all__ = [
@@ -462,7 +462,7 @@ def generate_cohort(
 
 
 def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
-    """Command line: ``python -m supremix_med.data.demo_t1 --output DIR [--n_subjects N] [--seed S] [--workers W]``."""
+    """Command line: ``python -m supremix_med.demo.t1 --output DIR [--n_subjects N] [--seed S] [--workers W]``."""
     return cohort_main(generate_cohort, __doc__.splitlines()[0], 240, argv, age_range=(42.0, 82.0))
 
 

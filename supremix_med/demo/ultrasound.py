@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from supremix_med.data.generation import cohort_main, map_indices, write_table
+from supremix_med.demo.generation import cohort_main, map_indices, write_table
 from supremix_med.io import atomic_write, check_generator_record
 
 __all__ = ["FPS", "N_FRAMES", "PIXEL_CM", "SIZE", "ClipGeometry", "draw_geometry", "generate_cohort",
@@ -264,7 +264,7 @@ def generate_cohort(
 
 
 def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
-    """Command line: ``python -m supremix_med.data.demo_ultrasound --output DIR [--n_clips N] [--seed S]``."""
+    """Command line: ``python -m supremix_med.demo.ultrasound --output DIR [--n_clips N] [--seed S]``."""
     return cohort_main(generate_cohort, __doc__.splitlines()[0], 200, argv, n_name="n_clips")
 
 

@@ -57,7 +57,7 @@ AIRFOIL_SPLIT_SIZES = (1203, 150, 150)
 #: File under ``ckpt_dir`` holding the :class:`TableInfo` of a trained model, as a fingerprint (the name the
 #: inference recipe reads a model's preprocessing from).
 TABLE_INFO_FILE = "preprocessing.json"
-PIPELINE = "supremix_med.data.tables"
+PIPELINE = "tables"
 VERSION = 1
 #: Item key of the standardised feature vector.
 FEATURES_KEY = "features"

@@ -13,7 +13,7 @@ records ``{"image": absolute path, "label": age, "id": ...}`` for :class:`monai.
 :class:`FaceDataset` is that dataset with the image loading built in (RGB, channel-first, [0, 1]) and the
 ``labels``/``ids`` properties of :class:`supremix_med.data.datasets.RecordDataset`, so a bundle can swap one
 for the other. :func:`preprocess` and :func:`fingerprint` make this module the preprocessing pipeline of face
-inference (``supremix_med.inference.PreprocessScan(pipeline="supremix_med.data.faces")``).
+inference (``supremix_med.inference.PreprocessScan(pipeline="supremix_med.data.sources.faces")``).
 """
 
 from __future__ import annotations
@@ -31,10 +31,11 @@ import torch
 from monai.transforms import Compose
 from PIL import Image
 
-from .datasets import RecordDataset, _select_splits
+from supremix_med.data.datasets import RecordDataset
+from supremix_med.data.manifest import read_manifest_csv
+from supremix_med.data.splits import SPLITS, select_splits
+
 from .face_transforms import face_eval_transforms, face_load_transforms
-from .manifest import read_manifest_csv
-from .splits import SPLITS
 
 __all__ = ["DIR_COLUMNS", "FaceDataset", "face_records", "fingerprint", "preprocess", "read_dir_split"]
 
@@ -42,7 +43,7 @@ DIR_COLUMNS: tuple[str, ...] = ("age", "path", "split")
 """Columns every DIR split file has."""
 FIRST_LINE = 2  # CSV line of the first data row (line 1 is the header)
 _SHOWN = 5  # offending lines listed in an error message
-PIPELINE = "supremix_med.data.faces"
+PIPELINE = "faces"
 """Name of the face preprocessing pipeline in fingerprints (this module)."""
 VERSION = 1
 """Version of :func:`preprocess`; bump it when its output changes."""
@@ -126,7 +127,7 @@ def read_dir_split(csv_path: str | os.PathLike, image_dir: str | os.PathLike | N
 
 def _select(table: pd.DataFrame, split: str | Sequence[str], csv_path: Path) -> pd.DataFrame:
     """The rows of ``split`` (a name, a list of names, or ``"all"``); every named split must have rows."""
-    names = _select_splits(split)
+    names = select_splits(split)
     counts = table["split"].value_counts()
     empty = [] if split == "all" else [s for s in names if counts.get(s, 0) == 0]
     if empty:
@@ -255,10 +256,10 @@ def _check_params(image_size: int, crop_fraction: float) -> None:
 
 def preprocess(path: str | os.PathLike, image_size: int = 224, crop_fraction: float = 0.875) -> np.ndarray:
     """One face image as the network sees it at evaluation: loaded (RGB, [0, 1]), centre-cropped and resized
-    (:func:`~supremix_med.data.face_transforms.face_eval_transforms`), ImageNet-normalised.
+    (:func:`~supremix_med.data.sources.face_transforms.face_eval_transforms`), ImageNet-normalised.
 
     With :func:`fingerprint` this module is a preprocessing pipeline for
-    :class:`supremix_med.inference.PreprocessScan` (``pipeline="supremix_med.data.faces"``).
+    :class:`supremix_med.inference.PreprocessScan` (``pipeline="supremix_med.data.sources.faces"``).
 
     Returns:
         float32 array [3, image_size, image_size].

@@ -52,7 +52,7 @@ import pandas as pd
 from PIL import Image
 from scipy import ndimage
 
-from supremix_med.data.generation import check_cohort_request, cohort_main, truncated_normal, write_missing
+from supremix_med.demo.generation import check_cohort_request, cohort_main, truncated_normal, write_missing
 from supremix_med.io import atomic_write, check_generator_record
 
 __all__ = ["IMAGE_SIZE", "generate_faces", "synthesize_face"]
@@ -282,7 +282,7 @@ def generate_faces(
 
 
 def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
-    """Command line: ``python -m supremix_med.data.demo_faces --output DIR [--n_subjects N] [--seed S] [--workers W]``."""
+    """Command line: ``python -m supremix_med.demo.faces --output DIR [--n_subjects N] [--seed S] [--workers W]``."""
     return cohort_main(generate_faces, __doc__.splitlines()[0], 1500, argv, age_range=(18.0, 80.0))
 
 

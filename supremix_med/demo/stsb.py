@@ -1,7 +1,7 @@
 """Embedded demo for the STS-B bundle: generated sentence pairs with a graded similarity and matching word vectors.
 
 STS-B text and GloVe vectors are not shipped with the project, so the demo writes a stand-in in the same formats
-(read by :mod:`supremix_med.data.text_pairs`)::
+(read by :mod:`supremix_med.data.sources.text_pairs`)::
 
     <output_dir>/train_new.tsv, dev_new.tsv, test_new.tsv   GLUE columns index, genre, sentence1, sentence2, score
     <output_dir>/glove.demo.<dim>d.txt                      GloVe text format, one vector per word of the demo
@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from supremix_med.data.text_pairs import SPLIT_FILES
+from supremix_med.data.sources.text_pairs import SPLIT_FILES
 from supremix_med.io import atomic_write, check_generator_record
 
 __all__ = ["SLOTS", "AGREEMENT_PROBABILITIES", "TEMPLATE", "synthesize_pairs", "synthesize_word_vectors",
@@ -153,7 +153,7 @@ def generate_demo(output_dir: str | Path, n_pairs: Sequence[int] = (1000, 200, 2
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m supremix_med.data.demo_stsb --output DIR [--n_train N] [--n_val N] [--n_test N] [--seed S]
+    """``python -m supremix_med.demo.stsb --output DIR [--n_train N] [--n_val N] [--n_test N] [--seed S]
     [--dim D] [--noise SD]``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", required=True, type=Path, help="dataset folder to write")
