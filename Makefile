@@ -31,7 +31,7 @@ test: install
 	$(PY) -m pytest -q tests
 
 # A bundle's demo: generate its synthetic cohort, build the cache, then run train.json + demo.json into
-# $(OUT) (the steps are in the bundle's recipe spec, supremix_med/recipes/<bundle>.py). Each step resumes.
+# $(OUT) (the steps are in supremix_med.demo.DEMOS). Each step resumes.
 demo: install
 	$(PY) -m supremix_med.demo $(BUNDLE) --output "$(OUT)"
 

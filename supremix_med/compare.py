@@ -35,6 +35,7 @@ from typing import Any, TextIO
 import pandas as pd
 from monai.bundle import ConfigParser
 
+from supremix_med.bundles import bundles_dir
 from supremix_med.engines import METHODS
 from supremix_med.io import atomic_write, atomic_write_json
 from supremix_med.metrics import REGRESSION_METRICS, SHOT_GROUPS
@@ -88,20 +89,20 @@ class MethodRun:
 
 
 def bundle_methods(config_files: Sequence[str | os.PathLike]) -> tuple[str, ...]:
-    """The methods a bundle supports: ``vanilla`` and every method its ``pretrain#loss_kwargs`` configures.
+    """The methods a bundle supports: ``vanilla`` and every method its ``loss_kwargs`` configures.
 
     Args:
         config_files: the bundle's config files (later ones override earlier ones, as in MONAI).
 
     Returns:
         The supported methods of :data:`supremix_med.engines.METHODS` in their order, SupReMix last (the
-        paper's row order). A bundle whose ``pretrain#loss_kwargs`` is not a dict supports all of them.
+        paper's row order). A bundle whose ``loss_kwargs`` is not a dict supports all of them.
     """
     missing = [str(f) for f in config_files if not Path(f).is_file()]
     if missing:
         raise ValueError(f"bundle config file(s) not found: {missing}.")
     config = ConfigParser(ConfigParser.load_config_files([str(f) for f in config_files]))
-    loss_kwargs = config.get("pretrain#loss_kwargs", {})
+    loss_kwargs = config.get("loss_kwargs", {})
     supported = [m for m in METHODS if not isinstance(loss_kwargs, dict) or m == "vanilla" or m in loss_kwargs]
     return tuple(sorted(supported, key=lambda method: method == "supremix"))
 
@@ -128,9 +129,10 @@ def _override_pairs(tokens: Sequence[str]) -> dict[str, str]:
 def bundle_command(config_files: Sequence[str | os.PathLike], method: str, output_dir: str | os.PathLike,
                    seed: int = 0, overrides: dict[str, str] | None = None,
                    launcher: Sequence[str] = BUNDLE_LAUNCHER) -> list[str]:
-    """The argument list that runs the bundle for one method (see the module docstring)."""
-    files = repr([str(f) for f in config_files])
-    command = [*launcher, "--config_file", files, "--method", method, "--output_dir", str(output_dir),
+    """The argument list that runs the bundle for one method (see the module docstring); paths are absolute, as
+    the run starts where the bundles' macros resolve (:func:`run_bundle`)."""
+    files = repr([str(Path(f).resolve()) for f in config_files])
+    command = [*launcher, "--config_file", files, "--method", method, "--output_dir", str(Path(output_dir).resolve()),
                "--seed", str(seed)]
     for key, value in (overrides or {}).items():
         command += [f"--{key}", str(value)]
@@ -140,7 +142,8 @@ def bundle_command(config_files: Sequence[str | os.PathLike], method: str, outpu
 def run_bundle(command: Sequence[str], log: str | os.PathLike, echo: TextIO | None = None) -> int:
     """Run ``command``, writing its merged stdout/stderr line by line to ``log`` (and ``echo``); return its status.
 
-    The log starts with the command line. The child runs unbuffered so the log follows it live.
+    The log starts with the command line. The child runs unbuffered so the log follows it live, in the folder that
+    holds ``bundles/`` (where the bundle configs' macros ``bundles/_base/...`` resolve).
     """
     log = Path(log)
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -148,7 +151,7 @@ def run_bundle(command: Sequence[str], log: str | os.PathLike, echo: TextIO | No
     with open(log, "w", encoding="utf-8") as out:
         out.write("$ " + subprocess.list2cmdline(list(command)) + "\n")
         with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                              errors="replace") as process:
+                              errors="replace", cwd=bundles_dir().parent) as process:
             for line in process.stdout:
                 out.write(line)
                 out.flush()
@@ -223,7 +226,7 @@ def compare_methods(config_files: Sequence[str | os.PathLike], output_dir: str |
     unsupported = [m for m in methods if m not in supported]
     if unsupported or not methods:
         raise ValueError(f"methods {unsupported or methods} are not configured by {[str(f) for f in config_files]}; "
-                         f"it supports {list(supported)} (a method needs an entry in pretrain#loss_kwargs).")
+                         f"it supports {list(supported)} (a method needs an entry in loss_kwargs).")
     if len(set(methods)) != len(methods):
         raise ValueError(f"each method may be compared once, got {methods}.")
     reserved = RESERVED_OVERRIDES.intersection(overrides or {})

@@ -66,17 +66,17 @@ def _table_rows(markdown: str) -> dict[str, list[str]]:
 def test_bundle_methods_follow_the_configured_losses(tmp_path):
     assert bundle_methods(UKB) == ("vanilla", "supcon", "rnc", "conr", "mixsupcon", "supremix")
     overlay = tmp_path / "only_supremix.json"
-    overlay.write_text(json.dumps({"pretrain#loss_kwargs": {"supremix": {"temperature": 0.1}}}))
+    overlay.write_text(json.dumps({"loss_kwargs": {"supremix": {"temperature": 0.1}}}))
     assert bundle_methods([UKB[0], str(overlay)]) == ("vanilla", "supremix")
-    overlay.write_text(json.dumps({"pretrain#loss_kwargs#simcse": {}}))  # a sentence-pair bundle adds SimCSE
+    overlay.write_text(json.dumps({"loss_kwargs#simcse": {}}))  # a sentence-pair bundle adds SimCSE
     assert bundle_methods([UKB[0], str(overlay)])[-2:] == ("simcse", "supremix")
 
 
 def test_bundle_command_passes_the_config_list_seed_and_overrides():
     command = bundle_command(UKB, "rnc", "out/rnc", seed=7, overrides={"pretrain_epochs": "2"})
     assert command[:4] == [sys.executable, "-m", "monai.bundle", "run"]
-    assert command[4:] == ["--config_file", repr(UKB), "--method", "rnc", "--output_dir", "out/rnc", "--seed", "7",
-                           "--pretrain_epochs", "2"]
+    assert command[4:] == ["--config_file", repr([str(Path(f).resolve()) for f in UKB]), "--method", "rnc",
+                           "--output_dir", str(Path("out/rnc").resolve()), "--seed", "7", "--pretrain_epochs", "2"]
 
 
 def test_every_method_runs_with_the_same_seed_and_budget(fake_launcher, tmp_path):

@@ -5,7 +5,7 @@ import importlib.util
 import pytest
 
 from supremix_med.demo import DEMOS, demo_commands, main
-from supremix_med.recipes import bundle_names
+from supremix_med.bundles import bundle_names
 
 
 @pytest.mark.parametrize("bundle", bundle_names())

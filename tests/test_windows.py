@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -13,7 +14,10 @@ from monai.data import DataLoader, Dataset, MetaTensor
 from monai.engines import SupervisedEvaluator
 from monai.transforms import RandSpatialCropd
 
-from supremix_med.engines import SubjectAveragingCollector, WindowAveragingInferer, evaluate_and_report, sliding_windows
+from supremix_med.engines import (
+    BiasCorrectionHandler, SelectedModelLoader, SubjectAveragingCollector, TestReport, WindowAveragingInferer,
+    sliding_windows,
+)
 from supremix_med.networks import build_model
 
 
@@ -128,29 +132,33 @@ def test_subject_collector_numeric_subjects_and_errors():
         _run_batches(collector, [{k: v for k, v in batch.items() if k != "subject"}])
 
 
-def test_window_and_subject_averaging_drive_evaluate_and_report(tmp_path):
-    """A 1-D ResNet in SupervisedEvaluators with both pieces: evaluate_and_report writes per-subject results."""
+def test_window_and_subject_averaging_drive_the_test_report(tmp_path):
+    """A 1-D ResNet in SupervisedEvaluators with both pieces: the report handlers write per-subject results."""
     rng = np.random.default_rng(0)
     items = [{"image": torch.as_tensor(rng.standard_normal((8, 24)), dtype=torch.float32),
               "label": torch.tensor([30.0 + 10 * s]), "id": f"sub-{s}_run-{r}", "subject": f"sub-{s}"}
              for s in range(3) for r in range(2)]
     network = build_model("resnet18_1d", in_channels=8, widen_factor=0.125, projection_dim=4)
 
-    def evaluator() -> tuple[SupervisedEvaluator, SubjectAveragingCollector]:
+    def evaluator(handlers=()) -> tuple[SupervisedEvaluator, SubjectAveragingCollector]:
         collector = SubjectAveragingCollector()
         engine = SupervisedEvaluator(device="cpu", val_data_loader=DataLoader(Dataset(items), batch_size=4),
                                      network=network, inferer=WindowAveragingInferer(window=16, stride=4),
-                                     val_handlers=[collector], decollate=False)
+                                     val_handlers=[*handlers, collector], decollate=False)
         return engine, collector
 
-    (val, val_collector), (test, test_collector) = evaluator(), evaluator()
-    metrics = evaluate_and_report(network, tmp_path / "missing.pt", test, test_collector, [30.0, 40.0, 50.0],
-                                  tmp_path / "out", tmp_path, val, val_collector)
+    val, val_collector = evaluator()
+    bias = BiasCorrectionHandler("beheshti", tmp_path / "bias_correction.json", val, val_collector)
+    test, test_collector = evaluator([SelectedModelLoader(network, tmp_path / "missing.pt"), bias])
+    report = TestReport(test_collector, tmp_path / "out", SimpleNamespace(labels=[30.0, 40.0, 50.0]), bias)
+    report.attach(test)
+    test.run()
     predictions = pd.read_csv(tmp_path / "out" / "predictions.csv")
     assert predictions["subject"].tolist() == ["sub-0", "sub-1", "sub-2"]
     assert predictions["n_runs"].tolist() == [2, 2, 2]
-    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["mae"] == pytest.approx(metrics["mae"])
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["mae"] == pytest.approx(report.metrics["mae"])
     assert (tmp_path / "bias_correction.json").is_file()
+
 
 def test_sliding_windows_cover_the_series_numpy_and_torch():
     series = np.arange(2 * 10, dtype=np.float32).reshape(2, 10)

@@ -3,8 +3,9 @@
 Raw-format sources read without a cache (faces, sentence pairs, tables) are in :mod:`supremix_med.data.sources`;
 the synthetic demo cohorts are in :mod:`supremix_med.demo`.
 
-``CachedDataset`` is imported lazily: worker processes that only build caches import this package and
-should not pay for importing MONAI.
+The MONAI-facing names (``CachedDataset``, ``collate_fn``, ``covariate_transforms``, ``covariate_inputs``) are
+imported lazily: worker processes that only build caches import this package and should not pay for importing
+MONAI.
 """
 
 from supremix_med.data.cache import CacheInfo, build_cache, read_cache_info, read_fingerprint
@@ -12,12 +13,16 @@ from supremix_med.data.manifest import load_manifest, validate_manifest
 from supremix_med.data.splits import SPLITS, assign_splits, select_splits
 
 __all__ = ["CacheInfo", "build_cache", "read_cache_info", "read_fingerprint", "load_manifest",
-           "validate_manifest", "SPLITS", "assign_splits", "CachedDataset", "select_splits"]
+           "validate_manifest", "SPLITS", "assign_splits", "select_splits", "CachedDataset", "collate_fn",
+           "covariate_inputs", "covariate_transforms"]
+
+_LAZY = {"CachedDataset": "datasets", "collate_fn": "datasets", "covariate_inputs": "covariates",
+         "covariate_transforms": "covariates"}
 
 
 def __getattr__(name: str):
-    if name == "CachedDataset":
-        from supremix_med.data.datasets import CachedDataset
+    if name in _LAZY:
+        import importlib
 
-        return CachedDataset
+        return getattr(importlib.import_module(f"supremix_med.data.{_LAZY[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -21,14 +21,15 @@ made-up covariate.
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-__all__ = ["CATEGORY_CODES", "COVARIATES_KEY", "EncodeCovariatesd", "encode_covariate"]
+__all__ = ["CATEGORY_CODES", "COVARIATES_KEY", "EncodeCovariatesd", "covariate_inputs", "covariate_transforms",
+           "encode_covariate"]
 
 #: Batch key of the encoded covariates [B, C], the network's ``covariates`` argument.
 COVARIATES_KEY = "covariates"
@@ -103,3 +104,12 @@ class EncodeCovariatesd(MapTransform):
         item[self.output_key] = torch.tensor(values, dtype=torch.float32)
         return item
 
+
+def covariate_transforms(covariates: Sequence[str]) -> list[MapTransform]:
+    """The transforms that put a model's covariates into its items: ``[EncodeCovariatesd(covariates)]``, or none."""
+    return [EncodeCovariatesd(covariates)] if covariates else []
+
+
+def covariate_inputs(covariates: Sequence[str]) -> dict[str, str]:
+    """Extra network inputs for MONAI's ``PrepareBatchExtraInput``: ``{"covariates": "covariates"}``, or none."""
+    return {COVARIATES_KEY: COVARIATES_KEY} if covariates else {}

@@ -13,13 +13,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from monai.data import Dataset
+from monai.data import Dataset, list_data_collate
 
 from .cache import MANIFEST_FILE, array_path, read_cache_info
 from .manifest import read_manifest_csv
 from .splits import select_splits
 
-__all__ = ["CachedDataset", "RecordDataset"]
+__all__ = ["CachedDataset", "RecordDataset", "collate_fn"]
 
 
 _CHUNK = 32768  # elements per conversion step: torch's intra-op grain size, so each step runs on one thread
@@ -166,3 +166,8 @@ class CachedDataset(RecordDataset):
             item[c] = torch.tensor([value], dtype=torch.float32) if isinstance(value, float) else value
         return self.transform(item)
 
+
+def collate_fn(dataset: Any) -> Callable:
+    """How a DataLoader batches ``dataset``'s items: the dataset's own ``collate_fn`` when it has one (e.g. sentence
+    pairs padded per batch), else MONAI's ``list_data_collate``."""
+    return getattr(dataset, "collate_fn", None) or list_data_collate

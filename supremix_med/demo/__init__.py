@@ -24,7 +24,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from supremix_med.recipes import BUNDLES_DIR
+from supremix_med.bundles import bundles_dir
 
 __all__ = ["DEMOS", "Demo", "demo_commands", "main"]
 
@@ -71,8 +71,11 @@ DEMOS: dict[str, Demo] = {
 }
 
 
-def demo_commands(bundle: str, output_dir: str | Path, bundles_dir: str | Path = BUNDLES_DIR) -> list[list[str]]:
+def demo_commands(bundle: str, output_dir: str | Path, folder: str | Path | None = None) -> list[list[str]]:
     """The argv of every command the demo of ``bundle`` runs, in order, writing under ``output_dir``.
+
+    The bundle run reads ``train.json`` + ``demo.json`` of ``folder`` (default: :func:`~supremix_med.bundles.bundles_dir`)
+    and must start in ``folder``'s parent, where the configs' macros (``bundles/_base/...``) resolve.
 
     Raises:
         ValueError: ``bundle`` has no demo (the message lists those that have one).
@@ -81,7 +84,7 @@ def demo_commands(bundle: str, output_dir: str | Path, bundles_dir: str | Path =
         raise ValueError(f"bundle {bundle!r} has no demo; demos exist for {sorted(DEMOS)}.")
     demo, out = DEMOS[bundle], str(output_dir)
     steps = [[sys.executable, "-m", *(arg.format(out=out) for arg in step)] for step in demo.steps]
-    configs = [str(Path(bundles_dir) / bundle / name) for name in ("train.json", "demo.json")]
+    configs = [str(Path(folder or bundles_dir()) / bundle / name) for name in ("train.json", "demo.json")]
     train = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(configs),
              "--dataset_dir", demo.dataset_dir.format(out=out), "--output_dir", out]
     return steps + [train]
@@ -96,10 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry_run", action="store_true", help="print the commands without running them")
     args = parser.parse_args(argv)
     output = args.output or Path("outputs") / "demo" / args.bundle
-    for command in demo_commands(args.bundle, output):
+    root = bundles_dir().parent
+    for command in demo_commands(args.bundle, output.resolve()):
         print("+ " + " ".join(command), flush=True)
         if not args.dry_run:
-            code = subprocess.call(command)
+            code = subprocess.call(command, cwd=root)
             if code:
                 print(f"demo step failed with exit code {code}; re-run to resume", file=sys.stderr)
                 return code

@@ -1,25 +1,35 @@
-"""Ignite/MONAI pieces wired by bundle configs: batch preparation, pre-training set-up, reporting, run steps."""
+"""Ignite/MONAI pieces wired by bundle configs: batch preparation, pre-training set-up, handlers, reporting.
+
+The only room of the library that imports ignite (with :mod:`supremix_med.inference`, whose writer is a handler).
+"""
 
 from supremix_med.engines.batches import ContrastiveBatch, multi_view_transform
-from supremix_med.engines.handlers import FDSUpdateHandler
+from supremix_med.engines.distributed import (
+    barrier, distributed, distributed_module, distributed_sampler, rank, rank_handlers, world_size, writes_files,
+)
+from supremix_med.engines.handlers import FDSUpdateHandler, FineTuningStart, SelectedModelLoader
 from supremix_med.engines.metrics import (
-    RegressionEpochMetric, as_prediction_pair, from_engine_regression, regression_ignite_metric, regression_ignite_metrics,
+    RegressionEpochMetric, as_prediction_pair, lower_is_better, from_engine_regression, regression_ignite_metric, regression_ignite_metrics,
 )
 from supremix_med.engines.pretraining import (
     METHODS, PRETRAINING_METHODS, SENTENCE_PAIR_METHODS, ConRObjective, Pretraining, SentenceEmbedder, pretraining_setup,
 )
-from supremix_med.engines.reporting import PredictionCollector, plot_predictions, write_report
-from supremix_med.engines.workflow import evaluate_and_report, load_weights, run_pretraining, save_run_config
+from supremix_med.engines.reporting import (
+    BiasCorrectionHandler, PredictionCollector, TestReport, plot_predictions, write_report,
+)
+from supremix_med.engines.workflow import load_weights, save_run_config
 from supremix_med.engines.windows import SubjectAveragingCollector, WindowAveragingInferer, sliding_windows
 
 __all__ = [
     "ContrastiveBatch", "multi_view_transform",
-    "FDSUpdateHandler",
-    "RegressionEpochMetric", "as_prediction_pair", "from_engine_regression", "regression_ignite_metric",
+    "barrier", "distributed", "distributed_module", "distributed_sampler", "rank", "rank_handlers", "world_size",
+    "writes_files",
+    "FDSUpdateHandler", "FineTuningStart", "SelectedModelLoader",
+    "RegressionEpochMetric", "as_prediction_pair", "lower_is_better", "from_engine_regression", "regression_ignite_metric",
     "regression_ignite_metrics",
     "METHODS", "PRETRAINING_METHODS", "SENTENCE_PAIR_METHODS", "ConRObjective", "Pretraining", "SentenceEmbedder",
     "pretraining_setup",
-    "PredictionCollector", "plot_predictions", "write_report",
-    "evaluate_and_report", "load_weights", "run_pretraining", "save_run_config",
+    "BiasCorrectionHandler", "PredictionCollector", "TestReport", "plot_predictions", "write_report",
+    "load_weights", "save_run_config",
     "SubjectAveragingCollector", "WindowAveragingInferer", "sliding_windows",
 ]

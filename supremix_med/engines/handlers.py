@@ -1,18 +1,92 @@
-"""Ignite handlers that the bundle configs attach to MONAI's engines.
+"""Ignite handlers that the bundle configs attach to MONAI's engines (the reporting ones are in :mod:`.reporting`).
 
+- :class:`FineTuningStart`: at the start of fine-tuning, the target statistics and the frozen encoder.
+- :class:`SelectedModelLoader`: the model that validation selected, loaded before an evaluation.
 - :class:`FDSUpdateHandler`: the epoch protocol of feature-distribution smoothing (:mod:`supremix_med.imbalance`).
 """
 
 from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
 
 import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 from torch import nn
 
+from supremix_med.engines.distributed import barrier
+from supremix_med.engines.workflow import load_weights
 from supremix_med.imbalance.fds import FDS
 
-__all__ = ["FDSUpdateHandler"]
+__all__ = ["FDSUpdateHandler", "FineTuningStart", "SelectedModelLoader"]
+
+logger = logging.getLogger(__name__)
+
+
+class FineTuningStart:
+    """At a fine-tuning trainer's start: standardise targets with the training labels, freeze the encoder or not.
+
+    Args:
+        network: the :class:`~supremix_med.networks.ContrastiveRegressor` being fine-tuned.
+        dataset: the training dataset; its ``labels`` [N] (read when fine-tuning starts, so a config opens
+            without data) give the target mean and standard deviation the regressor predicts in.
+        frozen_encoder: keep the encoder frozen (a linear probe); see ``Pretraining.frozen_encoder``.
+
+    Example (a bundle's ``train#handlers``)::
+
+        {"_target_": "supremix_med.engines.FineTuningStart", "network": "@network",
+         "dataset": "@train#dataset", "frozen_encoder": "$@pretrain#setup.frozen_encoder"}
+    """
+
+    def __init__(self, network: nn.Module, dataset, frozen_encoder: bool = False) -> None:
+        self.network = network
+        self.dataset = dataset
+        self.frozen_encoder = bool(frozen_encoder)
+
+    def attach(self, engine: Engine) -> None:
+        """Run :meth:`__call__` when ``engine`` starts."""
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine | None = None) -> None:
+        self.network.set_target_statistics(self.dataset.labels)
+        self.network.freeze_encoder(self.frozen_encoder)
+
+
+class SelectedModelLoader:
+    """Before an evaluation runs, load the weights that validation selected (``model.pt``) into the network.
+
+    Under ``torch.distributed`` every rank waits for the others first (rank 0 may still be writing the file)
+    and then loads it.
+
+    Args:
+        network: the evaluated model (possibly wrapped in DistributedDataParallel).
+        checkpoint: the state-dict file, e.g. ``<ckpt_dir>/model.pt``.
+        required: a missing file is an error (evaluating a trained model); otherwise (no validation ran during
+            training) the network's current weights are evaluated, with a warning.
+
+    Raises:
+        FileNotFoundError: ``required`` and no file at ``checkpoint`` (the message names it).
+    """
+
+    def __init__(self, network: nn.Module, checkpoint: str | os.PathLike, required: bool = False) -> None:
+        self.network = network
+        self.checkpoint = Path(checkpoint)
+        self.required = required
+
+    def attach(self, engine: Engine) -> None:
+        """Run :meth:`__call__` when ``engine`` starts."""
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine | None = None) -> None:
+        barrier()
+        device = next(self.network.parameters()).device
+        if not load_weights(self.network, self.checkpoint, device=device):
+            if self.required:
+                raise FileNotFoundError(f"no trained model at {self.checkpoint}: train one first, or point ckpt_dir at "
+                                        f"the models folder of a training run.")
+            logger.warning("no checkpoint at %s: evaluating the network's current weights", self.checkpoint)
 class FDSUpdateHandler:
     """Ignite handler that runs FDS's epoch protocol for a model with an ``fds`` layer.
 

@@ -27,7 +27,7 @@ from monai.utils import convert_to_tensor
 
 from supremix_med.metrics.regression import REGRESSION_METRICS
 
-__all__ = ["as_prediction_pair", "from_engine_regression", "RegressionEpochMetric", "regression_ignite_metric",
+__all__ = ["lower_is_better", "as_prediction_pair", "from_engine_regression", "RegressionEpochMetric", "regression_ignite_metric",
            "regression_ignite_metrics"]
 
 _RUNNING_METRICS: dict[str, type[Metric]] = {"mae": MeanAbsoluteError, "mse": MeanSquaredError}
@@ -107,3 +107,9 @@ def regression_ignite_metrics(
 ) -> dict[str, Metric]:
     """``{name: metric}`` for :func:`regression_ignite_metric` of every name (a MONAI evaluator's metric dict)."""
     return {name: regression_ignite_metric(name, output_transform, device) for name in names}
+
+
+def lower_is_better(current: float, best: float) -> bool:
+    """``metric_cmp_fn`` of MONAI engines for errors (MAE): ``current`` improves on ``best`` when it is lower, and
+    any value improves on MONAI's initial best of -1."""
+    return best < 0 or current < best

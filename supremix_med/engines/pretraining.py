@@ -1,8 +1,10 @@
 """What contrastive pre-training needs per method: the network view of the model, the loss, the batches.
 
 ``--method`` picks one of :data:`PRETRAINING_METHODS` (or ``vanilla``: no pre-training, plain L1 regression
-from scratch). All methods train the same :class:`~supremix_med.networks.ContrastiveRegressor`'s encoder and
-projection head, so fine-tuning continues on the very same module:
+from scratch). :func:`pretraining_setup` is the one place that decides what a method means, down to its number
+of pre-training epochs and whether fine-tuning may freeze its encoder; bundle configs read its answer. All
+methods train the same :class:`~supremix_med.networks.ContrastiveRegressor`'s encoder and projection head, so
+fine-tuning continues on the very same module:
 
 - ``supremix``, ``supcon``, ``rnc``: projections [B, V, P] of V views -> the contrastive loss with labels [B].
 - ``mixsupcon``: the same on input-level mixup (mixed inputs and labels, ``ContrastiveBatch(mixup_alpha=...)``).
@@ -89,38 +91,55 @@ class SentenceEmbedder(nn.Module):
 
 @dataclass
 class Pretraining:
-    """The three method-specific pieces of a pre-training ``SupervisedTrainer``.
+    """What a bundle's pre-training phase is for one ``method``: the one place that decides it.
 
-    ``loss_function`` is None for ``vanilla``: its trainer has ``max_epochs=0`` and never runs.
+    Attributes:
+        network: the module the pre-training ``SupervisedTrainer`` trains (a view of the model).
+        loss_function: the objective; ``None`` for ``vanilla``.
+        prepare_batch: turns a batch into views (and labels) for ``network``.
+        epochs: pre-training epochs: the requested number, or 0 for ``vanilla`` (no pre-training: bundles run
+            the pre-training trainer only when ``epochs > 0``).
+        frozen_encoder: whether fine-tuning keeps the encoder frozen (a linear probe): the requested
+            ``linear_probe``, except for ``vanilla``, whose encoder has nothing to probe and always trains end to
+            end.
     """
 
     network: nn.Module
     loss_function: nn.Module | None
     prepare_batch: ContrastiveBatch
+    epochs: int = 0
+    frozen_encoder: bool = False
 
 
 def pretraining_setup(method: str, model: ContrastiveRegressor, loss_kwargs: Mapping[str, Mapping] | None = None,
-                      view_keys: Sequence[str] = ("image",), conr_weight: float = 1.0) -> Pretraining:
-    """Build the pre-training network view, loss and batch preparation for ``method``.
+                      view_keys: Sequence[str] = ("image",), epochs: int = 0, linear_probe: bool = False,
+                      conr_weight: float = 1.0) -> Pretraining:
+    """Decide what pre-training ``method`` means: network view, loss, batch preparation, epochs and probe.
 
     Args:
-        method: one of :data:`METHODS` (``vanilla`` gives a set-up without a loss).
+        method: one of :data:`METHODS`; ``vanilla`` gives a set-up without a loss, with 0 epochs and an encoder
+            trained end to end.
         model: the model whose encoder (and projection head) pre-training trains.
         loss_kwargs: per-method keyword arguments of the loss, e.g. ``{"supremix": {"temperature": 0.5}}``;
             only ``loss_kwargs[method]`` is used.
         view_keys: batch keys of the V views (see :class:`ContrastiveBatch`).
+        epochs: requested pre-training epochs (>= 0).
+        linear_probe: requested linear probe (frozen encoder during fine-tuning).
         conr_weight: weight of the ConR term against the L1 regression term (``conr`` only).
     """
     method = method.lower()
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}.")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"pretraining_setup: epochs must be an integer >= 0, got {epochs!r}.")
     if method == "vanilla":
         return Pretraining(MultiViewProjector(model), None, ContrastiveBatch(view_keys))
     loss = get_loss(method, **dict((loss_kwargs or {}).get(method, {})))
+    phase = {"epochs": epochs, "frozen_encoder": bool(linear_probe)}
     if method == "conr":
         return Pretraining(JointProjectorRegressor(model), ConRObjective(loss, conr_weight),
-                           ContrastiveBatch(view_keys))
+                           ContrastiveBatch(view_keys), **phase)
     if method in SENTENCE_PAIR_METHODS:
-        return Pretraining(SentenceEmbedder(model), loss, ContrastiveBatch(view_keys))
+        return Pretraining(SentenceEmbedder(model), loss, ContrastiveBatch(view_keys), **phase)
     mixup_alpha = getattr(loss, "mixup_alpha", None) if method == "mixsupcon" else None
-    return Pretraining(MultiViewProjector(model), loss, ContrastiveBatch(view_keys, mixup_alpha=mixup_alpha))
+    return Pretraining(MultiViewProjector(model), loss, ContrastiveBatch(view_keys, mixup_alpha=mixup_alpha), **phase)

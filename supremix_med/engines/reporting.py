@@ -4,6 +4,10 @@ The evaluators run with ``decollate=False`` so each iteration's output holds ``p
 [B, 1] and ``engine.state.batch["id"]`` the sample ids. :class:`PredictionCollector` keeps them;
 :func:`write_report` turns the test set's predictions into the files users read, with the brain-age gap
 corrected by a :class:`~supremix_med.metrics.BiasCorrection` fitted on the validation set.
+
+A bundle's test evaluator reports through two handlers: :class:`BiasCorrectionHandler` (fit the correction on
+the validation predictions of the selected model, or load a stored one) and :class:`TestReport` (write the
+files when the test epoch completes).
 """
 
 from __future__ import annotations
@@ -12,15 +16,18 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import torch
 from ignite.engine import Engine, Events
 
+from supremix_med.engines.distributed import world_size, writes_files
 from supremix_med.io import atomic_write, atomic_write_json
 from supremix_med.metrics import BiasCorrection, regression_metrics, shot_metrics
 
-__all__ = ["PredictionCollector", "atomic_write", "atomic_write_json", "write_report", "plot_predictions"]
+__all__ = ["BiasCorrectionHandler", "PredictionCollector", "TestReport", "plot_predictions", "write_report"]
 
 
 class PredictionCollector:
@@ -140,3 +147,82 @@ def write_report(test: pd.DataFrame, output_dir: str | os.PathLike, train_target
     plot_predictions(frame, output_dir / "predictions.png", target_name,
                      title=f"test MAE {metrics['mae']:.2f} (mean-baseline {metrics['baseline_mae']:.2f})")
     return metrics
+
+
+class BiasCorrectionHandler:
+    """At an evaluator's start: the brain-age bias correction, fitted on validation predictions or loaded.
+
+    Fitting runs ``evaluator`` (the validation evaluator, with the selected model already loaded) and fits a
+    :class:`~supremix_med.metrics.BiasCorrection` on its collected predictions; rank 0 saves it to ``path``.
+    Without an evaluator the correction stored at ``path`` is loaded (a trained model's evaluation).
+
+    Args:
+        method: ``"beheshti"`` or ``"cole"``; ``None``: no correction (targets other than brain age).
+        path: where the fitted correction is saved, or read from.
+        evaluator, collector: the validation evaluator and its :class:`PredictionCollector`; ``None`` to load.
+        target: the target column's name.
+
+    Attributes:
+        correction: the fitted or loaded correction (``None`` until the evaluator starts, or without a method).
+    """
+
+    def __init__(self, method: str | None, path: str | os.PathLike, evaluator: Engine | None = None,
+                 collector: PredictionCollector | None = None, target: str = "age") -> None:
+        if (evaluator is None) != (collector is None):
+            raise ValueError("BiasCorrectionHandler: give both the validation evaluator and its collector, or neither.")
+        self.method, self.path, self.target = method, Path(path), target
+        self.evaluator, self.collector = evaluator, collector
+        self.correction: BiasCorrection | None = None
+
+    def attach(self, engine: Engine) -> None:
+        """Fit or load when ``engine`` starts."""
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine | None = None) -> None:
+        if self.method is None:
+            self.correction = None
+        elif self.evaluator is None:
+            self.correction = BiasCorrection.load(self.path)
+        else:
+            self.evaluator.run()
+            val = self.collector.frame(self.target)
+            self.correction = BiasCorrection(self.method).fit(val[f"predicted_{self.target}"], val[self.target])
+            if writes_files():
+                self.correction.save(self.path)
+
+
+class TestReport:
+    """When a test evaluator completes: write ``metrics.json``, ``predictions.csv`` and the plot (rank 0).
+
+    Args:
+        collector: the test evaluator's :class:`PredictionCollector` (attached before this handler).
+        output_dir: where the files go.
+        train_dataset: the training dataset; its ``labels`` give ``baseline_mae`` and the shot groups.
+        bias_correction: the :class:`BiasCorrectionHandler` of the same evaluator, or ``None``.
+        target: the target column's name.
+        shots: shot-group rule (see :func:`write_report`), or ``None``.
+        run_info: entries describing the run for ``metrics.json`` (method, epochs, ...); ``world_size`` is added.
+
+    Attributes:
+        metrics: what was written (empty on ranks other than 0, or before completion).
+    """
+
+    def __init__(self, collector: PredictionCollector, output_dir: str | os.PathLike, train_dataset,
+                 bias_correction: BiasCorrectionHandler | None = None, target: str = "age",
+                 shots: Mapping | None = None, run_info: Mapping[str, Any] | None = None) -> None:
+        self.collector, self.output_dir, self.train_dataset = collector, output_dir, train_dataset
+        self.bias_correction, self.target, self.shots = bias_correction, target, shots
+        self.run_info = dict(run_info or {})
+        self.metrics: dict = {}
+
+    def attach(self, engine: Engine) -> None:
+        """Write the report when ``engine`` completes."""
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine | None = None) -> None:
+        test = self.collector.frame(self.target)
+        if not writes_files():
+            return
+        correction = self.bias_correction.correction if self.bias_correction is not None else None
+        self.metrics = write_report(test, self.output_dir, self.train_dataset.labels, correction, self.target,
+                                    {**self.run_info, "world_size": world_size()}, self.shots)

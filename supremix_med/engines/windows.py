@@ -17,7 +17,7 @@ such as ``resnet18_1d`` see windows of W frames:
 - **Evaluation** predicts every window that ``sliding_windows`` cuts from a series and
   averages them: :class:`WindowAveragingInferer` (the evaluators' ``inferer``), so a run gets one prediction.
 - **Per subject**: :class:`SubjectAveragingCollector` (the evaluators' collector) averages the predictions of
-  a subject's runs, so ``evaluate_and_report`` writes metrics, ``predictions.csv`` and the bias correction per
+  a subject's runs, so the test report writes metrics, ``predictions.csv`` and the bias correction per
   subject, not per run.
 """
 

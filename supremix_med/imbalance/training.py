@@ -55,7 +55,7 @@ def _settings(value: bool | Mapping[str, Any] | None, name: str, allowed: set[st
     return dict(value)
 
 
-def regression_loss(train_labels: ArrayLike, lds: bool | Mapping[str, Any] | None = None) -> nn.Module:
+def regression_loss(train_labels: ArrayLike | Any, lds: bool | Mapping[str, Any] | None = None) -> nn.Module:
     """The fine-tuning loss ``(pred, target) -> scalar`` in label units (the model's predictions and the raw
     targets), optionally weighted by label-distribution smoothing.
 
@@ -63,14 +63,16 @@ def regression_loss(train_labels: ArrayLike, lds: bool | Mapping[str, Any] | Non
     sample ([B] or [B, 1]) by the weight of its label.
 
     Args:
-        train_labels: [N] or [N, 1] training targets, label units (used only with LDS, to fit the density).
+        train_labels: [N] or [N, 1] training targets, label units (used only with LDS, to fit the density), or a
+            dataset whose ``labels`` are read the first time the loss is called (so a bundle config can build
+            its loss before any data is there).
         lds: ``None``/``False``: ``torch.nn.L1Loss()``. ``True``: :class:`LDSL1Loss` with the default
             :class:`LDSWeights` (bins of width 1, Gaussian kernel of size 5 and sigma 2, inverse density).
             A mapping: :class:`LDSWeights` keyword arguments (``bin_width``, ``kernel``, ``kernel_size``,
             ``sigma``, ``reweight``, ``clip_max``).
 
     Returns:
-        the loss module; with LDS its weights have mean 1 over ``train_labels``, so the loss is on the scale
+        the loss module; with LDS its weights have mean 1 over the training labels, so the loss is on the scale
         of the plain L1 loss.
 
     Raises:
@@ -79,7 +81,25 @@ def regression_loss(train_labels: ArrayLike, lds: bool | Mapping[str, Any] | Non
     settings = _settings(lds, "lds", _keywords(LDSWeights))
     if settings is None:
         return nn.L1Loss()
-    return LDSL1Loss(LDSWeights(**settings).fit(train_labels))
+    weights = LDSWeights(**settings)  # settings are checked now, the density is fitted on the labels
+    if hasattr(train_labels, "labels"):
+        return _DatasetLDSL1Loss(weights, train_labels)
+    return LDSL1Loss(weights.fit(train_labels))
+
+
+class _DatasetLDSL1Loss(nn.Module):
+    """:class:`LDSL1Loss` fitted on ``dataset.labels`` when first called (the dataset is read at training time)."""
+
+    def __init__(self, weights: LDSWeights, dataset: Any) -> None:
+        super().__init__()
+        self.weights, self.dataset = weights, dataset
+        self.loss: LDSL1Loss | None = None
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Weighted L1 of predictions and targets, as :meth:`LDSL1Loss.forward`."""
+        if self.loss is None:
+            self.loss = LDSL1Loss(self.weights.fit(self.dataset.labels)).to(target.device)
+        return self.loss(input, target)
 
 
 def build_fds(feature_dim: int, fds: bool | Mapping[str, Any] | None = None,

@@ -15,19 +15,23 @@ With ``"covariates": ["sex"]`` the model's regressor also takes one covariate pe
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from supremix_med.imbalance.training import build_fds  # no ignite: building a network needs no engine
+from supremix_med.imbalance.training import build_fds
 
 from .encoders import BiLSTMPairEncoder, MLPEncoder, ResNetEncoder, resnet18_1d, resnet18_3d, resnet50_2d
 from .model import ContrastiveRegressor
 
-__all__ = ["ENCODERS", "build_encoder", "build_model"]
+__all__ = ["ENCODERS", "MODEL_CONFIG", "build_encoder", "build_model", "stored_model_config"]
 
+#: File beside a trained model holding its :func:`build_model` arguments.
+MODEL_CONFIG = "model_config.json"
 #: Encoder constructors by name; every one returns a module with ``out_features``.
 ENCODERS: dict[str, Callable[..., nn.Module]] = {
     "resnet18_3d": resnet18_3d,
@@ -99,3 +103,27 @@ def build_model(
     if encoder_checkpoint is not None:
         model.load_encoder(encoder_checkpoint)
     return model.freeze_encoder(freeze_encoder)
+
+
+def stored_model_config(ckpt_dir: str | os.PathLike, declared: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The :func:`build_model` arguments of the model in ``ckpt_dir`` (its ``model_config.json``, written by
+    training), or ``declared`` (the bundle's architecture) while the folder holds no model yet, so a config
+    builds its network before any model exists.
+
+    Raises:
+        FileNotFoundError: no ``model_config.json`` and nothing ``declared`` (the message names the file).
+        ValueError: ``model_config.json`` exists but is not a JSON object (the message names the file).
+    """
+    path = Path(ckpt_dir) / MODEL_CONFIG
+    if not path.is_file():
+        if declared is None:
+            raise FileNotFoundError(f"no {MODEL_CONFIG} at {path}: point ckpt_dir at the models folder of a "
+                                    f"training run.")
+        return dict(declared)
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: cannot read the model config ({err}).") from err
+    if not isinstance(stored, dict):
+        raise ValueError(f"{path}: expected a JSON object of build_model arguments, got {type(stored).__name__}.")
+    return stored

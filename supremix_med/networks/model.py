@@ -229,6 +229,11 @@ class ContrastiveRegressor(nn.Module):
         self.encoder.requires_grad_(not frozen)
         return self.train(self.training)
 
+    def fine_tuning_parameters(self, frozen_encoder: bool = False) -> list[nn.Parameter]:
+        """The parameters fine-tuning optimises: all of them, or all but the encoder's for a linear probe."""
+        excluded = {id(p) for p in self.encoder.parameters()} if frozen_encoder else set()
+        return [p for p in self.parameters() if id(p) not in excluded]
+
     def train(self, mode: bool = True) -> ContrastiveRegressor:
         """Set train/eval mode like :meth:`torch.nn.Module.train`, keeping a frozen encoder in eval mode."""
         super().train(mode)

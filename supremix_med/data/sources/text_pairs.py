@@ -36,6 +36,7 @@ a batch to its longest sentence: tokens [B, 2, L_max], the input of
 from __future__ import annotations
 
 import csv
+import functools
 import gzip
 import logging
 import os
@@ -403,6 +404,11 @@ class TextPairDataset(Dataset):
                                   self.pairs.get(SCORE_COLUMN, [None] * len(self.pairs)))
         ]
         super().__init__(data=records, transform=transform)
+
+    @property
+    def collate_fn(self) -> Callable[[Sequence[Mapping[str, Any]]], dict[str, Any]]:
+        """How a DataLoader batches these items: :func:`collate_pairs` on this dataset's key."""
+        return functools.partial(collate_pairs, key=self.key)
 
     def _transform(self, index: int) -> Any:
         record = self.data[index]

@@ -1,0 +1,69 @@
+"""``torch.distributed`` awareness of the bundle recipe, so one ``train.json`` runs on one process or under torchrun.
+
+Every helper looks at whether a process group is initialised (``multi_gpu_train.json`` initialises one in its
+``initialize`` step, before any component is built): without one they return the single-process choice.
+Every rank runs every engine and every handler of :func:`rank_handlers`' first list (the evaluators' metrics
+synchronise across ranks); only rank 0 logs, checkpoints and writes files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import Dataset, DistributedSampler
+
+__all__ = ["barrier", "distributed", "distributed_module", "distributed_sampler", "rank", "rank_handlers",
+           "world_size", "writes_files"]
+
+
+def distributed() -> bool:
+    """True inside an initialised ``torch.distributed`` process group."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    """This process's rank (0 without ``torch.distributed``)."""
+    return dist.get_rank() if distributed() else 0
+
+
+def world_size() -> int:
+    """Number of processes of the run (1 without ``torch.distributed``)."""
+    return dist.get_world_size() if distributed() else 1
+
+
+def writes_files() -> bool:
+    """True on the process that writes a run's files: the only one, or rank 0."""
+    return rank() == 0
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op without ``torch.distributed``)."""
+    if distributed():
+        dist.barrier()
+
+
+def distributed_sampler(dataset: Dataset, shuffle: bool = True, drop_last: bool = False) -> DistributedSampler | None:
+    """A ``DistributedSampler`` giving each rank its share of ``dataset``, or ``None`` on one process (the
+    DataLoader then shuffles itself). MONAI's trainers call its ``set_epoch`` at every epoch."""
+    if not distributed():
+        return None
+    return DistributedSampler(dataset, shuffle=shuffle, drop_last=drop_last)
+
+
+def distributed_module(module: nn.Module, device: torch.device | str) -> nn.Module:
+    """``module`` wrapped in ``DistributedDataParallel`` under ``torch.distributed`` (on ``device`` with CUDA),
+    else ``module`` itself. Unused parameters are allowed: pre-training does not use the regressor head."""
+    if not distributed():
+        return module
+    device_ids = [torch.device(device)] if torch.cuda.is_available() else None
+    return nn.parallel.DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=True)
+
+
+def rank_handlers(every_rank: Sequence[Any], rank0: Sequence[Any]) -> list[Any]:
+    """An engine's handlers: ``every_rank`` (state every rank must keep in step, e.g. validation, schedules), then
+    ``rank0`` (logging, checkpoints) on the process that writes files."""
+    return [*every_rank, *(rank0 if writes_files() else ())]

@@ -1,0 +1,95 @@
+"""The bundles' composition: every bundle takes the shared recipe (bundles/_base) through MONAI macros."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from monai.bundle import ConfigParser
+
+from supremix_med.bundles import BASE, ENV_VAR, bundle_names, bundles_dir, load_config, resolve_macros
+
+from conftest import BUNDLES, REPO
+
+NAMES = bundle_names(BUNDLES)
+#: Files every bundle folder has (MONAI's layout plus the demo overlay and the README).
+STANDARD = ("train.json", "evaluate.json", "inference.json", "multi_gpu_train.json", "demo.json", "metadata.json",
+            "logging.conf", "README.md")
+_MACRO = re.compile(r"^%(bundles/[^#]+\.json)#(.+)$")
+_REFERENCE = re.compile(r"@([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def _strings(node):
+    if isinstance(node, dict):
+        for value in node.values():
+            yield from _strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _strings(value)
+    elif isinstance(node, str):
+        yield node
+
+
+def _top_level_references(node) -> set[str]:
+    """Top-level ids that ``node`` references (``@id`` or ``@id#...``)."""
+    return {match for text in _strings(node) for match in _REFERENCE.findall(text)}
+
+
+def test_the_nine_bundles_and_their_standard_files():
+    assert NAMES == ["agedb", "airfoil", "hcp_aging", "imdb_wiki", "pet_brainage", "stsb", "ukb_brainage",
+                     "us_ejection_fraction", "xray_boneage"]
+    for name in NAMES:
+        missing = [f for f in STANDARD if not (BUNDLES / name / f).is_file()]
+        assert not missing, f"{name} lacks {missing}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_macro_points_at_an_existing_part_of_the_shared_recipe(name):
+    for path in sorted((BUNDLES / name).glob("*.json")):
+        for text in _strings(json.loads(path.read_text())):
+            match = _MACRO.match(text)
+            if match:
+                resolve_macros(text, REPO)  # raises KeyError/IndexError/FileNotFoundError when the target is missing
+                assert match.group(1).startswith(f"bundles/{BASE}/"), f"{path.name}: {text} is not in the shared recipe"
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("workflow", ["train.json", "inference.json"])
+def test_every_knob_the_recipe_reads_is_declared_by_the_bundle(name, workflow):
+    """A knob the shared recipe references (``@id``) but the bundle does not declare would fail at parse time."""
+    config = load_config(name, workflow, folder=BUNDLES)
+    missing = sorted(_top_level_references(config) - set(config))
+    assert not missing, f"{name}/{workflow} does not declare {missing}"
+
+
+def test_macros_resolve_as_monai_resolves_them(monkeypatch):
+    monkeypatch.chdir(REPO)  # MONAI reads macro paths relative to the working directory
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLES / "ukb_brainage" / "train.json"), str(BUNDLES / "ukb_brainage" / "demo.json")])
+    parser.resolve_macro_and_relative_ids()
+    resolved = {k: v for k, v in parser.get().items() if k != "_meta_"}
+    assert load_config("ukb_brainage", "train.json", "demo.json", folder=BUNDLES) == resolved
+
+
+def test_load_config_does_not_depend_on_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = load_config("airfoil", "train.json", "demo.json")
+    assert config["pretrain"]["trainer"]["_target_"] == "SupervisedTrainer"
+    assert config["view_keys"] == ["image"]
+    with pytest.raises(ValueError, match="unknown bundle 'nope'; the bundles in .* are \\['agedb'"):
+        load_config("nope")
+
+
+def test_bundles_folder_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv(ENV_VAR, str(BUNDLES))
+    assert bundles_dir() == BUNDLES
+    monkeypatch.setenv(ENV_VAR, str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=f"no bundles folder with {BASE}/ at \\${ENV_VAR}="):
+        bundles_dir()
+
+
+def test_the_base_is_not_a_bundle():
+    assert BASE not in NAMES and (BUNDLES / BASE / "train.json").is_file()
+    assert Path(bundles_dir()) == BUNDLES
