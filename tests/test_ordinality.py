@@ -12,6 +12,7 @@ import torch
 from ignite.engine import Engine
 from scipy import stats
 from torch import nn
+from torch.utils.data import DataLoader
 
 from supremix_med.engines.ordinality import OrdinalityHandler
 from supremix_med.metrics.ordinality import embed_2d, ordinality_pairs, ordinality_spearman, pair_indices
@@ -111,22 +112,29 @@ def test_embed_2d_pca_and_umap_choice():
 
 def test_handler_writes_numbers_and_plot_after_the_phase(tmp_path):
     features, labels = _ordered_set(n=60, seed=2)
-    batches = [{"image": torch.tensor(features[k:k + 16], dtype=torch.float32),
-                "label": torch.tensor(labels[k:k + 16, None], dtype=torch.float32)} for k in range(0, 60, 16)]
+    samples = [{"image": torch.tensor(f, dtype=torch.float32), "label": torch.tensor([y], dtype=torch.float32)}
+               for f, y in zip(features, labels)]
+    batches = DataLoader(samples, batch_size=16, shuffle=True)  # iterating it draws from torch's generator
     encoder = nn.Linear(8, 4)
     encoder.train()
-    handler = OrdinalityHandler(encoder, batches, tmp_path / "out", "finetuned", event="COMPLETED", max_pairs=500)
+    handler = OrdinalityHandler(encoder, batches, tmp_path / "out", "finetuned", event="COMPLETED")
     engine = Engine(lambda engine, batch: None)
     handler.attach(engine)
     assert handler.result is None
+    torch.manual_seed(0)
+    np.random.seed(0)
+    expected_draws = torch.rand(3), np.random.rand(3)
+    torch.manual_seed(0)
+    np.random.seed(0)
     engine.run([0, 1], max_epochs=2)
+    # measuring draws nothing from the global generators: what trains next is what would have trained anyway
+    assert torch.equal(torch.rand(3), expected_draws[0]) and np.array_equal(np.random.rand(3), expected_draws[1])
 
     result = handler.result
     with torch.no_grad():
-        expected = ordinality_spearman(encoder(torch.tensor(features, dtype=torch.float32)).numpy(), labels,
-                                       max_pairs=500)
+        expected = ordinality_spearman(encoder(torch.tensor(features, dtype=torch.float32)).numpy(), labels)
     assert result["spearman"] == pytest.approx(expected, abs=1e-6) and result["spearman"] > 0.9
-    assert result == {"spearman": result["spearman"], "n_samples": 60, "n_pairs": 500, "pairs": "sampled",
+    assert result == {"spearman": result["spearman"], "n_samples": 60, "n_pairs": 1770, "pairs": "all",
                       "distance": "euclidean", "embedding": "pca", "plot": "ordinality_finetuned.png"}
     assert json.loads((tmp_path / "out" / "ordinality_finetuned.json").read_text()) == result
     assert (tmp_path / "out" / "ordinality_finetuned.png").read_bytes()[:8] == PNG

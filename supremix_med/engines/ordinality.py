@@ -8,9 +8,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterable
+import random
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,13 +46,26 @@ def plot_embedding(coordinates: np.ndarray, labels: np.ndarray, path: str | os.P
     atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=100, format="png"), suffix=".png")
 
 
+@contextlib.contextmanager
+def _random_state_kept(device: torch.device) -> Iterator[None]:
+    """Restore Python's, NumPy's and torch's global random states (CPU, and ``device`` if CUDA) on exit."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+
+
 class OrdinalityHandler:
     """Ignite handler: after a phase, the ordinality of an encoder's features on a data set, as numbers and a PNG.
 
     When ``event`` fires on the engine it is attached to, the handler puts ``encoder`` in eval mode, encodes
     every batch of ``data_loader`` without gradients (``inferer(inputs, encoder)`` when an inferer is given,
-    e.g. a :class:`~supremix_med.engines.WindowAveragingInferer` for long series), restores the encoder's mode,
-    and writes under ``output_dir``:
+    e.g. a :class:`~supremix_med.engines.WindowAveragingInferer` for long series), restores the encoder's mode
+    and the global random states (iterating a loader draws from torch's generator; a measurement after
+    pre-training must not change the fine-tuning that follows), and writes under ``output_dir``:
 
     - ``ordinality_<name>.json``: :attr:`result`;
     - ``ordinality_<name>.png``: the features' 2-D embedding coloured by the (first) label.
@@ -98,14 +113,18 @@ class OrdinalityHandler:
         self.max_pairs, self.seed, self.distance, self.embedding = max_pairs, seed, distance, embedding
         self.result: dict[str, Any] | None = None
 
+    def _device(self) -> torch.device:
+        return torch.device(self.device) if self.device is not None else next(self.encoder.parameters()).device
+
     def attach(self, engine: Engine) -> None:
         """Measure when ``engine`` fires :attr:`event`."""
         engine.add_event_handler(self.event, self)
 
     @torch.no_grad()
     def features(self) -> tuple[np.ndarray, np.ndarray]:
-        """Encode the whole loader: features [N, F] and labels [N, T], float64 (the encoder's mode is restored)."""
-        device = self.device or next(self.encoder.parameters()).device
+        """Encode the whole loader: features [N, F] and labels [N, T], float64 (the encoder's mode is restored;
+        the global random states are restored by :meth:`__call__`)."""
+        device = self._device()
         was_training = self.encoder.training
         self.encoder.eval()
         features, labels = [], []
@@ -126,10 +145,11 @@ class OrdinalityHandler:
         """Measure, write the two files and return :attr:`result` (None on ranks other than 0)."""
         if idist.get_rank() != 0:
             return None
-        features, labels = self.features()
+        with _random_state_kept(self._device()):
+            features, labels = self.features()
+            coordinates, method = embed_2d(features, self.embedding, self.seed)
         n = features.shape[0]
         score = ordinality_spearman(features, labels, self.max_pairs, self.seed, self.distance)
-        coordinates, method = embed_2d(features, self.embedding, self.seed)
         plot = self.output_dir / f"ordinality_{self.name}.png"
         title = f"{self.name}: ordinality {score:.3f} (n={n})"
         plot_embedding(coordinates, labels[:, 0], plot, title, method)
