@@ -1,46 +1,85 @@
-"""supremix_med.compare: one bundle run per method (resumable, failure-tolerant) and the comparison table."""
+"""supremix_med.compare: the method x seed grid (resumable, failure-tolerant), its statistics and its report."""
 
 from __future__ import annotations
 
 import io
 import json
+import math
+import statistics
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+from scipy import stats
 
 from conftest import BUNDLES
 from supremix_med import compare
-from supremix_med.compare import (MethodRun, best_methods, bundle_command, bundle_methods, compare_methods,
-                                  comparison_table, write_comparison)
+from supremix_med.compare import (CellRun, bundle_command, bundle_methods, build_comparison, compare_methods,
+                                  paired_bootstrap, report_columns, resampled_metric, run_protocol, t_interval,
+                                  write_comparison)
+from supremix_med.metrics import REGRESSION_METRICS, regression_metrics
 
 UKB = [str(BUNDLES / "ukb_brainage" / "train.json"), str(BUNDLES / "ukb_brainage" / "demo.json")]
+AIRFOIL = [str(BUNDLES / "airfoil" / "train.json")]
+AIRFOIL_TINY = {"pretrain_epochs": "1", "finetune_epochs": "2", "batch_size": "16", "num_workers": "0"}
 
-# A stand-in for `python -m monai.bundle run`: records its arguments, fails for ConR, and writes a metrics.json
-# whose MAE/GM depend on the method (SupReMix best overall, RnC best few-shot); only some methods report shots.
+# A stand-in for `python -m monai.bundle run` (standard library only, so it starts fast): records its arguments,
+# fails for ConR, and writes predictions.csv for 12 test samples (6 many-, 4 medium-, 2 few-shot) whose errors
+# shrink by method (SupReMix smallest) and change with the seed, with the metrics.json the bundles write for them.
+# SupCon reports no shot groups; RnC and SupReMix report ordinality after both phases, Vanilla after fine-tuning;
+# SupReMix states its protocol.
 FAKE_BUNDLE = r'''
-import json, sys
+import json, math, sys
 from pathlib import Path
 args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
+method, seed = args["--method"], int(args["--seed"])
 out = Path(args["--output_dir"])
 out.mkdir(parents=True, exist_ok=True)
 (out / "argv.json").write_text(json.dumps(sys.argv[1:]))
-with open(out.parent / "calls.txt", "a") as calls:
-    calls.write(args["--method"] + "\n")
-print("training", args["--method"])
-if args["--method"] == "conr":
+with open(out.parent.parent / "calls.txt", "a") as calls:
+    calls.write(f"{method}:{seed}\n")
+print("training", method, "seed", seed)
+if method == "conr":
     print("RuntimeError: out of memory", file=sys.stderr)
     sys.exit(3)
-mae = {"vanilla": 5.0, "supcon": 4.5, "rnc": 4.2, "mixsupcon": 4.4, "supremix": 3.9}[args["--method"]]
-metrics = {"method": args["--method"], "mae": mae, "mse": mae ** 2, "gm": mae - 1, "pearson_r": 1 - mae / 10,
-           "spearman_rho": 0.5, "n": 40, "baseline_mae": 8.0}
-if args["--method"] in ("rnc", "supremix"):
-    few = 6.0 if args["--method"] == "rnc" else 7.0
-    metrics["shots"] = {"many": {"mae": mae - 1, "gm": mae - 2, "n": 30}, "medium": {"mae": mae, "gm": 1.0, "n": 8},
-                        "few": {"mae": few, "gm": None, "n": 2},
-                        "rule": {"bin_width": 1.0, "many": 100, "few": 20}}
+scale = {"vanilla": 1.0, "supcon": 0.9, "rnc": 0.8, "mixsupcon": 0.85, "supremix": 0.7}[method] * (1 + 0.1 * seed)
+ids = [f"s{k:02d}" for k in range(12)]
+target = [10.0 + 2.5 * k for k in range(12)]
+shot = ["many"] * 6 + ["medium"] * 4 + ["few"] * 2
+pred = [t + scale * ((7 * k + 3 * seed) % 5 - 1.7) for k, t in enumerate(target)]
+
+def summary(rows):
+    errors = [pred[k] - target[k] for k in rows]
+    return {"mae": sum(map(abs, errors)) / len(rows), "mse": sum(e * e for e in errors) / len(rows),
+            "gm": math.exp(sum(math.log(abs(e)) for e in errors) / len(rows)), "n": len(rows)}
+
+def pearson(x, y):
+    mx, my = sum(x) / len(x), sum(y) / len(y)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
+    return sxy / math.sqrt(sum((a - mx) ** 2 for a in x) * sum((b - my) ** 2 for b in y))
+
+def ranks(x):  # no ties here
+    order = sorted(range(len(x)), key=x.__getitem__)
+    return [order.index(k) for k in range(len(x))]
+
+metrics = {"method": method, **summary(range(12)), "pearson_r": pearson(pred, target),
+           "spearman_rho": pearson(ranks(pred), ranks(target)), "baseline_mae": 8.0, "linear_probe": True}
+if method != "supcon":
+    metrics["shots"] = {g: summary([k for k in range(12) if shot[k] == g]) for g in ("many", "medium", "few")}
+    metrics["shots"]["rule"] = {"bin_width": 1.0, "many": 100, "few": 20}
+if method in ("rnc", "supremix"):
+    metrics["ordinality"] = {"pretrained": {"spearman": 0.5 + 0.1 * seed}, "finetuned": {"spearman": 0.6 - 0.1 * seed}}
+elif method == "vanilla":  # no pre-training: no pre-trained encoder to score
+    metrics["ordinality"] = {"finetuned": {"spearman": 0.3}}
+if method == "supremix":
+    metrics["protocol"] = "pre-train, linear probe (stated)"
+with open(out / "predictions.csv", "w") as csv:
+    csv.write("id,age,predicted_age" + (",shot" if "shots" in metrics else "") + "\n")
+    for k in range(12):
+        csv.write(f"{ids[k]},{target[k]!r},{pred[k]!r}" + (f",{shot[k]}" if "shots" in metrics else "") + "\n")
 (out / "metrics.json").write_text(json.dumps(metrics))
 '''
 
@@ -49,18 +88,33 @@ if args["--method"] in ("rnc", "supremix"):
 def fake_launcher(tmp_path) -> list[str]:
     script = tmp_path / "fake_bundle.py"
     script.write_text(FAKE_BUNDLE)
-    return [sys.executable, str(script)]
+    return [sys.executable, "-S", str(script)]
 
 
 def _calls(output_dir: Path) -> list[str]:
     return (output_dir / "calls.txt").read_text().split()
 
 
-def _table_rows(markdown: str) -> dict[str, list[str]]:
-    """``{first cell: other cells}`` of the markdown table's body rows."""
-    lines = [line for line in markdown.splitlines() if line.startswith("| ")][1:]
-    cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
-    return {row[0]: row[1:] for row in cells}
+def _tables(markdown: str) -> list[list[list[str]]]:
+    """Every markdown table as rows of cells (header first, the rule left out)."""
+    tables, current = [], []
+    for line in [*markdown.splitlines(), ""]:
+        if line.startswith("|"):
+            if not line.startswith("|:") and not line.startswith("|-"):
+                current.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+        elif current:
+            tables.append(current)
+            current = []
+    return tables
+
+
+def _rows(table: list[list[str]]) -> dict[str, dict[str, str]]:
+    """``{first cell: {header: cell}}`` of a table's body rows."""
+    header = table[0]
+    return {row[0]: dict(zip(header[1:], row[1:])) for row in table[1:]}
+
+
+# ----------------------------------------------------------------------------------------------- the grid
 
 
 def test_bundle_methods_follow_the_configured_losses(tmp_path):
@@ -73,107 +127,82 @@ def test_bundle_methods_follow_the_configured_losses(tmp_path):
 
 
 def test_bundle_command_passes_the_config_list_seed_and_overrides():
-    command = bundle_command(UKB, "rnc", "out/rnc", seed=7, overrides={"pretrain_epochs": "2"})
+    command = bundle_command(UKB, "rnc", "out/rnc/seed7", seed=7, overrides={"pretrain_epochs": "2"})
     assert command[:4] == [sys.executable, "-m", "monai.bundle", "run"]
     assert command[4:] == ["--config_file", repr([str(Path(f).resolve()) for f in UKB]), "--method", "rnc",
-                           "--output_dir", str(Path("out/rnc").resolve()), "--seed", "7", "--pretrain_epochs", "2"]
+                           "--output_dir", str(Path("out/rnc/seed7").resolve()), "--seed", "7",
+                           "--pretrain_epochs", "2"]
 
 
-def test_every_method_runs_with_the_same_seed_and_budget(fake_launcher, tmp_path):
+def test_every_method_runs_with_every_seed_and_the_same_budget(fake_launcher, tmp_path):
     out = tmp_path / "cmp"
     echo = io.StringIO()
-    runs = compare_methods(UKB, out, seed=5, overrides={"pretrain_epochs": "2", "dataset_dir": "/data"},
+    overrides = {"pretrain_epochs": "2", "dataset_dir": "/data"}
+    runs = compare_methods(UKB, out, methods=["vanilla", "rnc", "supremix"], seeds=[5, 6], overrides=overrides,
                            launcher=fake_launcher, echo=echo)
-    assert [r.method for r in runs] == ["vanilla", "supcon", "rnc", "conr", "mixsupcon", "supremix"]
-    assert _calls(out) == [r.method for r in runs]
+    cells = [f"{r.method}:{r.seed}" for r in runs]
+    assert cells == ["vanilla:5", "rnc:5", "supremix:5", "vanilla:6", "rnc:6", "supremix:6"]  # seed by seed
+    assert _calls(out) == cells and all(r.status == "ran" for r in runs)
     for run in runs:
-        argv = json.loads((out / run.method / "argv.json").read_text())
-        assert argv == bundle_command(UKB, run.method, out / run.method, 5,
-                                      {"pretrain_epochs": "2", "dataset_dir": "/data"}, launcher=())
-        assert f"training {run.method}" in (out / run.method / "run.log").read_text()
-    assert "training supremix" in echo.getvalue()
+        assert run.output_dir == out / run.method / f"seed{run.seed}"
+        argv = json.loads((run.output_dir / "argv.json").read_text())
+        assert argv == bundle_command(UKB, run.method, run.output_dir, run.seed, overrides, launcher=())
+        assert f"training {run.method} seed {run.seed}" in run.log.read_text()
+        assert run.metrics["method"] == run.method
+    assert "training supremix seed 6" in echo.getvalue()
 
 
-def test_a_failing_method_is_reported_and_the_others_still_run(fake_launcher, tmp_path):
-    runs = compare_methods(UKB, tmp_path, methods=["vanilla", "conr", "supremix"], launcher=fake_launcher)
-    assert [r.status for r in runs] == ["ran", "failed", "ran"]
+def test_a_failing_cell_is_reported_and_the_others_still_run(fake_launcher, tmp_path):
+    runs = compare_methods(UKB, tmp_path, methods=["vanilla", "conr", "supremix"], seeds=[0, 1],
+                           launcher=fake_launcher)
+    assert [r.status for r in runs] == ["ran", "failed", "ran"] * 2
     conr = runs[1]
     assert conr.returncode == 3 and conr.metrics is None and conr.error == "exit status 3"
     log = conr.log.read_text()
     assert log.startswith("$ ") and "--method conr" in log.splitlines()[0]
     assert "RuntimeError: out of memory" in log
 
-    write_comparison(runs, tmp_path, UKB)
+    write_comparison(runs, tmp_path, UKB, resamples=100)
     markdown = (tmp_path / "comparison.md").read_text()
-    rows = _table_rows(markdown)
-    assert list(rows) == ["Vanilla", "ConR (failed)", "SupReMix"]
-    assert set(rows["ConR (failed)"]) == {"–"}
-    assert f"- ConR: exit status 3; log `{conr.log}`" in markdown
+    summary = _rows(_tables(markdown)[0])
+    assert list(summary) == ["Vanilla", "ConR", "SupReMix"]
+    assert summary["ConR"]["Seeds"] == "0/2" and summary["ConR"]["MAE"] == "–" and summary["ConR"]["Protocol"] == "–"
+    assert summary["SupReMix"]["Seeds"] == "2/2"
+    assert f"- ConR seed 0: exit status 3; log `{conr.log}`" in markdown
     record = json.loads((tmp_path / "comparison.json").read_text())
-    assert record["runs"]["conr"]["status"] == "failed" and record["runs"]["conr"]["log"] == str(conr.log)
-    assert record["table"]["conr"]["MAE"] is None
+    assert record["cells"]["conr"]["1"]["status"] == "failed" and record["cells"]["conr"]["0"]["log"] == str(conr.log)
+    assert record["summary"]["conr"]["MAE"] == {"mean": None, "sd": None, "n": 0, "values": {"0": None, "1": None}}
+    assert record["versus_reference"]["conr"]["MAE"]["t_interval"]["n"] == 0
+    assert record["versus_reference"]["supremix"]["MAE"]["t_interval"]["n"] == 2
 
 
 def test_a_run_that_exits_zero_without_metrics_counts_as_failed(tmp_path):
     launcher = [sys.executable, "-c", "print('nothing written')"]
     (run,) = compare_methods(UKB, tmp_path, methods=["vanilla"], launcher=launcher)
-    assert run.failed and "vanilla/metrics.json: not a readable metrics.json" in run.error
+    assert run.failed and "vanilla/seed0/metrics.json: not a readable metrics.json" in run.error
 
 
-def test_finished_methods_are_not_run_again_unless_overwrite(fake_launcher, tmp_path):
-    compare_methods(UKB, tmp_path, methods=["vanilla", "conr"], launcher=fake_launcher)
-    runs = compare_methods(UKB, tmp_path, methods=["vanilla", "conr", "rnc"], launcher=fake_launcher)
-    assert [r.status for r in runs] == ["reused", "failed", "ran"]
-    assert runs[0].metrics["mae"] == 5.0
-    assert _calls(tmp_path) == ["vanilla", "conr", "conr", "rnc"]
-    compare_methods(UKB, tmp_path, methods=["vanilla"], overwrite=True, launcher=fake_launcher)
-    assert _calls(tmp_path)[-1] == "vanilla"
+def test_a_launcher_that_cannot_start_is_a_failed_cell(tmp_path):
+    (run,) = compare_methods(UKB, tmp_path, methods=["vanilla"], launcher=[str(tmp_path / "no_such_program")])
+    assert run.failed and "could not start" in run.error
+
+
+def test_finished_cells_are_not_run_again_unless_overwrite(fake_launcher, tmp_path):
+    compare_methods(UKB, tmp_path, methods=["vanilla", "conr"], seeds=[0], launcher=fake_launcher)
+    runs = compare_methods(UKB, tmp_path, methods=["vanilla", "conr", "rnc"], seeds=[0, 1], launcher=fake_launcher)
+    assert [r.status for r in runs] == ["reused", "failed", "ran", "ran", "failed", "ran"]
+    assert runs[0].metrics["method"] == "vanilla"
+    assert _calls(tmp_path) == ["vanilla:0", "conr:0", "conr:0", "rnc:0", "vanilla:1", "conr:1", "rnc:1"]
+    compare_methods(UKB, tmp_path, methods=["vanilla"], seeds=[1], overwrite=True, launcher=fake_launcher)
+    assert _calls(tmp_path)[-1] == "vanilla:1"
 
 
 def test_overwrite_clears_the_old_result_before_a_failing_rerun(tmp_path):
-    (tmp_path / "vanilla").mkdir()
-    (tmp_path / "vanilla" / "metrics.json").write_text(json.dumps({"mae": 1.0}))
+    (tmp_path / "vanilla" / "seed0").mkdir(parents=True)
+    (tmp_path / "vanilla" / "seed0" / "metrics.json").write_text(json.dumps({"mae": 1.0}))
     (run,) = compare_methods(UKB, tmp_path, methods=["vanilla"], overwrite=True,
                              launcher=[sys.executable, "-c", "raise SystemExit(1)"])
-    assert run.failed and not (tmp_path / "vanilla" / "metrics.json").exists()
-
-
-def test_table_layout_bold_best_and_shot_columns(fake_launcher, tmp_path):
-    runs = compare_methods(UKB, tmp_path, methods=["vanilla", "rnc", "supremix"], launcher=fake_launcher)
-    table = comparison_table(runs, shot_metrics=("mae", "gm"))
-    assert list(table.index) == ["Vanilla", "RnC", "SupReMix"]
-    assert list(table.columns) == [("mae", "all"), ("mse", "all"), ("gm", "all"), ("pearson_r", "all"),
-                                   ("spearman_rho", "all"), ("mae", "many"), ("mae", "medium"), ("mae", "few"),
-                                   ("gm", "many"), ("gm", "medium")]
-    assert np.isnan(table.loc["Vanilla", ("mae", "few")]) and table.loc["RnC", ("mae", "few")] == 6.0
-    best = best_methods(table)
-    assert best[("mae", "all")] == ["SupReMix"] and best[("pearson_r", "all")] == ["SupReMix"]
-    assert best[("mae", "few")] == ["RnC"] and best[("spearman_rho", "all")] == ["Vanilla", "RnC", "SupReMix"]
-    assert ("gm", "few") not in table.columns  # no method has a value
-
-    write_comparison(runs, tmp_path, UKB, seed=0, overrides={"finetune_epochs": "3"})
-    markdown = (tmp_path / "comparison.md").read_text()
-    header = next(line for line in markdown.splitlines() if line.startswith("| Method"))
-    assert [c.strip() for c in header.strip("|").split("|")] == [
-        "Method", "MAE", "MSE", "GM", "Pearson", "Spearman", "MAE many", "MAE medium", "MAE few",
-        "GM many", "GM medium"]
-    rows = _table_rows(markdown)
-    assert rows["SupReMix"][:2] == ["**3.900**", "**15.210**"] and rows["Vanilla"][0] == "5.000"
-    assert rows["RnC"][7] == "**6.000**" and rows["Vanilla"][7] == "–"
-    assert "`--finetune_epochs 3`" in markdown and "MAE 8.000 on 40 test samples" in markdown
-    assert ("Test samples per shot group (label bins of width 1.0: many > 100, few < 20 training samples): "
-            "many 30, medium 8, few 2.") in markdown
-    record = json.loads((tmp_path / "comparison.json").read_text())
-    assert record["table"]["rnc"]["MAE few"] == 6.0 and record["best"]["MAE"] == ["SupReMix"]
-    assert record["runs"]["supremix"]["metrics"]["shots"]["few"]["n"] == 2
-
-
-def test_table_without_shot_metrics_has_only_overall_columns():
-    runs = [MethodRun("vanilla", "ran", Path("v"), Path("v/run.log"), 0, {"mae": 2.0, "mse": 4.0, "gm": 1.5})]
-    table = comparison_table(runs)
-    assert [metric for metric, _ in table.columns] == ["mae", "mse", "gm"]
-    with pytest.raises(ValueError, match="unknown shot metric"):
-        comparison_table(runs, shot_metrics=("mea",))
+    assert run.failed and not (tmp_path / "vanilla" / "seed0" / "metrics.json").exists()
 
 
 def test_bad_requests_are_refused_before_anything_runs(fake_launcher, tmp_path):
@@ -181,54 +210,268 @@ def test_bad_requests_are_refused_before_anything_runs(fake_launcher, tmp_path):
         compare_methods(UKB, tmp_path, methods=["vanilla", "simcse"], launcher=fake_launcher)
     with pytest.raises(ValueError, match="may not set"):
         compare_methods(UKB, tmp_path, methods=["vanilla"], overrides={"output_dir": "x"}, launcher=fake_launcher)
+    with pytest.raises(ValueError, match="each seed may be given once"):
+        compare_methods(UKB, tmp_path, methods=["vanilla"], seeds=[1, 1], launcher=fake_launcher)
     with pytest.raises(ValueError, match="not found"):
         compare_methods([str(tmp_path / "train.json")], tmp_path)
     assert not (tmp_path / "calls.txt").exists()
 
 
+# ------------------------------------------------------------------------------------------ the arithmetic
+
+
+def test_t_interval_by_hand():
+    # differences 1, 2, 3: mean 2, sd 1, t_{0.975, 2} = 4.302653 (printed tables: 4.303), half-width 4.302653 / sqrt 3
+    interval = t_interval([1.0, 2.0, 3.0])
+    assert interval.estimate == 2.0 and interval.n == 3
+    assert interval.low == pytest.approx(2 - 2.4841377, abs=1e-6) and interval.high == pytest.approx(4.4841377)
+    # 90 %: t_{0.95, 3} = 2.353363; differences 0.5, -0.5, 1.5, 2.5: mean 1, sd sqrt(5/3)
+    interval = t_interval([0.5, -0.5, 1.5, 2.5], confidence=0.90)
+    assert interval.high - 1 == pytest.approx(2.353363 * math.sqrt(5 / 3) / 2, abs=1e-6)
+    one = t_interval([0.7, math.nan])  # a seed where a run failed is left out
+    assert one.estimate == 0.7 and one.n == 1 and math.isnan(one.low) and math.isnan(one.high)
+    assert t_interval([]).n == 0 and math.isnan(t_interval([]).estimate)
+    with pytest.raises(ValueError, match="confidence"):
+        t_interval([1.0, 2.0], confidence=95)
+
+
+def test_resampled_metrics_match_the_library():
+    rng = np.random.default_rng(1)
+    target = np.round(rng.normal(size=9), 1)  # ties in the labels: Spearman's mean ranks matter
+    pred = target + rng.normal(scale=0.5, size=9)
+    pred[3] = target[3]  # one exact prediction: GM's floor matters
+    indices = rng.integers(0, 9, size=(40, 9))
+    indices[0] = 4  # a constant resample: the correlations are undefined
+    for name, metric in REGRESSION_METRICS.items():
+        expected = [metric(pred[row], target[row]) for row in indices]
+        np.testing.assert_allclose(resampled_metric(name, pred, target, indices), expected, rtol=1e-10, atol=1e-12,
+                                   err_msg=name)
+    assert math.isnan(resampled_metric("spearman_rho", pred, target, indices)[0])
+
+
+def test_paired_bootstrap_against_an_independent_loop():
+    rng = np.random.default_rng(2)
+    target = rng.uniform(20, 80, size=25)
+    reference, method = target + rng.normal(scale=5, size=25), target + rng.normal(scale=4, size=25)
+    resamples, entropy = 300, (7, 2, 0)
+    found = paired_bootstrap(reference, method, target, ["mae", "pearson_r"], resamples, entropy, 0.9)
+    for name in ("mae", "pearson_r"):
+        metric = REGRESSION_METRICS[name]
+        differences = []
+        for b in range(resamples):  # the documented draw: resample b from default_rng([*entropy, b])
+            rows = np.random.default_rng([*entropy, b]).integers(0, 25, size=25)
+            differences.append(metric(method[rows], target[rows]) - metric(reference[rows], target[rows]))
+        low, high = np.percentile(differences, [5, 95])
+        interval = found[name]
+        assert interval.estimate == pytest.approx(metric(method, target) - metric(reference, target))
+        assert (interval.low, interval.high) == (pytest.approx(low), pytest.approx(high))
+        assert interval.n == 25 and interval.confidence == 0.9
+    again = paired_bootstrap(reference, method, target, ["mae"], resamples, entropy, 0.9)["mae"]
+    assert again == found["mae"]  # seeded: the same interval every time
+    identical = paired_bootstrap(reference, reference, target, ["mse"], 50)["mse"]
+    assert identical.estimate == identical.low == identical.high == 0.0
+    with pytest.raises(ValueError, match="one non-zero length"):
+        paired_bootstrap(reference, method[:3], target, ["mae"])
+
+
+# ---------------------------------------------------------------------------------------------- the report
+
+
+def test_grid_report_means_intervals_and_layout(fake_launcher, tmp_path):
+    seeds = [0, 1, 2]
+    runs = compare_methods(UKB, tmp_path, methods=["vanilla", "supcon", "rnc", "supremix"], seeds=seeds,
+                           launcher=fake_launcher)
+    comparison = write_comparison(runs, tmp_path, UKB, overrides={"finetune_epochs": "3"}, resamples=200,
+                                  bootstrap_seed=4)
+    labels = [c.label for c in comparison.columns]
+    assert labels == ["MAE", "MSE", "GM", "Pearson", "Spearman", "MAE many", "MAE medium", "MAE few", "GM many",
+                      "GM medium", "GM few", "Ordinality pretrained", "Ordinality finetuned"]
+
+    def value(method, seed, read=lambda m: m["mae"]):
+        return read(json.loads((tmp_path / method / f"seed{seed}" / "metrics.json").read_text()))
+
+    record = json.loads((tmp_path / "comparison.json").read_text())
+    maes = [value("supremix", s) for s in seeds]
+    assert record["summary"]["supremix"]["MAE"]["mean"] == pytest.approx(statistics.mean(maes))
+    assert record["summary"]["supremix"]["MAE"]["sd"] == pytest.approx(statistics.stdev(maes))
+    assert record["summary"]["supremix"]["MAE"]["values"] == {str(s): pytest.approx(v) for s, v in zip(seeds, maes)}
+    differences = [value("supremix", s) - value("vanilla", s) for s in seeds]
+    half = stats.t.ppf(0.975, 2) * statistics.stdev(differences) / math.sqrt(3)
+    versus = record["versus_reference"]["supremix"]["MAE"]
+    assert versus["t_interval"]["estimate"] == pytest.approx(statistics.mean(differences))
+    assert versus["t_interval"]["low"] == pytest.approx(statistics.mean(differences) - half)
+    assert versus["t_interval"]["high"] == pytest.approx(statistics.mean(differences) + half)
+    # RnC's fine-tuned ordinality is 0.6, 0.5, 0.4 against Vanilla's 0.3: differences 0.3, 0.2, 0.1 (sd 0.1),
+    # half-width t_{0.975, 2} * 0.1 / sqrt 3 = 0.248414; over seeds only (nothing per test sample to resample)
+    ordinality = record["versus_reference"]["rnc"]["Ordinality finetuned"]
+    assert ordinality["t_interval"]["estimate"] == pytest.approx(0.2)
+    assert ordinality["t_interval"]["high"] == pytest.approx(0.2 + 0.248414, abs=1e-6)
+    assert ordinality["bootstrap"] == {}
+
+    # the bootstrap of seed 1 on the many-shot samples (the first 6 ids), recomputed from the predictions files
+    frames = {m: pd.read_csv(tmp_path / m / "seed1" / "predictions.csv") for m in ("vanilla", "supremix")}
+    many = frames["vanilla"]["shot"] == "many"
+    expected = paired_bootstrap(frames["vanilla"]["predicted_age"][many], frames["supremix"]["predicted_age"][many],
+                                frames["vanilla"]["age"][many], ["mae"], 200, (4, 1, 1))["mae"]
+    boot = versus["bootstrap"]
+    assert boot["1"].keys() == {"estimate", "low", "high", "n", "confidence"}
+    assert record["versus_reference"]["supremix"]["MAE many"]["bootstrap"]["1"]["low"] == pytest.approx(expected.low)
+    assert boot["1"]["estimate"] == pytest.approx(differences[1])  # predictions.csv agrees with metrics.json
+    assert boot["1"]["n"] == 12 and boot["1"]["low"] < boot["1"]["high"]
+    assert record["versus_reference"]["supremix"]["GM few"]["bootstrap"]["0"]["n"] == 2
+    supcon = record["versus_reference"]["supcon"]["MAE many"]  # SupCon's metrics.json has no shot groups,
+    assert supcon["t_interval"]["n"] == 0 and supcon["bootstrap"]["0"]["n"] == 6  # its predictions pair by id
+    assert record["best"]["MAE"] == ["supremix"] and record["best"]["Ordinality pretrained"] == ["rnc", "supremix"]
+    assert record["seeds"] == seeds and record["bootstrap"] == {"resamples": 200, "seed": 4}
+
+    markdown = (tmp_path / "comparison.md").read_text()
+    tables = _tables(markdown)
+    assert tables[0][0] == ["Method", "Protocol", "Seeds", *labels]
+    summary = _rows(tables[0])
+    assert summary["SupReMix"]["MAE"] == f"**{statistics.mean(maes):.3f} ± {statistics.stdev(maes):.3f}**"
+    assert summary["Vanilla"]["Protocol"] == "end to end" and summary["RnC"]["Protocol"] == "pre-train, linear probe"
+    assert summary["SupReMix"]["Protocol"] == "pre-train, linear probe (stated)"
+    assert summary["Vanilla"]["Ordinality pretrained"] == "–" and summary["SupCon"]["MAE many"] == "–"
+    assert summary["Vanilla"]["Ordinality finetuned"] == "0.300 ± 0.000"
+    mae = tables[1]
+    assert mae[0] == ["Method", "Mean (seeds)", "95 % t-interval", "Seed 0 (95 % bootstrap)",
+                      "Seed 1 (95 % bootstrap)", "Seed 2 (95 % bootstrap)"]
+    row = _rows(mae)["SupReMix"]
+    assert row["Mean (seeds)"] == f"{statistics.mean(differences):+.3f} (3)"
+    assert row["95 % t-interval"] == f"[{statistics.mean(differences) - half:+.3f}, {statistics.mean(differences) + half:+.3f}]"
+    assert row["Seed 1 (95 % bootstrap)"] == f"{differences[1]:+.3f} [{boot['1']['low']:+.3f}, {boot['1']['high']:+.3f}]"
+    assert "### Ordinality finetuned" in markdown and "### Ordinality pretrained" not in markdown  # no reference
+    assert "`--finetune_epochs 3`" in markdown
+    assert "seeds 0, 1, 2" in markdown and "200 resamples, bootstrap seed 4" in markdown
+    assert "MAE 8.000 on 12 test samples" in markdown
+    assert ("Test samples per shot group (label bins of width 1.0: many > 100, few < 20 training samples): "
+            "many 6, medium 4, few 2.") in markdown
+    assert (tmp_path / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_shot_bootstrap_needs_the_shot_column_and_is_noted(fake_launcher, tmp_path):
+    runs = compare_methods(UKB, tmp_path, methods=["vanilla", "rnc"], launcher=fake_launcher)
+    frame = pd.read_csv(runs[0].predictions)
+    frame.drop(columns="shot").to_csv(runs[0].predictions, index=False)
+    comparison = build_comparison(runs, resamples=20)
+    assert "MAE" in comparison.bootstrap[("rnc", 0)] and "MAE many" not in comparison.bootstrap[("rnc", 0)]
+    assert comparison.notes == ["RnC seed 0: the reference's predictions.csv has no 'shot' column: no shot-group "
+                                "bootstrap"]
+    method = pd.read_csv(runs[1].predictions)
+    method.iloc[1:].to_csv(runs[1].predictions, index=False)  # a sample missing: paired on the others, noted
+    comparison = build_comparison(runs, resamples=20)
+    assert comparison.bootstrap[("rnc", 0)]["MAE"].n == 11
+    assert "RnC seed 0: paired by id on 11 test samples (the reference has 12, this run 11)" in comparison.notes
+    method.iloc[:0].to_csv(runs[1].predictions, index=False)  # no sample id in common: noted, the report still stands
+    comparison = build_comparison(runs, resamples=20)
+    assert comparison.bootstrap == {} and "no sample id in common" in comparison.notes[0]
+    assert comparison.versus[("rnc", "MAE")].n == 1
+    method = method.astype({"predicted_age": object})
+    for bad, problem in (("n/a", "1 row(s) without a finite label and prediction (e.g. id 's03')"),
+                         ("abc", "a non-numeric label or prediction")):
+        method.loc[3, "predicted_age"] = bad
+        method.to_csv(runs[1].predictions, index=False)
+        (note,) = build_comparison(runs, resamples=20).notes
+        assert note.startswith(f"RnC seed 0: no bootstrap: {runs[1].predictions}: {problem}")
+    runs[0].predictions.unlink()
+    (note,) = build_comparison(runs, resamples=20).notes
+    assert note.startswith(f"Vanilla seed 0: no bootstrap for this seed: {runs[0].predictions}: not a readable")
+
+
+def test_protocol_defaults_and_stated():
+    def cell(method, **metrics):
+        return CellRun(method, 0, "ran", Path("x"), Path("x/run.log"), 0, {"mae": 1.0, **metrics})
+
+    assert run_protocol(cell("vanilla", linear_probe=False)) == "end to end"
+    assert run_protocol(cell("supremix", linear_probe=True)) == "pre-train, linear probe"
+    assert run_protocol(cell("supcon", linear_probe=False)) == "pre-train, fine-tune"
+    assert run_protocol(cell("conr")) == "joint pre-train (ConR + L1), fine-tune"
+    assert run_protocol(cell("conr", protocol="regulariser, end to end")) == "regulariser, end to end"
+
+
+def test_columns_without_shots_or_ordinality_and_bad_shot_metrics():
+    runs = [CellRun("vanilla", 0, "ran", Path("v"), Path("v/run.log"), 0, {"mae": 2.0, "mse": 4.0, "gm": 1.5})]
+    assert [c.label for c in report_columns(runs)] == ["MAE", "MSE", "GM"]
+    with pytest.raises(ValueError, match="unknown shot metric"):
+        report_columns(runs, shot_metrics=("mea",))
+
+
 def test_command_line(fake_launcher, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(compare, "BUNDLE_LAUNCHER", tuple(fake_launcher))
+    monkeypatch.setattr(compare.runs, "BUNDLE_LAUNCHER", tuple(fake_launcher))
     argv = ["--config_file", UKB[0], "--config_file", UKB[1], "--output_dir", str(tmp_path),
-            "--methods", "vanilla,supremix", "--seed", "3", "--pretrain_epochs", "1",
+            "--methods", "vanilla,supremix", "--seeds", "3,4", "--bootstrap", "50", "--pretrain_epochs", "1",
             "--network_config#widen_factor=0.5"]
     assert compare.main(argv) == 0
-    assert "training supremix" in capsys.readouterr().out  # the CLI streams the runs' output
-    assert json.loads((tmp_path / "supremix" / "argv.json").read_text())[-6:] == [
-        "--seed", "3", "--pretrain_epochs", "1", "--network_config#widen_factor", "0.5"]
-    assert list(_table_rows((tmp_path / "comparison.md").read_text())) == ["Vanilla", "SupReMix"]
+    assert "training supremix seed 4" in capsys.readouterr().out  # the CLI streams the runs' output
+    assert json.loads((tmp_path / "supremix" / "seed4" / "argv.json").read_text())[-6:] == [
+        "--seed", "4", "--pretrain_epochs", "1", "--network_config#widen_factor", "0.5"]
+    record = json.loads((tmp_path / "comparison.json").read_text())
+    assert record["seeds"] == [3, 4] and record["bootstrap"]["resamples"] == 50
     assert compare.main([*argv[:6], "--methods", "conr"]) == 1
-    for bad in (["--method", "rnc"], ["--pretrain_epochs"], ["stray"], ["--methods", "rnc", "--shot_metrics", "x"]):
+    for bad in (["--method", "rnc"], ["--pretrain_epochs"], ["stray"], ["--methods", "rnc", "--shot_metrics", "x"],
+                ["--seeds", "0,a"], ["--seed", "1"], ["--bootstrap", "0"]):
         with pytest.raises(SystemExit) as exit_info:
             compare.main([*argv[:6], *bad])
         assert exit_info.value.code == 2
-    assert "cannot be a bundle override" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "cannot be a bundle override" in err and "--seeds 0,1,2" in err and "comma-separated integers" in err
+
+
+# ----------------------------------------------------------------------------------- real airfoil cells
 
 
 @pytest.fixture(scope="module")
-def tiny_random_cache(tmp_path_factory) -> Path:
-    """12 random (1, 16, 16, 16) 'scans' whose intensity grows with age, cached as the ukb bundle reads them."""
-    from supremix_med.data.cache import build_cache
+def airfoil_table(tmp_path_factory) -> Path:
+    """The airfoil bundle's tiny demo table (150 rows, as in test_bundle_airfoil)."""
+    from supremix_med.demo.table import TABLE_FILE, generate_table
 
-    folder = tmp_path_factory.mktemp("compare_cache")
-    rng = np.random.default_rng(0)
-    rows = []
-    for i, split in enumerate(["train"] * 8 + ["val"] * 2 + ["test"] * 2):
-        age = 45.0 + 3 * i
-        path = folder / f"s{i}.npy"
-        np.save(path, (rng.normal(size=(1, 16, 16, 16)) + (age - 60) / 10).astype(np.float32))
-        rows.append({"id": f"s{i}", "path": str(path), "age": age, "split": split})
-    build_cache(pd.DataFrame(rows), folder / "cache", preprocess=np.load, fingerprint={"pipeline": "random"},
-                progress=False)
-    return folder / "cache"
+    folder = tmp_path_factory.mktemp("airfoil_table")
+    generate_table(folder, n_rows=150, seed=0)
+    return folder / TABLE_FILE
 
 
-def test_a_real_run_of_the_ukb_bundle(tiny_random_cache, tmp_path, monkeypatch):
+def test_a_real_airfoil_cell_and_its_paired_bootstrap(airfoil_table, tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # a tiny network: threads would only contend with other tests
-    overrides = {"dataset_dir": str(tiny_random_cache), "pretrain_epochs": "1", "finetune_epochs": "1",
-                 "batch_size": "4", "num_workers": "0"}
-    (run,) = compare_methods(UKB, tmp_path, methods=["supremix"], seed=1, overrides=overrides)
+    overrides = {"data_file": str(airfoil_table), **AIRFOIL_TINY}
+    (run,) = compare_methods(AIRFOIL, tmp_path, methods=["supremix"], seeds=[1], overrides=overrides)
     assert run.status == "ran", run.log.read_text()[-3000:]
-    assert run.metrics["method"] == "supremix" and run.metrics["pretrain_epochs"] == 1 and run.metrics["n"] == 2
-    assert (tmp_path / "supremix" / "models" / "pretrained_encoder.pt").is_file()
-    table = write_comparison([run], tmp_path, UKB, seed=1, overrides=overrides)
-    assert table.notna().all().all() and list(table.index) == ["SupReMix"]
+    assert run.metrics["method"] == "supremix" and run.metrics["pretrain_epochs"] == 1 and run.metrics["n"] == 15
+    assert (run.output_dir / "models" / "pretrained_encoder.pt").is_file()
+    # a reference cell of the same seed that predicts the test mean, written the way the bundles write theirs
+    predictions = pd.read_csv(run.predictions)
+    target, predicted = predictions.columns[1], predictions.columns[2]
+    predictions[predicted] = predictions[target].mean() + np.linspace(-0.5, 0.5, len(predictions))
+    reference = CellRun("vanilla", 1, "reused", tmp_path / "vanilla" / "seed1", tmp_path / "vanilla" / "run.log")
+    reference.output_dir.mkdir(parents=True)
+    predictions.iloc[::-1].to_csv(reference.predictions, index=False)  # row order does not matter: ids pair
+    reference.metrics = regression_metrics(predictions[predicted], predictions[target])
+    comparison = write_comparison([reference, run], tmp_path, AIRFOIL, overrides=overrides, resamples=100)
+    boot = comparison.bootstrap[("supremix", 1)]
+    for label, key in (("MAE", "mae"), ("Spearman", "spearman_rho")):
+        assert boot[label].estimate == pytest.approx(run.metrics[key] - reference.metrics[key], abs=1e-5)
+        assert boot[label].low <= boot[label].estimate <= boot[label].high and boot[label].n == 15
+    assert (tmp_path / "comparison.png").is_file()
+
+
+def test_same_seed_gives_every_method_the_same_start(airfoil_table, tmp_path):
+    """The paired design the compare docstring states: one seed, the same split, initial weights and
+    fine-tuning batch order for every method (the loaders carry their own seeded generator)."""
+    from monai.bundle import ConfigWorkflow
+
+    starts = {}
+    for method in ("vanilla", "supremix"):
+        workflow = ConfigWorkflow(config_file=AIRFOIL, workflow_type="train", output_dir=str(tmp_path / method),
+                                  method=method, seed=3, data_file=str(airfoil_table),
+                                  **{k: int(v) for k, v in AIRFOIL_TINY.items()})
+        workflow.initialize()
+        parser = workflow.parser
+        network = parser.get_parsed_content("network")
+        weights = {k: v.clone() for k, v in network.state_dict().items()}
+        if parser.get_parsed_content("pretrain#setup").epochs:
+            parser.get_parsed_content("pretrain#trainer").run()
+        first_batch = next(iter(parser.get_parsed_content("train#dataloader")))
+        test_ids = list(parser.get_parsed_content("test#dataset").labels)
+        starts[method] = weights, first_batch["label"], test_ids
+    (w0, b0, t0), (w1, b1, t1) = starts["vanilla"], starts["supremix"]
+    assert w0.keys() == w1.keys() and all(torch.equal(w0[k], w1[k]) for k in w0)
+    assert torch.equal(b0, b1) and t0 == t1

@@ -1,0 +1,78 @@
+"""Command line of :mod:`supremix_med.compare` (``python -m supremix_med.compare``; see the package docstring)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from supremix_med.compare.report import check_shot_metrics, write_comparison
+from supremix_med.compare.runs import compare_methods, override_pairs
+from supremix_med.compare.stats import BOOTSTRAP_RESAMPLES, CONFIDENCE
+
+__all__ = ["main"]
+
+logger = logging.getLogger("supremix_med.compare")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m supremix_med.compare", allow_abbrev=False,
+        description="Run a bundle once per pre-training method and seed (the same seeds and budget for every "
+                    "method) and write comparison.md / .json / .png: mean ± sd over seeds and paired differences "
+                    "against vanilla with a t-interval over seeds and a bootstrap interval within each seed. "
+                    "Unknown '--key value' arguments are passed to every run.")
+    parser.add_argument("--config_file", action="append", required=True,
+                        help="bundle config file; repeat for overlays (train.json first)")
+    parser.add_argument("--output_dir", required=True,
+                        help="the comparison's folder (one sub-folder <method>/seed<S> per cell)")
+    parser.add_argument("--methods", help="comma-separated methods in row order (default: every method the "
+                                          "bundle configures)")
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds; every method runs once with each "
+                                                     "(default 0)")
+    parser.add_argument("--overwrite", action="store_true", help="re-run cells whose metrics.json exists")
+    parser.add_argument("--shot_metrics", default="mae,gm", help="metrics shown per shot group (default mae,gm)")
+    parser.add_argument("--digits", type=int, default=3, help="decimals in the markdown tables (default 3)")
+    parser.add_argument("--confidence", type=float, default=CONFIDENCE,
+                        help=f"level of both intervals (default {CONFIDENCE})")
+    parser.add_argument("--bootstrap", type=int, default=BOOTSTRAP_RESAMPLES,
+                        help=f"bootstrap resamples per seed (default {BOOTSTRAP_RESAMPLES})")
+    parser.add_argument("--bootstrap_seed", type=int, default=0, help="seed of the bootstrap resamples (default 0)")
+    return parser
+
+
+def _split(text: str | None) -> list[str] | None:
+    return None if text is None else [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(item) for item in _split(text)]
+    except ValueError:
+        raise ValueError(f"--seeds must be comma-separated integers, got {text!r}.") from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the grid and write the report; returns 1 when a cell failed, else 0 (2: bad arguments)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    try:
+        overrides = override_pairs(extra)
+        shot_metrics = _split(args.shot_metrics)
+        check_shot_metrics(shot_metrics)
+        if args.bootstrap < 1 or not 0 < args.confidence < 1:
+            raise ValueError("--bootstrap must be >= 1 and --confidence between 0 and 1.")
+        runs = compare_methods(args.config_file, args.output_dir, _split(args.methods), _seeds(args.seeds),
+                               overrides, args.overwrite, echo=sys.stdout)
+    except ValueError as err:
+        parser.error(str(err))
+    write_comparison(runs, args.output_dir, args.config_file, overrides, shot_metrics, args.digits,
+                     args.confidence, args.bootstrap, args.bootstrap_seed)
+    logger.info("wrote %s", Path(args.output_dir) / "comparison.md")
+    failed = [f"{run.method} seed {run.seed}" for run in runs if run.failed]
+    if failed:
+        logger.error("failed: %s (see their run.log)", ", ".join(failed))
+    return 1 if failed else 0
