@@ -9,6 +9,7 @@ from supremix_med.engines.pretraining import (
     METHODS, PRETRAINING_METHODS, SENTENCE_PAIR_METHODS, ConRObjective, Pretraining, SentenceEmbedder, pretraining_setup,
 )
 from supremix_med.engines.reporting import PredictionCollector, plot_predictions, write_report
+from supremix_med.engines.tracking import MLflowLogger, MLflowRun, sqlite_tracking_uri, tensorboard_report
 from supremix_med.engines.workflow import evaluate_and_report, load_weights, run_pretraining, save_run_config
 from supremix_med.engines.windows import SubjectAveragingCollector, WindowAveragingInferer, sliding_windows
 
@@ -20,6 +21,7 @@ __all__ = [
     "METHODS", "PRETRAINING_METHODS", "SENTENCE_PAIR_METHODS", "ConRObjective", "Pretraining", "SentenceEmbedder",
     "pretraining_setup",
     "PredictionCollector", "plot_predictions", "write_report",
+    "MLflowLogger", "MLflowRun", "sqlite_tracking_uri", "tensorboard_report",
     "evaluate_and_report", "load_weights", "run_pretraining", "save_run_config",
     "SubjectAveragingCollector", "WindowAveragingInferer", "sliding_windows",
 ]
