@@ -17,14 +17,12 @@ flag of :data:`FLAGS` plus ``flags``, the raised flags' names with the numbers b
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import numpy as np
 import pandas as pd
 
 from .reference import FEATURES, TrainingReference
 
-__all__ = ["FLAGS", "flag_counts", "named_flags"]
+__all__ = ["FLAGS", "named_flags"]
 
 FLAGS = ("target_outside_training_range", "prediction_outside_training_range", "large_gap",
          "low_registration_similarity", "unlike_training_data")
@@ -107,7 +105,3 @@ def named_flags(table: pd.DataFrame, reference: TrainingReference, features: pd.
                     for i in range(len(table))]
     return out
 
-
-def flag_counts(flags: pd.DataFrame) -> Mapping[str, int]:
-    """Scans per raised flag (for a run summary)."""
-    return {name: int(flags[name].sum()) for name in FLAGS if name in flags}

@@ -45,7 +45,9 @@ from monai.inferers import Inferer, SimpleInferer
 from monai.transforms import MapTransform
 from torch import nn
 
+from supremix_med.engines.workflow import FINGERPRINT, MODEL_CONFIG, load_weights
 from supremix_med.io import atomic_write_json
+from supremix_med.networks import build_model
 
 __all__ = ["CONFORMAL_FILE", "SCORES", "ConformalInterval", "DeepEnsemble", "SplitSpreadd",
            "TestTimeAugmentationInferer", "combine_members", "coverage_report", "load_ensemble", "spread_column"]
@@ -98,9 +100,6 @@ def load_ensemble(model_dirs: Sequence[str | os.PathLike], device: str | torch.d
         FileNotFoundError: a folder lacks ``model_config.json`` or ``model.pt``.
         ValueError: no folder given, or the members' preprocessing fingerprints differ (the message names them).
     """
-    from supremix_med.engines.workflow import FINGERPRINT, MODEL_CONFIG, load_weights
-    from supremix_med.networks import build_model
-
     if not model_dirs:
         raise ValueError("load_ensemble: no model folder given.")
     folders = [Path(d) for d in model_dirs]
