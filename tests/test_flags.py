@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from supremix_med.inference.flags import FLAGS, named_flags
 from supremix_med.inference.reference import (
@@ -83,8 +84,12 @@ def test_save_and_load(reference, tmp_path):
         TrainingReference.load(tmp_path / "nowhere")
 
 
-def test_one_shot_iterators_are_refused(validation):
-    with pytest.raises(ValueError, match="one-shot iterator"):
+def test_training_inputs_from_a_dataset_are_sampled(validation):
+    items = [{"image": torch.as_tensor(_brain(seed=s)), "id": str(s)} for s in range(10)]
+    sampled = TrainingReference.fit([45, 80], validation, train_inputs=items, max_inputs=4)
+    assert sampled.n_inputs == 4  # items 0, 3, 6, 9
+    np.testing.assert_allclose(sampled.template, np.mean([coarse(_brain(seed=s)) for s in (0, 3, 6, 9)], axis=0))
+    with pytest.raises(ValueError, match="list or a map-style dataset"):
         TrainingReference.fit([45, 80], validation, train_inputs=(_brain(seed=s) for s in range(3)))
 
 
@@ -96,6 +101,9 @@ def test_save_model_reference_writes_the_three_files(validation, tmp_path):
     interval = ConformalInterval.load(tmp_path / "conformal.json")
     assert interval.score == "normalised" and interval.n == 200
     assert TrainingReference.load(tmp_path).n_train == 10
+    save_model_reference(tmp_path, validation.assign(predicted_age_spread=0.0), [45, 80])  # one unaugmented sample
+    assert ConformalInterval.load(tmp_path / "conformal.json").score == "absolute"
+    assert "predicted_age_spread" not in pd.read_csv(tmp_path / "validation_predictions.csv")
 
 
 def _table(**columns) -> pd.DataFrame:

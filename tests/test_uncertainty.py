@@ -19,6 +19,7 @@ from supremix_med.inference.uncertainty import (
     ConformalInterval,
     DeepEnsemble,
     SplitSpreadd,
+    SpreadCollector,
     combine_members,
     coverage_report,
     load_ensemble,
@@ -106,7 +107,8 @@ def test_too_few_cases_give_an_unbounded_interval_with_a_warning(caplog, tmp_pat
 
 
 def test_save_load_round_trip_and_bad_files(tmp_path):
-    fitted = ConformalInterval.fit([1.0, 2.0, 3.0, 4.0], [1.1, 2.3, 2.8, 4.4], [0.5, 0.5, 1.0, 1.0], alpha=0.5)
+    fitted = ConformalInterval.fit([1.0, 2.0, 3.0, 4.0], [1.1, 2.3, 2.8, 4.4], [0.5, 0.5, 1.0, 1.0], alpha=0.5,
+                                   spread_source={"n_samples": 8, "flip_axes": [0], "max_shift": 2, "seed": 0})
     path = tmp_path / "conformal.json"
     fitted.save(path)
     assert json.loads(path.read_text())["coverage_target"] == 0.5
@@ -239,15 +241,21 @@ def test_combine_members_refuses_different_ids():
 
 def test_evaluator_with_tta_and_split_spread():
     """MONAI wiring: the evaluator's output holds pred [B, 1] and pred_spread [B, 1] for the handlers."""
-    data = [{"image": torch.randn(1, 6, 6), "label": torch.tensor([1.0])} for _ in range(5)]
+    data = [{"image": torch.randn(1, 6, 6), "label": torch.tensor([1.0]), "id": f"s{i}"} for i in range(5)]
     seen = []
+    collector = SpreadCollector()
+    tta = TTA(n_samples=3, flip_axes=(0,), max_shift=1)
     evaluator = SupervisedEvaluator(device=torch.device("cpu"), val_data_loader=torch.utils.data.DataLoader(data, 2),
                                     network=_Weighted((1, 6, 6)), decollate=False, postprocessing=SplitSpreadd(),
-                                    inferer=TTA(n_samples=3, flip_axes=(0,), max_shift=1))
+                                    inferer=tta, val_handlers=[collector])
     evaluator.add_event_handler(Events.ITERATION_COMPLETED,
                                 lambda e: seen.append((e.state.output["pred"].shape, e.state.output["pred_spread"].shape)))
     evaluator.run()
     assert [p[0] for p in seen] == [p[1] for p in seen] == [(2, 1), (2, 1), (1, 1)]
+    table = collector.frame("age")
+    assert list(table.columns) == ["id", "age", "predicted_age", "predicted_age_spread"] and len(table) == 5
+    assert (table["predicted_age_spread"] > 0).all()
+    assert TTA(**tta.settings).augmentations(2) == tta.augmentations(2)  # settings rebuild the same draws
 
 
 def test_load_ensemble_reads_model_folders(tmp_path):

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,7 +99,7 @@ class TrainingReference:
         n_train: training cases.
         gap: ``{"mean", "sd", "n", "corrected"}`` of the validation gaps (predicted - target), target units.
         inputs: ``{feature: {"median", "scale", "min", "max"}}`` over training inputs ({} when none were given).
-        n_inputs: training inputs the feature statistics were computed on.
+        n_inputs: training inputs the feature statistics were computed on (at most ``max_inputs``).
         template: mean training input on the coarse grid (:func:`coarse`), stored as ``input_reference.npy``.
     """
 
@@ -113,8 +113,8 @@ class TrainingReference:
 
     @classmethod
     def fit(cls, train_targets: Sequence[float], validation: pd.DataFrame, target: str = "age",
-            bias_correction: BiasCorrection | None = None,
-            train_inputs: Iterable[Any] | None = None) -> TrainingReference:
+            bias_correction: BiasCorrection | None = None, train_inputs: Sequence[Any] | None = None,
+            max_inputs: int = 256, image_key: str = "image") -> TrainingReference:
         """Statistics of the training targets, validation gaps and (optionally) training inputs.
 
         Args:
@@ -123,8 +123,11 @@ class TrainingReference:
             target: the target column's name.
             bias_correction: a fitted correction; the gap statistics are then of corrected gaps (as inference
                 reports ``<gap>_corrected``).
-            train_inputs: preprocessed training inputs (arrays of one shape, e.g. a training dataset's images);
-                two passes are made over it, so give a re-iterable (a list, or a dataset).
+            train_inputs: preprocessed training inputs of one shape, as the network's input pipeline gets them
+                from preprocessing (e.g. ``CachedDataset(cache_dir, "train")`` without transforms: no augmentation):
+                a sequence (list or map-style dataset) of arrays or of dicts holding the array under ``image_key``.
+            max_inputs: at most this many inputs, evenly spaced over ``train_inputs``, are read (twice: for the
+                mean input, then for the features), so the cost is bounded for large training sets.
 
         Raises:
             ValueError: no finite training target, or fewer than 2 validation cases with finite values.
@@ -145,23 +148,27 @@ class TrainingReference:
                "corrected": bias_correction is not None}
         reference = cls(target, [float(targets.min()), float(targets.max())], int(len(targets)), gap)
         if train_inputs is not None:
-            reference._fit_inputs(train_inputs)
+            reference._fit_inputs(train_inputs, max_inputs, image_key)
         return reference
 
-    def _fit_inputs(self, inputs: Iterable[Any]) -> None:
-        total, count = None, 0
-        for image in inputs:
-            grid = coarse(image)
-            total, count = (grid if total is None else total + grid), count + 1
-        if count == 0:
-            raise ValueError("TrainingReference.fit: train_inputs is empty.")
-        self.template = total / count
-        table = pd.DataFrame([input_features(image, self.template) for image in inputs])
-        if len(table) != count:
-            raise ValueError("TrainingReference.fit: train_inputs gave a different number of inputs on its second "
-                             "pass; give a list or a dataset, not a one-shot iterator.")
+    def _fit_inputs(self, inputs: Sequence[Any], max_inputs: int, image_key: str) -> None:
+        if not hasattr(inputs, "__len__") or not hasattr(inputs, "__getitem__"):
+            raise ValueError(f"TrainingReference.fit: train_inputs must be a list or a map-style dataset, got "
+                             f"{type(inputs).__name__}.")
+        if len(inputs) == 0 or max_inputs < 1:
+            raise ValueError(f"TrainingReference.fit: need training inputs and max_inputs >= 1, got {len(inputs)} "
+                             f"inputs and max_inputs={max_inputs}.")
+        chosen = np.unique(np.linspace(0, len(inputs) - 1, min(len(inputs), max_inputs)).round().astype(int))
+
+        def image(index: int) -> np.ndarray:
+            item = inputs[int(index)]
+            item = item[image_key] if isinstance(item, Mapping) else item
+            return np.asarray(item.detach().cpu() if isinstance(item, torch.Tensor) else item, dtype=np.float32)
+
+        self.template = sum(coarse(image(i)) for i in chosen) / len(chosen)
+        table = pd.DataFrame([input_features(image(i), self.template) for i in chosen])
         self.inputs = {name: _robust(table[name].to_numpy(float)) for name in FEATURES}
-        self.n_inputs = count
+        self.n_inputs = len(chosen)
 
     def features(self, image: Any) -> dict[str, float]:
         """:func:`input_features` of a new input against this reference's template."""
@@ -200,26 +207,33 @@ class TrainingReference:
 
 def save_model_reference(ckpt_dir: str | os.PathLike, validation: pd.DataFrame, train_targets: Sequence[float],
                          target: str = "age", bias_correction: BiasCorrection | None = None,
-                         train_inputs: Iterable[Any] | None = None, alpha: float = 0.1) -> TrainingReference:
+                         train_inputs: Sequence[Any] | None = None, alpha: float = 0.1,
+                         max_inputs: int = 256, spread_source: Mapping[str, Any] | None = None) -> TrainingReference:
     """Write ``validation_predictions.csv``, ``conformal.json`` and ``reference.json`` beside the model.
 
     Args:
         ckpt_dir: the model folder.
         validation: ``id, <target>, predicted_<target>`` of the validation split from the model being saved,
             plus ``predicted_<target>_spread`` when inference will report spreads (same TTA/ensemble settings):
-            the interval is then calibrated on normalised scores.
-        train_targets, target, bias_correction, train_inputs: see :meth:`TrainingReference.fit`.
+            the interval is then calibrated on normalised scores (spreads that are all 0, as one unaugmented
+            sample of one model gives, are dropped: absolute scores).
+        train_targets, target, bias_correction, train_inputs, max_inputs: see :meth:`TrainingReference.fit`.
         alpha: miscoverage of the conformal interval (0.1: 90 % intervals).
+        spread_source: how the spreads were made, recorded in ``conformal.json`` (e.g. the calibration
+            inferer's :attr:`~supremix_med.inference.uncertainty.TestTimeAugmentationInferer.settings`).
 
     Returns:
         the reference that was written.
     """
     ckpt_dir = Path(ckpt_dir)
-    columns = ["id", target, f"predicted_{target}"] + [c for c in (spread_column(target),) if c in validation]
+    spread = validation[spread_column(target)] if spread_column(target) in validation else None
+    if spread is not None and not (spread.to_numpy(float) > 0).any():  # e.g. one TTA sample of one model
+        spread = None
+    columns = ["id", target, f"predicted_{target}"] + ([spread_column(target)] if spread is not None else [])
     table = validation[columns]
-    spread = table[spread_column(target)] if spread_column(target) in table else None
-    interval = ConformalInterval.fit(table[f"predicted_{target}"], table[target], spread, alpha=alpha, target=target)
-    reference = TrainingReference.fit(train_targets, table, target, bias_correction, train_inputs)
+    interval = ConformalInterval.fit(table[f"predicted_{target}"], table[target], spread, alpha=alpha, target=target,
+                                     spread_source=spread_source if spread is not None else None)
+    reference = TrainingReference.fit(train_targets, table, target, bias_correction, train_inputs, max_inputs)
     atomic_write(ckpt_dir / VALIDATION_PREDICTIONS_FILE, lambda tmp: table.to_csv(tmp, index=False))
     interval.save(ckpt_dir / CONFORMAL_FILE)
     reference.save(ckpt_dir)

@@ -21,7 +21,8 @@ Three pieces, each usable on its own:
     ``mu +- q * sigma``, wider where the model is less sure.
 
   Calibrate with the very spread source used at inference (same TTA settings, same ensemble): the score is only
-  exchangeable then. The fitted interval is stored beside the model as ``conformal.json``.
+  exchangeable then; ``spread_source`` records it. :class:`SpreadCollector` gathers a validation run's
+  predictions with their spreads. The fitted interval is stored beside the model as ``conformal.json``.
 - **Checking.** :func:`coverage_report` gives the coverage reached on a test split (for ``metrics.json``).
   :func:`combine_members` pools members' stored validation predictions into an ensemble's, so an ensemble of
   model folders trained on the same splits can be calibrated without the data.
@@ -34,7 +35,7 @@ import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +46,12 @@ from monai.inferers import Inferer, SimpleInferer
 from monai.transforms import MapTransform
 from torch import nn
 
+from supremix_med.engines.reporting import PredictionCollector
 from supremix_med.engines.workflow import FINGERPRINT, MODEL_CONFIG, load_weights
 from supremix_med.io import atomic_write_json
 from supremix_med.networks import build_model
 
-__all__ = ["CONFORMAL_FILE", "SCORES", "ConformalInterval", "DeepEnsemble", "SplitSpreadd",
+__all__ = ["CONFORMAL_FILE", "SCORES", "ConformalInterval", "DeepEnsemble", "SplitSpreadd", "SpreadCollector",
            "TestTimeAugmentationInferer", "combine_members", "coverage_report", "load_ensemble", "spread_column"]
 
 logger = logging.getLogger(__name__)
@@ -174,6 +176,12 @@ class TestTimeAugmentationInferer(Inferer):
         self.inferer = inferer or SimpleInferer()
         self._drawn: dict[int, list[_Augmentation]] = {}
 
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The keyword arguments that rebuild this inferer's augmentations (not the inner inferer)."""
+        return {"n_samples": self.n_samples, "flip_axes": list(self.flip_axes), "max_shift": self.max_shift,
+                "seed": self.seed}
+
     def augmentations(self, spatial_dims: int) -> list[_Augmentation]:
         """The S augmentations for inputs with ``spatial_dims`` spatial axes (the identity first)."""
         if spatial_dims not in self._drawn:
@@ -228,6 +236,35 @@ class SplitSpreadd(MapTransform):
         return d
 
 
+class SpreadCollector(PredictionCollector):
+    """A :class:`~supremix_med.engines.PredictionCollector` that also keeps the spreads (``output[spread_key]``).
+
+    ``frame(target)`` adds ``predicted_<target>_spread`` (NaN for iterations without a spread), the table
+    :func:`~supremix_med.inference.reference.save_model_reference` calibrates on.
+    """
+
+    def __init__(self, id_key: str = "id", spread_key: str = "pred_spread") -> None:
+        super().__init__(id_key)
+        self.spread_key = spread_key
+        self._spreads: list[np.ndarray] = []
+
+    def reset(self, engine: Any = None) -> None:
+        super().reset(engine)
+        self._spreads = []
+
+    def collect(self, engine: Any) -> None:
+        super().collect(engine)
+        n = len(self._predictions[-1])
+        spread = engine.state.output.get(self.spread_key)
+        self._spreads.append(np.full(n, np.nan) if spread is None
+                             else torch.as_tensor(spread).detach().float().cpu().reshape(-1).numpy())
+
+    def frame(self, target_name: str = "age") -> pd.DataFrame:
+        table = super().frame(target_name)
+        table[spread_column(target_name)] = np.concatenate(self._spreads) if self._spreads else np.zeros(0)
+        return table
+
+
 # ------------------------------------------------------------------------------------------- conformal
 def _vectors(pred: Any, truth: Any = None, spread: Any = None) -> tuple[np.ndarray, ...]:
     arrays = [np.asarray(a, dtype=float).reshape(-1) for a in (pred, truth, spread) if a is not None]
@@ -247,6 +284,9 @@ class ConformalInterval:
         n: validation cases used; ``rank``: k = ceil((n + 1)(1 - alpha)).
         spread_floor: sigma below this (target units) counts as this (normalised score only).
         target: the predicted quantity's name.
+        spread_source: how the calibration spreads were made (e.g. :attr:`TestTimeAugmentationInferer.settings`
+            plus the ensemble size); inference must make its spreads the same way, so a config builds its
+            inferer from this record.
     """
 
     alpha: float
@@ -256,10 +296,11 @@ class ConformalInterval:
     rank: int
     spread_floor: float = 1e-6
     target: str = "age"
+    spread_source: dict = field(default_factory=dict)
 
     @classmethod
     def fit(cls, pred: Any, truth: Any, spread: Any = None, alpha: float = 0.1, spread_floor: float = 1e-6,
-            target: str = "age") -> ConformalInterval:
+            target: str = "age", spread_source: Mapping[str, Any] | None = None) -> ConformalInterval:
         """Fit on validation predictions [N], targets [N] and, for the normalised score, spreads [N].
 
         Cases with a non-finite prediction, target or spread are left out (and counted in a warning).
@@ -278,14 +319,15 @@ class ConformalInterval:
             logger.warning("conformal calibration: %d of %d validation cases without a finite prediction, target or "
                            "spread are left out", int((~usable).sum()), len(usable))
         score = "absolute" if spread is None else "normalised"
-        calibration = cls(alpha, score, math.inf, int(usable.sum()), 0, spread_floor, target)
+        calibration = cls(alpha, score, math.inf, int(usable.sum()), 0, spread_floor, target,
+                          dict(spread_source or {}))
         scores = np.sort(calibration.scores(*(a[usable] for a in arrays)))
         rank = math.ceil((len(scores) + 1) * (1.0 - alpha))
         if rank > len(scores):
             logger.warning("conformal calibration: %d validation cases are too few for alpha=%g (need >= %d); the "
                            "interval is unbounded", len(scores), alpha, math.ceil(1 / alpha - 1))
         quantile = float(scores[rank - 1]) if rank <= len(scores) else math.inf
-        return cls(alpha, score, quantile, len(scores), rank, spread_floor, target)
+        return cls(alpha, score, quantile, len(scores), rank, spread_floor, target, calibration.spread_source)
 
     def _sigma(self, spread: Any, n: int) -> np.ndarray:
         if self.score == "absolute":
@@ -333,6 +375,7 @@ class ConformalInterval:
         try:
             record = json.loads(path.read_text())
             fields = {k: record[k] for k in ("alpha", "score", "quantile", "n", "rank", "spread_floor", "target")}
+            fields["spread_source"] = dict(record.get("spread_source", {}))
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise ValueError(f"ConformalInterval: {str(path)!r} is not a saved conformal interval ({err!r}).") from err
         if fields["score"] not in SCORES:
