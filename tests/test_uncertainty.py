@@ -20,6 +20,7 @@ from supremix_med.inference.uncertainty import (
     DeepEnsemble,
     SplitSpreadd,
     SpreadCollector,
+    calibrated_inferer,
     combine_members,
     coverage_report,
     load_ensemble,
@@ -146,7 +147,8 @@ class _Weighted(nn.Module):
 
     def __init__(self, shape: tuple[int, ...], seed: int = 0) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.randn(shape, generator=torch.Generator().manual_seed(seed)), requires_grad=False)
+        weight = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+        self.weight = nn.Parameter(weight, requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x * self.weight).flatten(1).sum(1, keepdim=True)
@@ -248,8 +250,8 @@ def test_evaluator_with_tta_and_split_spread():
     evaluator = SupervisedEvaluator(device=torch.device("cpu"), val_data_loader=torch.utils.data.DataLoader(data, 2),
                                     network=_Weighted((1, 6, 6)), decollate=False, postprocessing=SplitSpreadd(),
                                     inferer=tta, val_handlers=[collector])
-    evaluator.add_event_handler(Events.ITERATION_COMPLETED,
-                                lambda e: seen.append((e.state.output["pred"].shape, e.state.output["pred_spread"].shape)))
+    evaluator.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.append(
+        (e.state.output["pred"].shape, e.state.output["pred_spread"].shape)))
     evaluator.run()
     assert [p[0] for p in seen] == [p[1] for p in seen] == [(2, 1), (2, 1), (1, 1)]
     table = collector.frame("age")
@@ -276,3 +278,11 @@ def test_load_ensemble_reads_model_folders(tmp_path):
     assert ensemble.forward_members(torch.zeros(2, 3)).shape == (2, 2, 1)
     with pytest.raises(FileNotFoundError, match="model_config.json"):
         load_ensemble([tmp_path])
+
+
+def test_calibrated_inferer_rebuilds_the_calibration_augmentations(tmp_path):
+    assert calibrated_inferer(tmp_path).settings["n_samples"] == 1  # no conformal.json: one plain sample
+    tta = TTA(n_samples=5, flip_axes=(0,), max_shift=3, seed=7)
+    ConformalInterval.fit([1.0, 2.0], [1.5, 2.0], [1.0, 1.0], alpha=0.5, spread_source=tta.settings).save(
+        tmp_path / "conformal.json")
+    assert calibrated_inferer(tmp_path).augmentations(3) == tta.augmentations(3)

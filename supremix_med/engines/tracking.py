@@ -160,7 +160,8 @@ class MLflowRun:
             now = int(time.time() * 1000)
             self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in flat.items()])
 
-    def log_files(self, folder: str | os.PathLike, patterns: Iterable[str], artifact_path: str | None = None) -> list[str]:
+    def log_files(self, folder: str | os.PathLike, patterns: Iterable[str],
+                  artifact_path: str | None = None) -> list[str]:
         """Record the files of ``folder`` (not recursive) matching any of ``patterns``; return their names."""
         folder = Path(folder)
         names = sorted({p.name for pattern in patterns for p in folder.glob(pattern) if p.is_file()})

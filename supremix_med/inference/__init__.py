@@ -30,6 +30,7 @@ from .uncertainty import (
     SplitSpreadd,
     SpreadCollector,
     TestTimeAugmentationInferer,
+    calibrated_inferer,
     coverage_report,
     load_ensemble,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "TestTimeAugmentationInferer",
     "TrainingReference",
     "annotate_predictions",
+    "calibrated_inferer",
     "coverage_report",
     "load_ensemble",
     "named_flags",

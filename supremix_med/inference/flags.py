@@ -37,7 +37,8 @@ def _outside(values: np.ndarray, low: float, high: float) -> np.ndarray:
     return np.isfinite(values) & ((values < low) | (values > high))
 
 
-def _feature_flags(features: pd.DataFrame, reference: TrainingReference, z_limit: float) -> tuple[np.ndarray, list[str]]:
+def _feature_flags(features: pd.DataFrame, reference: TrainingReference,
+                   z_limit: float) -> tuple[np.ndarray, list[str]]:
     """(flag [N], reason per row) of the input features outside the training inputs' robust range."""
     raised, reasons = np.zeros(len(features), bool), [""] * len(features)
     for name in FEATURES:
@@ -90,7 +91,8 @@ def named_flags(table: pd.DataFrame, reference: TrainingReference, features: pd.
     gap_limit = k_sd * reference.gap["sd"]
     checks: dict[str, tuple[np.ndarray, list[str]]] = {
         FLAGS[0]: (_outside(truth, low, high), [f"{target} {v:.1f} outside [{low:g}, {high:g}]" for v in truth]),
-        FLAGS[1]: (_outside(pred, low, high), [f"predicted {target} {v:.1f} outside [{low:g}, {high:g}]" for v in pred]),
+        FLAGS[1]: (_outside(pred, low, high),
+                   [f"predicted {target} {v:.1f} outside [{low:g}, {high:g}]" for v in pred]),
         FLAGS[2]: (np.isfinite(gap) & (np.abs(gap - reference.gap["mean"]) > gap_limit),
                    [f"gap {v:+.1f} beyond {reference.gap['mean']:+.1f} +- {k_sd:g} x {reference.gap['sd']:.2f}"
                     for v in gap]),
@@ -99,7 +101,8 @@ def named_flags(table: pd.DataFrame, reference: TrainingReference, features: pd.
         FLAGS[4]: (_feature_flags(features, reference, z_limit) if features is not None
                    else (np.zeros(len(table), bool), [""] * len(table))),
     }
-    failed = table["error"].fillna("").astype(str).str.len().to_numpy() > 0 if "error" in table else np.zeros(len(table), bool)
+    failed = (table["error"].fillna("").astype(str).str.len().to_numpy() > 0 if "error" in table
+              else np.zeros(len(table), bool))
     out = pd.DataFrame({name: raised & ~failed for name, (raised, _) in checks.items()}, index=table.index)
     out["flags"] = ["; ".join(f"{name}: {checks[name][1][i]}" for name in FLAGS if out[name].iloc[i])
                     for i in range(len(table))]

@@ -147,12 +147,14 @@ def _shrink(panel: np.ndarray, max_pixels: int) -> np.ndarray:
 
 
 def _to_uint8(panels: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Window all panels together to their 1st-99th percentile of non-zero values, as uint8."""
+    """Window all panels together to their 1st-99th percentile of non-zero values, as uint8; exact zeros (the
+    background pipelines leave outside the brain or sector) stay black."""
     values = np.concatenate([p.ravel() for p in panels])
     values = values[np.isfinite(values) & (values != 0)]
     low, high = np.percentile(values, [1, 99]) if len(values) else (0.0, 1.0)
     span = high - low if high > low else 1.0
-    return [np.clip((np.nan_to_num(p) - low) / span * 255, 0, 255).astype(np.uint8) for p in panels]
+    return [np.where(p == 0, 0, np.clip((np.nan_to_num(p) - low) / span * 254 + 1, 1, 255)).astype(np.uint8)
+            for p in panels]
 
 
 def _mni_panels(volume: np.ndarray) -> list[np.ndarray]:
@@ -365,8 +367,9 @@ def render_report(table: pd.DataFrame, previews: Mapping[str, Preview | None], s
     for column in ("qc_flag", "flags"):
         if column in table:
             flagged |= table[column].fillna("").astype(bool)
-    summary = [f"<span><b>{len(table)}</b> scans</span>", f"<span><b>{int((~failed).sum())}</b> predicted</span>",
-               f"<span><b>{int(failed.sum())}</b> failed</span>", f"<span><b>{int((flagged & ~failed).sum())}</b> flagged</span>"]
+    counts = {"scans": len(table), "predicted": int((~failed).sum()), "failed": int(failed.sum()),
+              "flagged": int((flagged & ~failed).sum())}
+    summary = [f"<span><b>{n}</b> {name}</span>" for name, n in counts.items()]
     sentences = list(notes)
     if calibration is not None:
         how = ("prediction +- a fixed half-width" if calibration.score == "absolute"

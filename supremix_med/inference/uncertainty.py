@@ -52,7 +52,8 @@ from supremix_med.io import atomic_write_json
 from supremix_med.networks import build_model
 
 __all__ = ["CONFORMAL_FILE", "SCORES", "ConformalInterval", "DeepEnsemble", "SplitSpreadd", "SpreadCollector",
-           "TestTimeAugmentationInferer", "combine_members", "coverage_report", "load_ensemble", "spread_column"]
+           "TestTimeAugmentationInferer", "calibrated_inferer", "combine_members", "coverage_report", "load_ensemble",
+           "spread_column"]
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +115,8 @@ def load_ensemble(model_dirs: Sequence[str | os.PathLike], device: str | torch.d
     for folder in folders:
         config = folder / MODEL_CONFIG
         if not config.is_file():
-            raise FileNotFoundError(f"load_ensemble: {str(config)!r} does not exist (is {str(folder)!r} a model folder?).")
+            raise FileNotFoundError(f"load_ensemble: {str(config)!r} does not exist (is {str(folder)!r} a model "
+                                    "folder?).")
         model = build_model(**json.loads(config.read_text()))
         if not load_weights(model, folder / "model.pt", device):
             raise FileNotFoundError(f"load_ensemble: {str(folder / 'model.pt')!r} does not exist.")
@@ -216,7 +218,8 @@ class TestTimeAugmentationInferer(Inferer):
 
 
 class SplitSpreadd(MapTransform):
-    """Postprocessing for :class:`TestTimeAugmentationInferer`: ``pred`` {"pred", "spread"} -> ``pred``, ``pred_spread``.
+    """Postprocessing for :class:`TestTimeAugmentationInferer`: ``pred`` {"pred", "spread"} -> ``pred``,
+    ``pred_spread``.
 
     Args:
         keys: the prediction key(s) (default ``"pred"``).
@@ -265,11 +268,20 @@ class SpreadCollector(PredictionCollector):
         return table
 
 
+def calibrated_inferer(model_dir: str | os.PathLike, inferer: Inferer | None = None) -> TestTimeAugmentationInferer:
+    """The :class:`TestTimeAugmentationInferer` a model's interval was calibrated with (its ``conformal.json``
+    ``spread_source``); one unaugmented sample when the model has no such record (no spread, absolute score)."""
+    path = Path(model_dir) / CONFORMAL_FILE
+    source = ConformalInterval.load(path).spread_source if path.is_file() else {}
+    return TestTimeAugmentationInferer(**{"n_samples": 1, **source}, inferer=inferer)
+
+
 # ------------------------------------------------------------------------------------------- conformal
 def _vectors(pred: Any, truth: Any = None, spread: Any = None) -> tuple[np.ndarray, ...]:
     arrays = [np.asarray(a, dtype=float).reshape(-1) for a in (pred, truth, spread) if a is not None]
     if len({len(a) for a in arrays}) > 1:
-        raise ValueError(f"conformal: predictions, targets and spreads need the same length, got {[len(a) for a in arrays]}.")
+        raise ValueError(f"conformal: predictions, targets and spreads need the same length, got "
+                         f"{[len(a) for a in arrays]}.")
     return tuple(arrays)
 
 
@@ -379,7 +391,8 @@ class ConformalInterval:
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise ValueError(f"ConformalInterval: {str(path)!r} is not a saved conformal interval ({err!r}).") from err
         if fields["score"] not in SCORES:
-            raise ValueError(f"ConformalInterval: {str(path)!r} has score {fields['score']!r}; expected one of {SCORES}.")
+            raise ValueError(f"ConformalInterval: {str(path)!r} has score {fields['score']!r}; expected one of "
+                             f"{SCORES}.")
         return cls(**fields)
 
 
