@@ -17,6 +17,7 @@ from supremix_med.engines.pretraining import (
 from supremix_med.engines.reporting import (
     BiasCorrectionHandler, PredictionCollector, TestReport, plot_predictions, write_report,
 )
+from supremix_med.engines.tracking import MLflowLogger, MLflowRun, sqlite_tracking_uri, tensorboard_report
 from supremix_med.engines.workflow import load_weights, save_run_config
 from supremix_med.engines.windows import SubjectAveragingCollector, WindowAveragingInferer, sliding_windows
 
@@ -30,6 +31,7 @@ __all__ = [
     "METHODS", "PRETRAINING_METHODS", "SENTENCE_PAIR_METHODS", "ConRObjective", "Pretraining", "SentenceEmbedder",
     "pretraining_setup",
     "BiasCorrectionHandler", "PredictionCollector", "TestReport", "plot_predictions", "write_report",
+    "MLflowLogger", "MLflowRun", "sqlite_tracking_uri", "tensorboard_report",
     "load_weights", "save_run_config",
     "SubjectAveragingCollector", "WindowAveragingInferer", "sliding_windows",
 ]
