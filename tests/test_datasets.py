@@ -173,7 +173,7 @@ def test_cache_without_qc_keeps_every_row_and_says_so(qc_cache, tmp_path, caplog
     with caplog.at_level(logging.WARNING):
         assert len(CachedDataset(old, split="train")) == 4
     assert "['registration_similarity'] were not recorded" in caplog.text
-    with pytest.raises(ValueError, match="were not recorded.*rebuild the cache with QC"):
+    with pytest.raises(ValueError, match="were not recorded.*into a new folder with the pipeline.s preprocess_with_qc"):
         CachedDataset(old, split="train", qc_policy="fail")
 
 

@@ -200,8 +200,8 @@ def test_known_ages_outside_the_training_or_plausible_range_are_flagged(tmp_path
     assert table.loc["s0", "qc_flag"] == "age 30 outside the training range [45, 82]"
     assert table.loc["s0", "brain_age_gap"] == pytest.approx(22.0)  # computed, extrapolated: flagged
     assert table.loc["s0", "brain_age_gap_corrected"] == pytest.approx(correction.corrected_gap([52.0], [30.0])[0])
-    assert table.loc["s1", "qc_flag"] == "implausible age 999 (plausible range [0, 120]; gap left empty)"
-    assert table.loc["s2", "qc_flag"] == "implausible age inf (not finite; gap left empty)"
+    assert table.loc["s1", "qc_flag"] == "implausible age: 999 is outside the plausible range [0, 120] (gap left empty)"
+    assert table.loc["s2", "qc_flag"] == "implausible age: inf is not finite (gap left empty)"
     for implausible in ("s1", "s2"):
         assert np.isnan(table.loc[implausible, ["brain_age_gap", "brain_age_gap_corrected"]].astype(float)).all()
     assert table.loc["s3", "qc_flag"] == "" and np.isnan(table.loc["s3", "brain_age_gap"])  # age unknown

@@ -249,7 +249,7 @@ def _with_splits(manifest: pd.DataFrame, seed: int, fractions: Sequence[float], 
     return table
 
 
-class Prepared(NamedTuple):
+class _Prepared(NamedTuple):
     """One preprocessed sample: the array in the storage dtype and its QC record (``{}`` when none)."""
 
     array: np.ndarray
@@ -265,7 +265,7 @@ def _qc_record(record: Any) -> dict[str, Any]:
     return {str(k): v.item() if isinstance(v, np.generic) else v for k, v in record.items() if isinstance(v, scalars)}
 
 
-def _prepare_sample(preprocess: Callable[[str], Any], path: str, dtype: str) -> Prepared:
+def _prepare_sample(preprocess: Callable[[str], Any], path: str, dtype: str) -> _Prepared:
     """Preprocess one sample (runs in a worker): the array in the storage dtype and its QC record.
 
     ``preprocess`` returns the image, or ``(image, record)`` with the record of a pipeline's
@@ -290,7 +290,7 @@ def _prepare_sample(preprocess: Callable[[str], Any], path: str, dtype: str) -> 
     if max(-low, high) > np.finfo(dtype).max:
         raise ValueError(f"values up to {max(-low, high):.6g} overflow {dtype}; normalise the image or build the "
                          f"cache with dtype='float32'.")
-    return Prepared(np.ascontiguousarray(sample, dtype=dtype), qc)
+    return _Prepared(np.ascontiguousarray(sample, dtype=dtype), qc)
 
 
 def _check_picklable(preprocess: Callable[[str], np.ndarray]) -> None:
@@ -305,7 +305,7 @@ def _describe(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
 
 
-def _attempt(preprocess: Callable[[str], Any], path: str, dtype: str) -> Prepared | str:
+def _attempt(preprocess: Callable[[str], Any], path: str, dtype: str) -> _Prepared | str:
     """:func:`_prepare_sample` in this process, with a bad item's exception turned into its message."""
     try:
         return _prepare_sample(preprocess, path, dtype)
@@ -314,7 +314,7 @@ def _attempt(preprocess: Callable[[str], Any], path: str, dtype: str) -> Prepare
 
 
 def _samples(tasks: list[tuple[str, str]], preprocess: Callable[[str], Any], dtype: str,
-             workers: int) -> Iterator[tuple[str, Prepared | str]]:
+             workers: int) -> Iterator[tuple[str, _Prepared | str]]:
     """Yield ``(id, sample)`` or ``(id, error message)`` for every ``(id, path)`` task, in completion order.
 
     With ``workers > 1`` a spawn-context process pool runs at most ``2 * workers`` tasks at a time, so memory
@@ -338,7 +338,7 @@ def _samples(tasks: list[tuple[str, str]], preprocess: Callable[[str], Any], dty
             for future in finished:
                 sample_id = running.pop(future)
                 try:
-                    sample: Prepared | str = future.result()
+                    sample: _Prepared | str = future.result()
                 except BrokenProcessPool as err:
                     raise RuntimeError("a preprocessing worker died (out of memory or killed); samples written "
                                        "so far are kept: re-run to continue.") from err

@@ -112,9 +112,10 @@ def check_qc(table: pd.DataFrame, qc_limits: Limits | None, qc_policy: str = "ex
     if unrecorded:
         message = (f"{source}: QC field(s) {unrecorded} were not recorded (a cache built before QC was stored, or "
                    f"by a preprocess without QC), so no sample can fail on them")
+        advice = "build the cache again into a new folder with the pipeline's preprocess_with_qc to record them"
         if qc_policy == "fail":
-            raise ValueError(f"{message}; rebuild the cache with QC, or pass qc_policy='exclude' or 'keep'.")
-        logger.warning("%s; rebuild the cache (overwrite) to check them.", message)
+            raise ValueError(f"{message}; {advice}, or pass qc_policy='exclude' or 'keep'.")
+        logger.warning("%s; %s.", message, advice)
     checked = {field: bounds for field, bounds in limits.items() if field not in unrecorded}
     values = {field: pd.to_numeric(table[field], errors="coerce").to_numpy(float) for field in checked}
     reasons = pd.Series(["; ".join(r) for r in qc_reasons(values, checked, len(table))], index=table.index)

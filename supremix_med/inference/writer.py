@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from ignite.engine import Engine, Events
 
-from supremix_med.data.labels import check_range
+from supremix_med.data.labels import check_range, label_problems
 from supremix_med.data.qc import check_qc_limits, qc_reasons
 from supremix_med.engines.reporting import PredictionCollector
 from supremix_med.io import atomic_write
@@ -39,24 +39,20 @@ def _range(name: str, bounds: Range) -> tuple[float, float] | None:
     return None if bounds is None else check_range(f"qc_flags: {name}", bounds)
 
 
-def implausible_targets(known: np.ndarray, plausible_range: Range = None) -> np.ndarray:
-    """bool [N]: known targets that cannot be true (not finite, or outside ``plausible_range``); NaN (unknown)
-    targets are not implausible."""
-    known = np.asarray(known, float)
-    bounds = _range("plausible_range", plausible_range)
-    outside = np.zeros(known.shape, bool) if bounds is None else (known < bounds[0]) | (known > bounds[1])
-    return np.isinf(known) | outside
+def implausible_targets(known: np.ndarray, plausible_range: Range = None) -> list[str]:
+    """Per scan, why its known target cannot be true (the training label rule,
+    :func:`supremix_med.data.labels.label_problems`: not finite, or outside ``plausible_range``), e.g.
+    ``"999 is outside the plausible range [0, 120]"``; ``""`` for a plausible or unknown (NaN) target."""
+    _range("plausible_range", plausible_range)
+    problems = label_problems(pd.Series(np.asarray(known, float)), plausible_range)
+    return problems.where(problems != "missing", "").tolist()
 
 
-def _target_reasons(known: float, plausible: tuple[float, float] | None, training: tuple[float, float] | None,
-                    name: str) -> list[str]:
+def _target_reason(known: float, implausible: str, training: tuple[float, float] | None, name: str) -> list[str]:
     """Why a scan's known target makes its gap doubtful: implausible (the gap is left empty) or unseen in training."""
-    if np.isnan(known):
-        return []
-    if np.isinf(known) or (plausible is not None and not plausible[0] <= known <= plausible[1]):
-        where = "not finite" if np.isinf(known) else f"plausible range [{plausible[0]:g}, {plausible[1]:g}]"
-        return [f"implausible {name} {known:g} ({where}; gap left empty)"]
-    if training is not None and not training[0] <= known <= training[1]:
+    if implausible:
+        return [f"implausible {name}: {implausible} (gap left empty)"]
+    if training is not None and not np.isnan(known) and not training[0] <= known <= training[1]:
         return [f"{name} {known:g} outside the training range [{training[0]:g}, {training[1]:g}]"]
     return []
 
@@ -70,8 +66,9 @@ def qc_flags(predicted: np.ndarray, target_range: Range = None, qc: Mapping[str,
 
     - ``"<QC field> <value> below|above <limit>"``: a QC value outside its ``qc_limits``
       (:func:`supremix_med.data.qc.qc_reasons`, the rule training uses to leave samples out);
-    - ``"implausible <target> <value> (plausible range [low, high]; gap left empty)"`` (or ``(not finite; ...)``):
-      the known target cannot be true, e.g. an age of 999 (a data-entry error);
+    - ``"implausible <target>: <value> is outside the plausible range [low, high] (gap left empty)"`` (or
+      ``"...: inf is not finite (gap left empty)"``): the known target cannot be true, e.g. an age of 999 (a
+      data-entry error);
     - ``"<target> <value> outside the training range [low, high]"``: the known target is plausible but unseen
       in training (e.g. age 30 for a model trained on ages 45-82): the gap is computed but extrapolated;
     - ``"predicted <target> <value> outside the training range [low, high]"``.
@@ -98,11 +95,12 @@ def qc_flags(predicted: np.ndarray, target_range: Range = None, qc: Mapping[str,
     known = np.full(predicted.shape, np.nan) if known is None else np.asarray(known, float)
     qc = qc or {}
     limits = check_qc_limits(qc_limits, list(qc), owner="qc_flags")
-    training, plausible = _range("target_range", target_range), _range("plausible_range", plausible_range)
+    training = _range("target_range", target_range)
+    implausible = implausible_targets(known, plausible_range)
     reasons = qc_reasons(qc, limits, len(predicted))
     flags = []
     for i, pred in enumerate(predicted):
-        reasons[i] += _target_reasons(known[i], plausible, training, target_name)
+        reasons[i] += _target_reason(known[i], implausible[i], training, target_name)
         if training is not None and not training[0] <= pred <= training[1]:
             reasons[i].append(f"predicted {target_name} {pred:.1f} outside the training range "
                               f"[{training[0]:g}, {training[1]:g}]")
@@ -192,7 +190,8 @@ class PredictionWriter(PredictionCollector):
         pred = np.where(failed, np.nan, base[f"predicted_{name}"].to_numpy(float))
         table = pd.DataFrame({"id": base["id"], "path": qc["path"], f"predicted_{name}": pred})
         if not np.isnan(truth).all():
-            usable = ~np.isnan(truth) & ~failed & ~implausible_targets(truth, self.plausible_range)
+            implausible = np.array(implausible_targets(truth, self.plausible_range)) != ""
+            usable = ~np.isnan(truth) & ~failed & ~implausible
             table[name] = truth
             table[self.gap_name] = np.where(usable, pred - truth, np.nan)
             if self.bias_correction is not None:
