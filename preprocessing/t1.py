@@ -143,6 +143,12 @@ class T1Params:
             raise ValueError(f"foreground_fraction must be in [0, 1), got {self.foreground_fraction}.")
 
 
+#: Default QC limits ``{QC field: (low, high)}`` (``supremix_med.data.qc``): a scan whose similarity with the template
+#: stays below the default ``mni_similarity_threshold`` after preprocessing is not where the model expects the
+#: brain (a failed registration); training leaves it out of a cache's datasets by default.
+QC_LIMITS = {"registration_similarity": (T1Params.mni_similarity_threshold, None)}
+
+
 # ----------------------------------------------------------------------------------------------- loading
 def load_t1(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Read and validate a 3-D T1 scan.

@@ -100,8 +100,10 @@ def test_inference_on_a_folder_of_scans(trained, tiny_cohort, tmp_path):
          ckpt_dir=str(trained / "models"), output_dir=str(tmp_path), num_workers=0)
     predictions = pd.read_csv(tmp_path / "predictions.csv")
     assert len(predictions) == 12
-    assert predictions["predicted_age"].notna().all()
-    assert predictions["brain_age_gap_corrected"].notna().all()
+    assert predictions["predicted_age"].notna().all() and predictions["brain_age_gap"].notna().all()
+    correction = json.loads((trained / "models" / "bias_correction.json").read_text())
+    assert correction["n_fit"] == 2 and not correction["usable"]  # 2 validation subjects: refused, not applied
+    assert predictions["brain_age_gap_corrected"].isna().all()
 
 
 def test_multi_gpu_overlay_under_torchrun_with_two_cpu_processes(tiny_cache, tmp_path):

@@ -335,7 +335,7 @@ def test_load_manifest_resolves_paths_and_strips(tmp_path):
         ("id,file\na,x\n", r"missing required column\(s\) \['path'\]"),
         ("id,path\na,x\nb,y\na,z\n", "duplicated at line 2 .*line 4"),
         ("id,path\na,x\nb,\n", "empty 'path' at line 3"),
-        ("id,path,age\na,x,70\nb,y,seventy\n", "'age' must be a number.*'seventy' at line 3"),
+        ("id,path,age\na,x,70\nb,y,seventy\n", "'age' must be a finite number.*'seventy' is not a number at line 3"),
         ("id,path,split\na,x,train\nb,y,dev\n", "'split' must be one of.*'dev'"),
         ("id,path,index\na,x,1\n", "written by the cache"),
     ],
@@ -346,3 +346,46 @@ def test_load_manifest_errors_name_file_and_line(tmp_path, text, message):
     with pytest.raises(ValueError, match=message) as error:
         load_manifest(csv)
     assert str(csv) in str(error.value)
+
+
+class LoadWithQC:
+    """Picklable fake ``preprocess_with_qc``: ``(np.load(path), QC record)``; the record mixes numpy scalars, None
+    and a nested entry (a transform matrix) that the cache does not store."""
+
+    def __call__(self, path: str) -> tuple[np.ndarray, dict]:
+        number = int(Path(path).stem[3:])
+        record = {"similarity": np.float32(number / 10), "registered": np.bool_(number % 2 == 0),
+                  "decision": f"scan {number}", "mutual_information": None, "matrix": [[1.0, 0.0], [0.0, 1.0]]}
+        return np.load(path), record
+
+
+def test_qc_records_are_stored_per_row_and_survive_a_resume(tmp_path):
+    manifest = make_manifest(tmp_path / "raw", n=6)
+    cache = tmp_path / "cache"
+    build(manifest, cache, LoadWithQC(), workers=2)
+    qc = cache_module.read_cache_qc(cache)
+    assert list(qc.columns) == ["id", "similarity", "registered", "decision", "mutual_information"]
+    assert qc["id"].tolist() == manifest["id"].tolist()
+    np.testing.assert_allclose(qc["similarity"], np.float32(np.arange(6) / 10))
+    assert qc["registered"].tolist() == [True, False] * 3 and qc["decision"][5] == "scan 5"
+    assert qc["mutual_information"].isna().all()
+
+    for name in ("manifest.csv", "qc.csv", "complete"):  # a build interrupted after the last sample
+        (cache / name).unlink()
+    log = tmp_path / "calls.log"
+    build(manifest, cache, CountingLoad(log))
+    assert calls(log) == []  # nothing recomputed: the QC records come back from the journal
+    pd.testing.assert_frame_equal(cache_module.read_cache_qc(cache), qc)
+
+
+def test_cache_without_qc_records_ids_only(tmp_path):
+    build(make_manifest(tmp_path / "raw", n=3), tmp_path / "cache")
+    assert list(cache_module.read_cache_qc(tmp_path / "cache").columns) == ["id"]
+    (tmp_path / "cache" / "qc.csv").unlink()  # a cache built before QC was stored
+    assert cache_module.read_cache_qc(tmp_path / "cache") is None
+
+
+def test_preprocess_returning_a_non_dict_record_is_a_bad_item(tmp_path):
+    manifest = make_manifest(tmp_path / "raw", n=2)
+    with pytest.raises(ValueError, match=r"expected \(image, dict\) with the QC record second"):
+        build(manifest, tmp_path / "cache", lambda path: (np.load(path), [0.5]))

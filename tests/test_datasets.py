@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import pickle
 import shutil
 from pathlib import Path
@@ -106,5 +107,116 @@ def test_argument_errors(cache, tmp_path):
         CachedDataset(cache, split="validation")
     with pytest.raises(ValueError, match=r"no column\(s\) \['bmi'\]"):
         CachedDataset(cache, covariates=("bmi",))
-    with pytest.raises(ValueError, match="numeric 'sex'"):
+    with pytest.raises(ValueError, match=r"manifest.csv: \d+ unusable 'sex' label\(s\): line \d+ \(id 's\d+'\): '[FM]' is not a number"):
         CachedDataset(cache, target="sex")
+
+
+# ------------------------------------------------------------------------------ screening: QC and labels
+QC_SIMILARITY = {"ok0": 0.9, "ok1": 0.8, "ok2": 0.7, "bad-reg": -0.15, "ok3": 0.85, "ok4": 0.6}
+
+
+def with_qc(path: str) -> tuple[np.ndarray, dict]:
+    """Fake T1 ``preprocess_with_qc``: the saved volume and a QC record whose similarity is set per id."""
+    sample_id = Path(path).stem
+    return np.load(path), {"registered": True, "register_decision": "registered",
+                           "registration_similarity": QC_SIMILARITY[sample_id]}
+
+
+@pytest.fixture(scope="module")
+def qc_cache(tmp_path_factory) -> Path:
+    """A cache named after the T1 pipeline (whose QC_LIMITS apply by default): 'bad-reg' failed registration."""
+    root = tmp_path_factory.mktemp("qc")
+    rows = []
+    for i, sample_id in enumerate(QC_SIMILARITY):
+        np.save(root / f"{sample_id}.npy", np.full(SHAPE, float(i), np.float32))
+        rows.append({"id": sample_id, "path": str(root / f"{sample_id}.npy"), "age": 50.0 + i,
+                     "split": "train" if i < 4 else "val"})
+    build_cache(pd.DataFrame(rows), root / "cache", with_qc, {"pipeline": "t1"}, progress=False)
+    return root / "cache"
+
+
+def excluded(output_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(output_dir / "excluded.csv", dtype=str, keep_default_na=False)
+
+
+def test_failed_qc_is_excluded_by_default_and_reported(qc_cache, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING):
+        dataset = CachedDataset(qc_cache, split="train", output_dir=tmp_path)
+    assert dataset.ids == ["ok0", "ok1", "ok2"]
+    assert "left out 1 of 4 sample(s)" in caplog.text and "'bad-reg' (QC: registration similarity -0.15 below 0.5)" \
+        in caplog.text
+    report = excluded(tmp_path)
+    assert report.to_dict("records") == [{"id": "bad-reg", "split": "train",
+                                          "reason": "QC: registration similarity -0.15 below 0.5",
+                                          "source": str(qc_cache)}]
+
+
+def test_qc_policies_keep_and_fail_and_explicit_limits(qc_cache, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING):
+        kept = CachedDataset(qc_cache, split="train", qc_policy="keep", output_dir=tmp_path)
+    assert "bad-reg" in kept.ids and "keeping 1 sample(s) that fail QC" in caplog.text
+    assert excluded(tmp_path).empty  # nothing left out: the report says so
+    with pytest.raises(ValueError, match=r"1 sample\(s\) fail QC: 'bad-reg' \(registration similarity -0.15 below "
+                                         r"0.5\).*qc_policy='exclude'"):
+        CachedDataset(qc_cache, split="train", qc_policy="fail")
+    strict = CachedDataset(qc_cache, split="all", qc_limits={"registration_similarity": (0.75, None)})
+    assert strict.ids == ["ok0", "ok1", "ok3"]
+    assert len(CachedDataset(qc_cache, split="all", qc_limits={})) == 6
+    with pytest.raises(ValueError, match="qc_policy must be one of"):
+        CachedDataset(qc_cache, qc_policy="drop")
+
+
+def test_cache_without_qc_keeps_every_row_and_says_so(qc_cache, tmp_path, caplog):
+    old = tmp_path / "old"
+    shutil.copytree(qc_cache, old)
+    (old / "qc.csv").unlink()  # built before QC was stored
+    with caplog.at_level(logging.WARNING):
+        assert len(CachedDataset(old, split="train")) == 4
+    assert "['registration_similarity'] were not recorded" in caplog.text
+    with pytest.raises(ValueError, match="were not recorded.*into a new folder with the pipeline.s preprocess_with_qc"):
+        CachedDataset(old, split="train", qc_policy="fail")
+
+
+def test_exclusion_report_collects_every_split_once(qc_cache, tmp_path):
+    CachedDataset(qc_cache, split="val", output_dir=tmp_path, qc_limits={"registration_similarity": (0.65, None)})
+    CachedDataset(qc_cache, split="train", output_dir=tmp_path)
+    CachedDataset(qc_cache, split="train", output_dir=tmp_path)  # pre-training and training read the same split
+    assert sorted(zip(excluded(tmp_path)["id"], excluded(tmp_path)["split"])) == [("bad-reg", "train"),
+                                                                                  ("ok4", "val")]
+
+
+@pytest.fixture()
+def labelled_cache(qc_cache, tmp_path) -> Path:
+    """A copy of ``qc_cache`` whose manifest holds the bad ages a user may type: -5, 999, inf and empty."""
+    copy = tmp_path / "labelled"
+    shutil.copytree(qc_cache, copy)
+    manifest = pd.read_csv(copy / "manifest.csv", dtype=str)
+    manifest["age"] = ["-5", "61", "999", "inf", "", "70"]
+    manifest.to_csv(copy / "manifest.csv", index=False)
+    return copy
+
+
+def test_unusable_labels_are_refused_naming_ids_and_lines(labelled_cache):
+    with pytest.raises(ValueError) as error:
+        CachedDataset(labelled_cache, split="all", label_range=(0, 120), qc_limits={})
+    message = str(error.value)
+    assert "\n" not in message and "manifest.csv: 4 unusable 'age' label(s), plausible range [0, 120]" in message
+    for text in ("line 2 (id 'ok0'): -5 is outside the plausible range [0, 120]",
+                 "line 4 (id 'ok2'): 999 is outside", "line 5 (id 'bad-reg'): inf is not finite",
+                 "line 6 (id 'ok3'): missing", "label_policy='drop'"):
+        assert text in message
+    with pytest.raises(ValueError, match=r"2 unusable 'age' label\(s\): line 5 \(id 'bad-reg'\): inf is not finite; line 6 \(id 'ok3'\): missing\. "):
+        CachedDataset(labelled_cache, split="all")  # without a range: still no inf and no empty label
+
+
+def test_label_policy_drop_leaves_them_out_with_a_report(labelled_cache, tmp_path):
+    dataset = CachedDataset(labelled_cache, split="all", label_range=(0, 120), label_policy="drop",
+                            output_dir=tmp_path)
+    assert dataset.ids == ["ok1", "ok4"]  # bad-reg's age is inf: failing QC too, it is reported once
+    np.testing.assert_array_equal(dataset.labels, [61.0, 70.0])
+    reasons = excluded(tmp_path).set_index("id")["reason"].to_dict()
+    assert reasons == {"ok0": "label -5 is outside the plausible range [0, 120]",
+                       "ok2": "label 999 is outside the plausible range [0, 120]",
+                       "bad-reg": "label inf is not finite", "ok3": "label missing"}
+    with pytest.raises(ValueError, match="no sample of split.*left after screening"):
+        CachedDataset(labelled_cache, split="train", label_range=(100, 120), label_policy="drop")

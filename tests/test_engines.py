@@ -129,7 +129,8 @@ def test_collector_and_report(tmp_path):
     frame = collector.frame()
     assert list(frame["id"]) == ["s0", "s1", "s2", "s3"]
     np.testing.assert_allclose(frame["predicted_age"], preds)
-    correction = BiasCorrection("beheshti").fit(preds, ages)
+    correction = BiasCorrection("beheshti", min_subjects=4).fit(preds, ages)  # accepted knowingly: 4 subjects
+    assert correction.usable
     metrics = write_report(frame, tmp_path, train_targets=[60.0, 70.0], bias_correction=correction,
                            extra={"method": "supremix"})
     assert metrics["mae"] == pytest.approx(np.mean(np.abs(preds - ages)))

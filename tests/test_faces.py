@@ -80,7 +80,8 @@ def test_image_dir_and_id_column(faces_dir: Path, tmp_path: Path) -> None:
         ("age,file,split\n3,a.png,train\n", r"bad\.csv: missing column\(s\) \['path'\].*found \['age', 'file', 'split'\]"),
         ("age,path,split\n", r"bad\.csv: no rows"),
         ("age,path,split\n3,img/a.png,train\nold,img/b.png,train\n-2,img/c.png,val\n,img/d.png,test\n",
-         r"bad\.csv: 'age' must be a finite non-negative number; got line 3 \('old'\), line 4 \('-2'\), line 5"),
+         r"bad\.csv: 3 unusable 'age' label\(s\), plausible range \[0, inf\]: line 3 \(id 'img/b.png'\): 'old' is "
+         r"not a number; line 4 \(id 'img/c.png'\): -2 is outside the plausible range \[0, inf\]; line 5 .*: missing"),
         ("age,path,split\n3,img/a.png,train\n4,img/b.png,tst\n",
          r"bad\.csv: 'split' must be one of \('train', 'val', 'test'\); got line 3 \('tst'\)"),
         ("age,path,split\n3,,train\n", r"bad\.csv: empty 'path' at line 2"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from types import SimpleNamespace
 from pathlib import Path
 
 import nibabel as nib
@@ -20,7 +21,7 @@ from monai.bundle import ConfigWorkflow, run
 from nilearn.datasets import load_mni152_template
 
 from preprocessing.t1 import fingerprint
-from supremix_med.inference import check_fingerprint, list_scans, qc_flags
+from supremix_med.inference import PredictionWriter, check_fingerprint, list_scans, qc_flags
 from supremix_med.metrics import BiasCorrection
 from supremix_med.networks import build_model
 
@@ -39,7 +40,8 @@ def model_dir(tmp_path_factory) -> Path:
     torch.save(model.state_dict(), folder / "model.pt")
     (folder / "model_config.json").write_text(json.dumps(MODEL_CONFIG))
     (folder / "preprocessing.json").write_text(json.dumps(fingerprint()))
-    BiasCorrection("beheshti").fit([58.0, 61.0, 66.0], [50.0, 60.0, 75.0]).save(folder / "bias_correction.json")
+    ages = np.linspace(45.0, 80.0, 40)  # a usable fit needs MIN_SUBJECTS (30) subjects
+    BiasCorrection("beheshti").fit(0.7 * ages + 18.0 + np.sin(ages), ages).save(folder / "bias_correction.json")
     return folder
 
 
@@ -176,3 +178,42 @@ def test_qc_flags_name_each_reason():
     assert flags[0] == "" and flags[3] == "" and flags[4] == ""  # NaN: not measured / the scan failed
     assert flags[1] == "predicted age 90.0 outside the training range [45, 82]"
     assert flags[2] == "registration similarity 0.3 below 0.7"
+
+
+def written_frame(writer, ages, predicted) -> pd.DataFrame:
+    """``writer.frame()`` after one iteration over scans without QC fields and without errors."""
+    n = len(ages)
+    state = SimpleNamespace(output={"pred": torch.tensor(predicted).reshape(n, 1), "label": torch.tensor(ages)},
+                            batch={"id": [f"s{i}" for i in range(n)], "path": [f"s{i}.nii" for i in range(n)],
+                                   "error": [""] * n})
+    writer.reset()
+    writer.collect(SimpleNamespace(state=state))
+    return writer.frame().set_index("id")
+
+
+def test_known_ages_outside_the_training_or_plausible_range_are_flagged(tmp_path):
+    ages = np.linspace(45.0, 82.0, 40)
+    correction = BiasCorrection("beheshti").fit(0.7 * ages + 18.0, ages)
+    writer = PredictionWriter(tmp_path / "p.csv", correction, target_range=(45, 82), pipeline=None,
+                              gap_name="brain_age_gap", plausible_range=(0, 120))
+    table = written_frame(writer, [30.0, 999.0, float("inf"), float("nan"), 60.0], [52.0, 60.0, 61.0, 62.0, 63.0])
+    assert table.loc["s0", "qc_flag"] == "age 30 outside the training range [45, 82]"
+    assert table.loc["s0", "brain_age_gap"] == pytest.approx(22.0)  # computed, extrapolated: flagged
+    assert table.loc["s0", "brain_age_gap_corrected"] == pytest.approx(correction.corrected_gap([52.0], [30.0])[0])
+    assert table.loc["s1", "qc_flag"] == "implausible age: 999 is outside the plausible range [0, 120] (gap left empty)"
+    assert table.loc["s2", "qc_flag"] == "implausible age: inf is not finite (gap left empty)"
+    for implausible in ("s1", "s2"):
+        assert np.isnan(table.loc[implausible, ["brain_age_gap", "brain_age_gap_corrected"]].astype(float)).all()
+    assert table.loc["s3", "qc_flag"] == "" and np.isnan(table.loc["s3", "brain_age_gap"])  # age unknown
+    assert table.loc["s4", "qc_flag"] == "" and table.loc["s4", "brain_age_gap"] == pytest.approx(3.0)
+    with pytest.raises(ValueError, match=r"plausible_range must be \(low, high\)"):
+        PredictionWriter(tmp_path / "p.csv", plausible_range=(120, 0), pipeline=None)
+
+
+def test_unusable_bias_correction_leaves_corrected_gaps_empty(tmp_path, caplog):
+    degenerate = BiasCorrection("beheshti").fit([60.0, 61.0, 60.5, 61.5, 60.2, 60.8], [50, 55, 60, 65, 70, 75])
+    with caplog.at_level(logging.WARNING, logger="supremix_med.inference.writer"):
+        writer = PredictionWriter(tmp_path / "p.csv", degenerate, pipeline=None)
+    assert "bias correction is unusable (fitted on 6 subjects, fewer than 30" in caplog.text
+    table = written_frame(writer, [50.0, 70.0], [60.0, 61.0])
+    assert table["age_gap"].tolist() == [10.0, -9.0] and table["age_gap_corrected"].isna().all()

@@ -217,7 +217,8 @@ def test_writer_reports_the_pipelines_qc_and_target(xray_dir, tmp_path):
     hand = table.loc["hand"]
     assert hand["predicted_months"] == pytest.approx(10.0, abs=1e-4)  # a z-scored image has mean ~0
     assert hand["months_gap"] == pytest.approx(hand["predicted_months"] - 12.0)
-    assert hand["format"] == "PNG" and hand["qc_flag"].startswith("predicted months 10.0 outside the training range")
+    assert hand["format"] == "PNG" and hand["qc_flag"] == ("months 12 outside the training range [0, 9]; predicted "
+                                                           "months 10.0 outside the training range [0, 9]")
     assert table.loc["ct", "format"] == "DICOM" and np.isnan(table.loc["ct", "months_gap"])
     broken = table.loc["broken"]
     assert "broken.png" in broken["error"] and np.isnan(broken["predicted_months"]) and pd.isna(broken["format"])

@@ -131,7 +131,7 @@ def test_shot_metrics_bad_arguments(kwargs, message) -> None:
 
 # ---------------------------------------------------------------- bias correction
 
-AGE = np.linspace(20.0, 80.0, 25)
+AGE = np.linspace(20.0, 80.0, 40)  # more than MIN_SUBJECTS: a usable fit
 
 
 def test_cole_recovers_linear_bias() -> None:
@@ -185,6 +185,93 @@ def test_bias_correction_errors(tmp_path) -> None:
     (tmp_path / "partial.json").write_text(json.dumps({"method": "cole", "slope": 1.0}))
     with pytest.raises(ValueError, match=r"partial\.json.*intercept"):
         BiasCorrection.load(tmp_path / "partial.json")
+
+
+def noise_free_of_age(age: np.ndarray, sd: float, seed: int = 0) -> np.ndarray:
+    """Deterministic noise of standard deviation ``sd`` with zero mean and zero covariance with ``age``, so a line
+    fitted through ``f(age) + noise`` has exactly f's slope and intercept."""
+    raw = np.random.default_rng(seed).normal(size=age.shape)
+    design = np.stack([np.ones_like(age), age], axis=1)
+    residual = raw - design @ np.linalg.lstsq(design, raw, rcond=None)[0]
+    return residual * sd / residual.std()
+
+
+def test_degenerate_fit_is_refused_not_applied(caplog) -> None:
+    """The issue's case: 6 subjects and a near-flat model (Beheshti slope -0.98) gave a corrected MAE of 1.18."""
+    age = np.array([45.0, 52.0, 58.0, 63.0, 71.0, 80.0])
+    pred = 62.0 + 0.02 * age + noise_free_of_age(age, 1.0)
+    with caplog.at_level("WARNING", logger="supremix_med.metrics.bias_correction"):
+        correction = BiasCorrection("beheshti").fit(pred, age)
+    assert correction.slope == pytest.approx(-0.98) and correction.n_fit == 6 and not correction.usable
+    assert correction.problems == [
+        "fitted on 6 subjects, fewer than 30",
+        "predictions rise 0.02 years per year of age (beheshti slope -0.98), outside [0.3, 1.5]",
+        f"predictions correlate with age at r = {correction.r:.3g}, below 0.5",
+    ]
+    assert "unusable and will not be applied: fitted on 6 subjects" in caplog.text
+    assert np.isnan(correction.corrected_gap(pred, age)).all()
+    assert np.isnan(correction.corrected_prediction(pred, age)).all()
+    saved = correction.to_dict()
+    assert (saved["n_fit"], saved["usable"], saved["problems"]) == (6, False, correction.problems)
+    assert saved["slope"] == pytest.approx(-0.98) and saved["r"] == pytest.approx(correction.r)
+
+
+LONG_AGE = np.linspace(20.0, 80.0, 40)
+
+
+@pytest.mark.parametrize(
+    "method, pred, problem",
+    [
+        ("cole", 0.8 * AGE[:10] + 12.0, "fitted on 10 subjects, fewer than 30"),
+        ("beheshti", 0.1 * LONG_AGE + 50.0, "predictions rise 0.1 years per year of age (beheshti slope -0.9), "
+                                            "outside [0.3, 1.5]"),
+        ("cole", 2.0 * LONG_AGE - 50.0, "predictions rise 2 years per year of age (cole slope 2), outside [0.3, 1.5]"),
+        ("beheshti", 0.6 * LONG_AGE + 20.0 + noise_free_of_age(LONG_AGE, 25.0),
+         "predictions correlate with age at r = 0.392, below 0.5"),  # 0.6 * SD(age) / SD(pred)
+    ],
+    ids=["too-few-subjects", "slope-too-flat", "slope-too-steep", "r-too-low"],
+)
+def test_each_limit_alone_makes_a_fit_unusable(method, pred, problem) -> None:
+    age = AGE[:10] if len(pred) == 10 else LONG_AGE
+    correction = BiasCorrection(method).fit(pred, age)
+    assert correction.problems == [problem] and not correction.usable
+    assert np.isnan(correction.corrected_gap(pred, age)).all()
+
+
+def test_usable_fit_records_n_slope_and_r_in_its_file(tmp_path) -> None:
+    pred = 0.7 * LONG_AGE + 18.0 + noise_free_of_age(LONG_AGE, 3.0)
+    correction = BiasCorrection("beheshti").fit(pred, LONG_AGE)
+    assert correction.usable and correction.problems == []
+    correction.save(tmp_path / "bias_correction.json")
+    saved = json.loads((tmp_path / "bias_correction.json").read_text())
+    assert saved["n_fit"] == 40 and saved["slope"] == pytest.approx(-0.3) and saved["age_slope"] == pytest.approx(0.7)
+    assert saved["r"] == pytest.approx(np.corrcoef(pred, LONG_AGE)[0, 1]) and saved["usable"] is True
+    assert saved["limits"] == {"min_subjects": 30, "age_slope_range": [0.3, 1.5], "min_r": 0.5}
+
+
+def test_saved_corrections_are_judged_again_on_load(tmp_path) -> None:
+    path = tmp_path / "bias_correction.json"
+    path.write_text(json.dumps({"method": "beheshti", "slope": -0.3, "intercept": 12.0, "n_fit": 40}))
+    assert BiasCorrection.load(path).usable  # saved before r was recorded: r is not checked
+    path.write_text(json.dumps({"method": "beheshti", "slope": -0.3, "intercept": 12.0, "n_fit": 6, "r": 0.9,
+                                "usable": True, "problems": []}))  # a stored verdict is never trusted
+    assert BiasCorrection.load(path).problems == ["fitted on 6 subjects, fewer than 30"]
+    path.write_text(json.dumps({"method": "cole", "slope": 0.7, "intercept": 12.0, "r": None, "n_fit": 40}))
+    assert BiasCorrection.load(path).problems == ["predictions correlate with age at r = nan, below 0.5"]
+    path.write_text(json.dumps({"method": "cole", "slope": 0.7, "intercept": 1.0, "limits": {"min_n": 3}}))
+    with pytest.raises(ValueError, match="limits must be a dict of min_subjects"):
+        BiasCorrection.load(path)
+
+
+def test_other_limits_accept_a_small_fit_knowingly(tmp_path) -> None:
+    correction = BiasCorrection("cole", min_subjects=8).fit(0.8 * AGE[:10] + 12.0, AGE[:10])
+    assert correction.usable
+    correction.save(tmp_path / "c.json")
+    assert BiasCorrection.load(tmp_path / "c.json").usable
+    with pytest.raises(ValueError, match="min_subjects >= 2"):
+        BiasCorrection(min_subjects=1)
+    with pytest.raises(ValueError, match="low < high"):
+        BiasCorrection(age_slope_range=(1.5, 0.3))
 
 
 # ---------------------------------------------------------------- ignite metrics

@@ -76,8 +76,8 @@ def test_split_file_prefers_dir_names_and_names_both_when_missing(tmp_path):
 
 @pytest.mark.parametrize("body,match", [
     ("index\tsentence1\tscore\n0\ta\t1\n", r"bad.tsv: no column\(s\) \['sentence2'\]"),
-    (HEADER + "0\tg\ta\tb\t1.0\n1\tg\ta\tb\tfive\n", r"bad.tsv: line 3 has score 'five'"),
-    (HEADER + "0\tg\ta\tb\tnan\n", r"bad.tsv: line 2 has score 'nan'"),
+    (HEADER + "0\tg\ta\tb\t1.0\n1\tg\ta\tb\tfive\n", r"bad.tsv: 1 unusable 'score' label\(s\): line 3 \(id '1'\): 'five' is not a number"),
+    (HEADER + "0\tg\ta\tb\tnan\n", r"bad.tsv: 1 unusable 'score' label\(s\): line 2 \(id '0'\): 'nan' is not a number"),
     (HEADER + "0\tg\ta\tb\t1\n1\tg\ta\n", r"bad.tsv: line 3 has an empty 'sentence2'"),
     (HEADER, r"bad.tsv: holds a header but no sentence pair"),
     ("", r"bad.tsv: not a readable tab-separated file"),

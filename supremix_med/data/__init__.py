@@ -1,4 +1,5 @@
-"""The data layer: the preprocessed-tensor cache, its datasets, manifests, splits and covariates.
+"""The data layer: the preprocessed-tensor cache, its datasets, manifests, splits and covariates, and the
+screening every loader runs (label checks, QC limits, the exclusion report).
 
 Raw-format sources read without a cache (faces, sentence pairs, tables) are in :mod:`supremix_med.data.sources`;
 the synthetic demo cohorts are in :mod:`supremix_med.demo`.
@@ -8,13 +9,17 @@ imported lazily: worker processes that only build caches import this package and
 MONAI.
 """
 
-from supremix_med.data.cache import CacheInfo, build_cache, read_cache_info, read_fingerprint
+from supremix_med.data.cache import CacheInfo, build_cache, read_cache_info, read_cache_qc, read_fingerprint
+from supremix_med.data.exclusions import EXCLUDED_FILE, report_exclusions
+from supremix_med.data.labels import LABEL_POLICIES, check_labels
 from supremix_med.data.manifest import load_manifest, validate_manifest
+from supremix_med.data.qc import QC_POLICIES, check_qc
 from supremix_med.data.splits import SPLITS, assign_splits, select_splits
 
-__all__ = ["CacheInfo", "build_cache", "read_cache_info", "read_fingerprint", "load_manifest",
-           "validate_manifest", "SPLITS", "assign_splits", "select_splits", "CachedDataset", "collate_fn",
-           "covariate_inputs", "covariate_transforms"]
+__all__ = ["CacheInfo", "build_cache", "read_cache_info", "read_cache_qc", "read_fingerprint", "load_manifest",
+           "validate_manifest", "SPLITS", "assign_splits", "select_splits", "EXCLUDED_FILE", "report_exclusions",
+           "LABEL_POLICIES", "check_labels", "QC_POLICIES", "check_qc", "CachedDataset",
+           "collate_fn", "covariate_inputs", "covariate_transforms"]
 
 _LAZY = {"CachedDataset": "datasets", "collate_fn": "datasets", "covariate_inputs": "covariates",
          "covariate_transforms": "covariates"}

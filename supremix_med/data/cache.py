@@ -10,9 +10,17 @@ A cache folder holds
 - ``preprocessing.json``: ``fingerprint`` (the caller's description of the preprocessing: pipeline, version,
   parameters, library versions), ``sample_shape``, ``dtype``, ``created``/``updated`` times (UTC, ISO 8601),
   ``samples`` (count per split) and ``failed``.
+- ``qc.csv``: one row per cached sample, ``id`` then the QC record of its preprocessing (see below).
 - ``failures.csv`` (``id``, ``path``, ``error``): samples that could not be preprocessed in the latest run.
 - ``plan.csv`` (``id``, ``path``, ``split``, ``index``: the slot of every sample of the manifest),
   ``progress.jsonl`` (the journal of written samples) and ``complete`` (written last): build bookkeeping.
+
+QC stays with the data. ``preprocess`` may return ``(image, record)`` (a pipeline's ``preprocess_with_qc``):
+the record's scalar entries (numbers, bools, strings, None; e.g. T1's ``registered``, ``register_decision``,
+``registration_similarity``: every ``QC_FIELDS`` entry inference reports) are journalled with the sample and
+written to ``qc.csv``, so training can leave out the samples that fail QC (:func:`read_cache_qc`,
+:class:`~supremix_med.data.CachedDataset`'s ``qc_policy``). A ``preprocess`` returning the image alone records
+no QC (``qc.csv`` holds ids only); a cache built before QC was stored has no ``qc.csv``.
 
 Every sample of the manifest gets a slot when the build starts. A failed sample keeps its slot, which stays
 unused: it is absent from ``manifest.csv`` (the arrays are never compacted, so a finished cache is never
@@ -45,7 +53,7 @@ from datetime import datetime, timezone
 from itertools import islice
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -56,13 +64,14 @@ from supremix_med.io import atomic_write
 from .manifest import read_manifest_csv, validate_manifest
 from .splits import assign_splits
 
-__all__ = ["CacheInfo", "DTYPES", "array_path", "build_cache", "read_cache_info", "read_fingerprint"]
+__all__ = ["CacheInfo", "DTYPES", "array_path", "build_cache", "read_cache_info", "read_cache_qc", "read_fingerprint"]
 
 DTYPES: tuple[str, ...] = ("float16", "float32")
 FORMAT = "supremix-med-cache/1"
 INFO_FILE = "preprocessing.json"
 MANIFEST_FILE = "manifest.csv"
 FAILURES_FILE = "failures.csv"
+QC_FILE = "qc.csv"
 PLAN_FILE = "plan.csv"
 JOURNAL_FILE = "progress.jsonl"
 COMPLETE_FILE = "complete"
@@ -126,6 +135,15 @@ def read_fingerprint(cache_dir: str | Path) -> dict[str, Any]:
 def array_path(cache_dir: str | Path, split: str) -> Path:
     """Path of the array holding the samples of ``split``."""
     return Path(cache_dir) / f"{split}.npy"
+
+
+def read_cache_qc(cache_dir: str | Path) -> pd.DataFrame | None:
+    """The QC record of every cached sample (``qc.csv``: ``id`` then one column per QC entry), or ``None`` for a
+    cache built before QC was stored. Empty cells (entries the pipeline left None) read as NaN."""
+    path = Path(cache_dir) / QC_FILE
+    if not path.exists():
+        return None
+    return pd.read_csv(path, dtype={"id": str}, keep_default_na=False, na_values=[""])
 
 
 def _now() -> str:
@@ -231,8 +249,27 @@ def _with_splits(manifest: pd.DataFrame, seed: int, fractions: Sequence[float], 
     return table
 
 
-def _prepare_sample(preprocess: Callable[[str], np.ndarray], path: str, dtype: str) -> np.ndarray:
-    """Preprocess one sample (runs in a worker) and return it in the storage dtype.
+class _Prepared(NamedTuple):
+    """One preprocessed sample: the array in the storage dtype and its QC record (``{}`` when none)."""
+
+    array: np.ndarray
+    qc: dict[str, Any]
+
+
+def _qc_record(record: Any) -> dict[str, Any]:
+    """The scalar entries (numbers, bools, strings, None) of a QC record, as plain Python values for JSON."""
+    if not isinstance(record, dict):
+        raise ValueError(f"preprocess returned (image, {type(record).__name__}), expected (image, dict) with the "
+                         f"QC record second.")
+    scalars = (str, bool, int, float, type(None), np.generic)
+    return {str(k): v.item() if isinstance(v, np.generic) else v for k, v in record.items() if isinstance(v, scalars)}
+
+
+def _prepare_sample(preprocess: Callable[[str], Any], path: str, dtype: str) -> _Prepared:
+    """Preprocess one sample (runs in a worker): the array in the storage dtype and its QC record.
+
+    ``preprocess`` returns the image, or ``(image, record)`` with the record of a pipeline's
+    ``preprocess_with_qc`` (its scalar entries are kept, see :func:`_qc_record`).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -241,7 +278,9 @@ def _prepare_sample(preprocess: Callable[[str], np.ndarray], path: str, dtype: s
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such file or folder: {path}")
-    sample = preprocess(path)
+    sample, qc = preprocess(path), {}
+    if isinstance(sample, tuple) and len(sample) == 2:
+        sample, qc = sample[0], _qc_record(sample[1])
     if not isinstance(sample, np.ndarray) or not np.issubdtype(sample.dtype, np.floating):
         kind = f"array of {sample.dtype}" if isinstance(sample, np.ndarray) else type(sample).__name__
         raise ValueError(f"preprocess returned a {kind}, expected a floating-point numpy array.")
@@ -251,7 +290,7 @@ def _prepare_sample(preprocess: Callable[[str], np.ndarray], path: str, dtype: s
     if max(-low, high) > np.finfo(dtype).max:
         raise ValueError(f"values up to {max(-low, high):.6g} overflow {dtype}; normalise the image or build the "
                          f"cache with dtype='float32'.")
-    return np.ascontiguousarray(sample, dtype=dtype)
+    return _Prepared(np.ascontiguousarray(sample, dtype=dtype), qc)
 
 
 def _check_picklable(preprocess: Callable[[str], np.ndarray]) -> None:
@@ -266,7 +305,7 @@ def _describe(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
 
 
-def _attempt(preprocess: Callable[[str], np.ndarray], path: str, dtype: str) -> np.ndarray | str:
+def _attempt(preprocess: Callable[[str], Any], path: str, dtype: str) -> _Prepared | str:
     """:func:`_prepare_sample` in this process, with a bad item's exception turned into its message."""
     try:
         return _prepare_sample(preprocess, path, dtype)
@@ -274,8 +313,8 @@ def _attempt(preprocess: Callable[[str], np.ndarray], path: str, dtype: str) -> 
         return _describe(err)
 
 
-def _samples(tasks: list[tuple[str, str]], preprocess: Callable[[str], np.ndarray], dtype: str,
-             workers: int) -> Iterator[tuple[str, np.ndarray | str]]:
+def _samples(tasks: list[tuple[str, str]], preprocess: Callable[[str], Any], dtype: str,
+             workers: int) -> Iterator[tuple[str, _Prepared | str]]:
     """Yield ``(id, sample)`` or ``(id, error message)`` for every ``(id, path)`` task, in completion order.
 
     With ``workers > 1`` a spawn-context process pool runs at most ``2 * workers`` tasks at a time, so memory
@@ -299,7 +338,7 @@ def _samples(tasks: list[tuple[str, str]], preprocess: Callable[[str], np.ndarra
             for future in finished:
                 sample_id = running.pop(future)
                 try:
-                    sample: np.ndarray | str = future.result()
+                    sample: _Prepared | str = future.result()
                 except BrokenProcessPool as err:
                     raise RuntimeError("a preprocessing worker died (out of memory or killed); samples written "
                                        "so far are kept: re-run to continue.") from err
@@ -309,10 +348,11 @@ def _samples(tasks: list[tuple[str, str]], preprocess: Callable[[str], np.ndarra
             submit(len(finished))
 
 
-def _read_journal(text: str, plan: pd.DataFrame) -> set[str]:
-    """Ids journalled as written to their planned slot; a torn line (interrupted append) is ignored."""
+def _read_journal(text: str, plan: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """``{id: QC record}`` of the samples journalled as written to their planned slot (``{}`` for an entry
+    without QC); a torn line (interrupted append) is ignored."""
     slots = {(i, s, int(k)) for i, s, k in zip(plan["id"], plan["split"], plan["index"])}
-    done = set()
+    done: dict[str, dict[str, Any]] = {}
     for line in text.splitlines():
         try:
             entry = json.loads(line)
@@ -320,7 +360,7 @@ def _read_journal(text: str, plan: pd.DataFrame) -> set[str]:
         except (ValueError, KeyError, TypeError):
             continue
         if key in slots:
-            done.add(entry["id"])
+            done[entry["id"]] = entry.get("qc", {})
     return done
 
 
@@ -348,7 +388,8 @@ class _Store:
             self._open_arrays(tuple(shape))
         journal = folder / JOURNAL_FILE
         text = journal.read_text(encoding="utf-8") if journal.exists() else ""
-        self.done = _read_journal(text, self.plan)
+        self.qc = _read_journal(text, self.plan)  # QC record of every journalled sample, then of the new ones
+        self.done = set(self.qc)
         self.journal = open(journal, "a", encoding="utf-8")
         if text and not text.endswith("\n"):
             self.journal.write("\n")  # end a torn line so the next entry parses
@@ -389,8 +430,9 @@ class _Store:
         """Remove the ``complete`` marker before the folder changes."""
         (self.folder / COMPLETE_FILE).unlink(missing_ok=True)
 
-    def write(self, sample_id: str, sample: np.ndarray) -> str | None:
-        """Write a sample into its slot; it is trusted once committed. Returns why it was refused, or None."""
+    def write(self, sample_id: str, sample: np.ndarray, qc: dict[str, Any]) -> str | None:
+        """Write a sample into its slot (its QC record is journalled with it); it is trusted once committed.
+        Returns why it was refused, or None."""
         if not self.arrays:
             self._open_arrays(sample.shape)
         shape = tuple(self.info["sample_shape"])
@@ -398,6 +440,7 @@ class _Store:
             return f"ValueError: preprocess returned shape {sample.shape}, the cache holds {shape}."
         split, index = self.slots[sample_id]
         self.arrays[split][index] = sample
+        self.qc[sample_id] = qc
         self.uncommitted.append(sample_id)
         if time.monotonic() - self.last_commit >= COMMIT_SECONDS:
             self.commit()
@@ -411,7 +454,10 @@ class _Store:
             array.flush()
         for sample_id in self.uncommitted:
             split, index = self.slots[sample_id]
-            self.journal.write(json.dumps({"id": sample_id, "split": split, "index": index}) + "\n")
+            entry = {"id": sample_id, "split": split, "index": index}
+            if self.qc[sample_id]:
+                entry["qc"] = self.qc[sample_id]
+            self.journal.write(json.dumps(entry) + "\n")
         self.journal.flush()
         os.fsync(self.journal.fileno())
         self.done.update(self.uncommitted)
@@ -419,7 +465,7 @@ class _Store:
         self.last_commit = time.monotonic()
 
     def finalise(self, table: pd.DataFrame, errors: dict[str, str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """Write ``failures.csv``, ``manifest.csv``, ``preprocessing.json`` and the ``complete`` marker.
+        """Write ``failures.csv``, ``manifest.csv``, ``qc.csv``, ``preprocessing.json`` and the ``complete`` marker.
 
         Returns:
             the final manifest (cached samples in manifest order, with ``index``) and the failures table.
@@ -436,6 +482,8 @@ class _Store:
         manifest = table[table["id"].isin(self.done)].reset_index(drop=True)
         manifest["index"] = manifest["id"].map(lambda i: self.slots[i][1]).astype(int)
         _write_atomic(self.folder / MANIFEST_FILE, manifest.to_csv(index=False))
+        qc = pd.DataFrame([{"id": i, **self.qc[i]} for i in manifest["id"]])
+        _write_atomic(self.folder / QC_FILE, qc.to_csv(index=False))
         self.info.update(updated=_now(), samples={s: int(n) for s, n in manifest["split"].value_counts().items()},
                          failed=len(failures))
         self._save_info()
@@ -459,7 +507,7 @@ def _build_in(folder: Path, table: pd.DataFrame, preprocess: Callable[[str], np.
         errors: dict[str, str] = {}
         with tqdm(total=len(todo), desc=f"caching {folder.name}", unit="sample", disable=not progress) as bar:
             for sample_id, sample in _samples(todo, preprocess, dtype, workers):
-                error = sample if isinstance(sample, str) else store.write(sample_id, sample)
+                error = sample if isinstance(sample, str) else store.write(sample_id, *sample)
                 if error is not None:
                     errors[sample_id] = error
                     bar.set_postfix(failed=len(errors))
@@ -517,8 +565,9 @@ def build_cache(
         manifest: one row per sample with ``id`` and ``path`` (see :func:`~.manifest.validate_manifest`); a
             ``split`` column is kept, otherwise splits are assigned by :func:`~.splits.assign_splits`.
         output_dir: the cache folder; created if missing. A non-empty folder that is not a cache is refused.
-        preprocess: ``path -> float array`` of the same shape for every sample; with ``workers > 1`` it must be
-            picklable (a module-level function or an instance of a module-level class).
+        preprocess: ``path -> float array`` of the same shape for every sample, or ``path -> (array, QC record)``
+            (a pipeline's ``preprocess_with_qc``: the record's scalar entries go to ``qc.csv``); with
+            ``workers > 1`` it must be picklable (a module-level function or an instance of a module-level class).
         fingerprint: JSON-serialisable description of the preprocessing (pipeline, version, parameters,
             library versions), stored in ``preprocessing.json``; a cache built with another is refused.
         workers: processes running ``preprocess``; 1 runs it in this process.

@@ -6,7 +6,7 @@ bytes (from the page cache once warm) and a float16 -> float32 conversion, with 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +15,11 @@ import pandas as pd
 import torch
 from monai.data import Dataset, list_data_collate
 
-from .cache import MANIFEST_FILE, array_path, read_cache_info
+from .cache import MANIFEST_FILE, array_path, read_cache_info, read_cache_qc
+from .exclusions import report_exclusions
+from .labels import check_labels
 from .manifest import read_manifest_csv
+from .qc import check_qc, pipeline_qc_limits
 from .splits import select_splits
 
 __all__ = ["CachedDataset", "RecordDataset", "collate_fn"]
@@ -72,16 +75,38 @@ class CachedDataset(RecordDataset):
     mapped on first access in each process and are not pickled, so DataLoader workers (fork or spawn) map
     them themselves.
 
+    Screening, when the dataset is built (nothing is dropped silently: a warning names every left-out sample and,
+    with ``output_dir``, ``<output_dir>/excluded.csv`` lists them, see :mod:`~supremix_med.data.exclusions`):
+
+    1. labels (:func:`~supremix_med.data.labels.check_labels`): a missing, non-numeric, non-finite or (with
+       ``label_range``) implausible target is refused (``label_policy="refuse"``: one error naming every such
+       sample by id and manifest line) or left out (``"drop"``);
+    2. QC (:func:`~supremix_med.data.qc.check_qc`): a sample whose stored QC record (``qc.csv``, see
+       :mod:`~supremix_med.data.cache`) violates ``qc_limits`` -- by default the ``QC_LIMITS`` of the pipeline
+       named in the cache's fingerprint, e.g. T1's ``registration_similarity >= 0.5`` -- is left out
+       (``qc_policy="exclude"``), kept with a warning (``"keep"``) or refused (``"fail"``). A cache built before
+       QC was stored has no QC record: every sample is kept and a warning says that QC could not be checked
+       (``"fail"`` refuses it).
+
     Args:
         cache_dir: a complete cache folder.
         split: ``"train"``, ``"val"``, ``"test"``, a list of them (concatenated in that order) or ``"all"``.
         transform: callable or sequence of callables (e.g. MONAI dict transforms) applied to each item.
         target: manifest column holding the regression target; every selected sample needs a value.
         covariates: further manifest columns returned with each item (e.g. ``("sex", "site")``).
+        qc_policy: ``"exclude"``, ``"keep"`` or ``"fail"``, for samples that fail QC.
+        qc_limits: ``{QC field: (low, high)}`` (either bound None), as inference's ``qc_limits``; ``None``: the
+            pipeline's ``QC_LIMITS``; ``{}``: no QC check.
+        label_range: plausible ``(low, high)`` target (e.g. ``(0, 120)`` years, see
+            a bundle's ``plausible_range``); ``None`` checks only that targets are
+            finite numbers.
+        label_policy: ``"refuse"`` or ``"drop"``, for unusable targets.
+        output_dir: the run's output folder, where ``excluded.csv`` is written; ``None`` only logs.
 
     Raises:
-        ValueError: the cache is incomplete or damaged, a split name is unknown or selects no sample, a column
-            is missing, or a target is missing or not a number.
+        ValueError: the cache is incomplete or damaged, a split name is unknown or selects no sample (or none is
+            left after screening), a column is missing, a target is unusable (``label_policy="refuse"``), or a
+            sample fails QC (``qc_policy="fail"``).
     """
 
     def __init__(
@@ -91,6 +116,12 @@ class CachedDataset(RecordDataset):
         transform: Sequence[Callable] | Callable | None = None,
         target: str = "age",
         covariates: Sequence[str] = (),
+        *,
+        qc_policy: str = "exclude",
+        qc_limits: Mapping[str, Sequence[float | None]] | None = None,
+        label_range: Sequence[float] | None = None,
+        label_policy: str = "refuse",
+        output_dir: str | Path | None = None,
     ) -> None:
         self.cache_dir = Path(cache_dir)
         info = read_cache_info(self.cache_dir)
@@ -105,9 +136,11 @@ class CachedDataset(RecordDataset):
             raise ValueError(f"{self.cache_dir / MANIFEST_FILE}: no column(s) {missing}; found "
                              f"{list(manifest.columns)}.")
         names = select_splits(split)
-        rows = pd.concat([manifest[manifest["split"] == s] for s in names], ignore_index=True)
+        rows = pd.concat([manifest[manifest["split"] == s] for s in names])
         if rows.empty:
             raise ValueError(f"{self.cache_dir}: no cached sample in split(s) {names}; the cache holds {info.samples}.")
+        limits = pipeline_qc_limits(info.fingerprint.get("pipeline")) if qc_limits is None else qc_limits
+        rows = self._screen(rows, target, names, limits, qc_policy, label_range, label_policy, output_dir)
         self.target = target
         self.covariates = tuple(covariates)
         self.manifest = rows
@@ -116,17 +149,30 @@ class CachedDataset(RecordDataset):
         for name in rows["split"].unique():
             self._check_array(name, int(rows.loc[rows["split"] == name, "index"].max()))
 
+    def _screen(self, rows: pd.DataFrame, target: str, splits: list[str], qc_limits: Mapping,
+                qc_policy: str, label_range: Sequence[float] | None, label_policy: str,
+                output_dir: str | Path | None) -> pd.DataFrame:
+        """The selected manifest rows (index: their manifest row) whose target and QC pass; the others reported."""
+        manifest_path = self.cache_dir / MANIFEST_FILE
+        kept, bad_labels = check_labels(rows, target, label_range, label_policy, str(manifest_path),
+                                        [f"line {i + 2}" for i in rows.index])
+        qc = read_cache_qc(self.cache_dir)
+        qc = pd.DataFrame(index=kept.index) if qc is None else qc.set_index("id").reindex(kept["id"])
+        checked = pd.concat([kept[["id", "split"]], qc.set_axis(kept.index)], axis=1)
+        passed, failed_qc = check_qc(checked, qc_limits, qc_policy, str(self.cache_dir))
+        excluded = pd.concat([bad_labels, failed_qc], ignore_index=True)
+        report_exclusions(excluded, self.cache_dir, splits, output_dir, total=len(rows))
+        if passed.empty:
+            raise ValueError(f"{self.cache_dir}: no sample of split(s) {splits} is left after screening: all "
+                             f"{len(rows)} were left out (listed in the warning above).")
+        return kept.loc[passed.index].reset_index(drop=True)
+
     def _records(self, rows: pd.DataFrame) -> list[dict[str, Any]]:
         """One dict per sample: id, split, index, label (float) and the covariates' item values."""
-        labels = pd.to_numeric(rows[self.target], errors="coerce")
-        unusable = labels.isna()
-        if unusable.any():
-            raise ValueError(f"{self.cache_dir / MANIFEST_FILE}: {int(unusable.sum())} selected sample(s) have no "
-                             f"numeric {self.target!r}, e.g. id {rows['id'][unusable].iloc[0]!r}.")
         columns = {c: self._covariate_values(rows[c]) for c in self.covariates}
         return [
             {"id": i, "split": s, "index": int(k), "label": float(y), **{c: v[n] for c, v in columns.items()}}
-            for n, (i, s, k, y) in enumerate(zip(rows["id"], rows["split"], rows["index"], labels))
+            for n, (i, s, k, y) in enumerate(zip(rows["id"], rows["split"], rows["index"], rows[self.target]))
         ]
 
     @staticmethod

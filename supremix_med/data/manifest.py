@@ -3,14 +3,22 @@
 A manifest has the columns ``id`` (unique sample id) and ``path`` (the raw scan: a file or, for DICOM
 series, a folder), and optionally ``age`` (numeric target), ``sex``, ``site`` (covariates) and ``split``
 (``train``/``val``/``test``); any other column (more targets or covariates) is carried along unchanged.
+
+An ``age`` is a finite number or empty (an unlabelled sample). :func:`load_manifest` can further check the
+training target against a plausible range (``label_range``), refusing or leaving out (``label_policy="drop"``,
+reported in ``excluded.csv``) the samples whose target is missing, not finite or implausible.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
+from .exclusions import report_exclusions
+from .labels import check_labels, label_problems
 from .splits import SPLITS
 
 __all__ = ["REQUIRED_COLUMNS", "RESERVED_COLUMNS", "load_manifest", "read_manifest_csv", "validate_manifest"]
@@ -55,7 +63,7 @@ def validate_manifest(df: pd.DataFrame, source: str = "manifest", first_line: in
 
     Raises:
         ValueError: a required column is missing, a reserved column is present, an id is empty or
-            duplicated, a path is empty, an age is not a number, or a split is not one of train/val/test.
+            duplicated, a path is empty, an age is not a finite number, or a split is not one of train/val/test.
     """
     df = _strip_strings(df.reset_index(drop=True))
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
@@ -74,12 +82,12 @@ def validate_manifest(df: pd.DataFrame, source: str = "manifest", first_line: in
     if duplicated.any():
         raise ValueError(f"{source}: ids must be unique; duplicated at {_where(duplicated, df, first_line)}.")
     if "age" in df.columns:
-        age = pd.to_numeric(df["age"], errors="coerce")
-        not_numeric = age.isna() & df["age"].notna() & (df["age"].astype(str) != "")
-        if not_numeric.any():
-            raise ValueError(f"{source}: 'age' must be a number (or empty for unlabelled samples); got "
-                             f"{df['age'][not_numeric].iloc[0]!r} at {_where(not_numeric, df, first_line)}.")
-        df["age"] = age.astype(float)
+        problems = label_problems(df["age"])
+        bad = (problems != "") & (problems != "missing")
+        if bad.any():
+            raise ValueError(f"{source}: 'age' must be a finite number (or empty for unlabelled samples): "
+                             f"{problems[bad].iloc[0]} at {_where(bad, df, first_line)}.")
+        df["age"] = pd.to_numeric(df["age"], errors="coerce").astype(float)
     if "split" in df.columns:
         bad_split = ~df["split"].isin(SPLITS)
         if bad_split.any():
@@ -101,19 +109,28 @@ def read_manifest_csv(path: str | Path) -> pd.DataFrame:
     return df
 
 
-def load_manifest(path: str | Path) -> pd.DataFrame:
+def load_manifest(path: str | Path, target: str | None = None, label_range: Sequence[float] | None = None,
+                  label_policy: str = "refuse", output_dir: str | os.PathLike | None = None) -> pd.DataFrame:
     """Read and validate a manifest CSV; relative ``path`` entries are resolved against the CSV's folder.
 
     Args:
         path: the CSV file (header row, then one row per sample; see the module docstring for columns).
+        target: the training target column; when given, every sample needs a finite ``target`` (within
+            ``label_range`` when given): see :func:`~supremix_med.data.labels.check_labels`. ``None``: no check
+            beyond :func:`validate_manifest`'s (empty ages allowed).
+        label_range: plausible ``(low, high)`` of ``target`` (e.g. ``(0, 120)`` years).
+        label_policy: ``"refuse"`` (raise, naming every unusable target by line and id) or ``"drop"`` (leave
+            those rows out, with a warning and a report).
+        output_dir: where ``excluded.csv`` lists the dropped rows (e.g. the cache folder); ``None`` only logs.
 
     Returns:
-        the validated manifest (see :func:`validate_manifest`) with absolute ``path`` entries.
+        the validated manifest (see :func:`validate_manifest`) with absolute ``path`` entries (without the
+        dropped rows, index 0..n-1).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: the file is not a readable CSV or fails validation; the message names the file and
-            the offending lines.
+        ValueError: the file is not a readable CSV, fails validation, or lacks ``target`` or has unusable
+            targets (``label_policy="refuse"``); the message names the file and the offending lines.
     """
     path = Path(path).expanduser()
     try:
@@ -123,4 +140,11 @@ def load_manifest(path: str | Path) -> pd.DataFrame:
     df = validate_manifest(df, source=str(path), first_line=2)
     folder = path.resolve().parent
     df["path"] = [str(folder / Path(p).expanduser()) for p in df["path"]]
-    return df
+    if target is None:
+        return df
+    if target not in df.columns:
+        raise ValueError(f"{path}: no target column {target!r}; found columns {list(df.columns)}.")
+    kept, excluded = check_labels(df, target, label_range, label_policy, str(path), [f"line {i + 2}" for i in df.index])
+    splits = sorted(set(df["split"])) if "split" in df.columns else [""]
+    report_exclusions(excluded, path, splits, output_dir, total=len(df))
+    return kept.reset_index(drop=True)

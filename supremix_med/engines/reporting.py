@@ -139,7 +139,8 @@ def write_report(test: pd.DataFrame, output_dir: str | os.PathLike, train_target
     if bias_correction is not None:
         frame["brain_age_gap"] = pred - truth
         frame["brain_age_gap_corrected"] = bias_correction.corrected_gap(pred, truth)
-        metrics["mae_corrected"] = float(np.mean(np.abs(frame["brain_age_gap_corrected"])))
+        metrics["mae_corrected"] = (float(np.mean(np.abs(frame["brain_age_gap_corrected"])))
+                                    if bias_correction.usable else None)
         metrics["bias_correction"] = bias_correction.to_dict()
     metrics.update(extra or {})
     atomic_write(output_dir / "predictions.csv", lambda tmp: frame.to_csv(tmp, index=False))

@@ -19,71 +19,92 @@ import pandas as pd
 import torch
 from ignite.engine import Engine, Events
 
+from supremix_med.data.labels import check_range, label_problems
+from supremix_med.data.qc import check_qc_limits, qc_reasons
 from supremix_med.engines.reporting import PredictionCollector
 from supremix_med.io import atomic_write
 from supremix_med.metrics import BiasCorrection
 
 from .scans import qc_fields
 
-__all__ = ["PredictionWriter", "qc_flags"]
+__all__ = ["PredictionWriter", "implausible_targets", "qc_flags"]
 
 logger = logging.getLogger(__name__)
 
 Limits = Mapping[str, Sequence[float | None]]
+Range = Sequence[float] | None
 
 
-def _check_range(name: str, bounds: Sequence[float | None], open_ended: bool) -> tuple[float | None, float | None]:
-    """``bounds`` as a ``(low, high)`` pair of floats with low < high (None = unbounded where ``open_ended``)."""
-    message = (f"qc_flags: {name} must be (low, high) with low < high{' (None for no bound)' if open_ended else ''}, "
-               f"got {bounds!r}.")
-    if isinstance(bounds, str) or not isinstance(bounds, Sequence) or len(bounds) != 2:
-        raise ValueError(message)
-    low, high = (None if b is None else float(b) for b in bounds)
-    if (None in (low, high) and not open_ended) or (None not in (low, high) and low >= high):
-        raise ValueError(message)
-    return low, high
+def _range(name: str, bounds: Range) -> tuple[float, float] | None:
+    return None if bounds is None else check_range(f"qc_flags: {name}", bounds)
 
 
-def qc_flags(predicted: np.ndarray, target_range: Sequence[float] | None = None,
-             qc: Mapping[str, np.ndarray] | None = None, qc_limits: Limits | None = None,
-             target_name: str = "age") -> list[str]:
+def implausible_targets(known: np.ndarray, plausible_range: Range = None) -> list[str]:
+    """Per scan, why its known target cannot be true (the training label rule,
+    :func:`supremix_med.data.labels.label_problems`: not finite, or outside ``plausible_range``), e.g.
+    ``"999 is outside the plausible range [0, 120]"``; ``""`` for a plausible or unknown (NaN) target."""
+    _range("plausible_range", plausible_range)
+    problems = label_problems(pd.Series(np.asarray(known, float)), plausible_range)
+    return problems.where(problems != "missing", "").tolist()
+
+
+def _target_reason(known: float, implausible: str, training: tuple[float, float] | None, name: str) -> list[str]:
+    """Why a scan's known target makes its gap doubtful: implausible (the gap is left empty) or unseen in training."""
+    if implausible:
+        return [f"implausible {name}: {implausible} (gap left empty)"]
+    if training is not None and not np.isnan(known) and not training[0] <= known <= training[1]:
+        return [f"{name} {known:g} outside the training range [{training[0]:g}, {training[1]:g}]"]
+    return []
+
+
+def qc_flags(predicted: np.ndarray, target_range: Range = None, qc: Mapping[str, np.ndarray] | None = None,
+             qc_limits: Limits | None = None, target_name: str = "age", known: np.ndarray | None = None,
+             plausible_range: Range = None) -> list[str]:
     """Say, per scan, why it may not look like the training data ("" when nothing was noticed).
+
+    The flags, each reason ``"; "``-joined in this order:
+
+    - ``"<QC field> <value> below|above <limit>"``: a QC value outside its ``qc_limits``
+      (:func:`supremix_med.data.qc.qc_reasons`, the rule training uses to leave samples out);
+    - ``"implausible <target>: <value> is outside the plausible range [low, high] (gap left empty)"`` (or
+      ``"...: inf is not finite (gap left empty)"``): the known target cannot be true, e.g. an age of 999 (a
+      data-entry error);
+    - ``"<target> <value> outside the training range [low, high]"``: the known target is plausible but unseen
+      in training (e.g. age 30 for a model trained on ages 45-82): the gap is computed but extrapolated;
+    - ``"predicted <target> <value> outside the training range [low, high]"``.
 
     Args:
         predicted: predictions [N] in target units (NaN for scans that failed; those get no flag).
-        target_range: ``(low, high)`` plausible targets, e.g. the training labels' range; predictions outside
-            it are flagged. None disables the check.
+        target_range: ``(low, high)`` of the training labels; known targets and predictions outside it are
+            flagged. None disables both checks.
         qc: QC values [N] per QC field (e.g. ``registration_similarity``; NaN where not measured, never flagged).
         qc_limits: ``{QC field: (low, high)}``, either bound None for none; values outside are flagged, e.g.
             ``{"registration_similarity": (0.5, None)}``. Every field must be in ``qc``.
         target_name: name of the target in the messages.
+        known: the known targets [N] (NaN where unknown); None: none known.
+        plausible_range: ``(low, high)`` a known target can take at all (e.g. ``(0, 120)`` years, see
+            a bundle's ``plausible_range``); a non-finite target is always implausible.
 
     Returns:
-        N strings, each reason ``"; "``-joined, QC limits first, in ``qc_limits`` order.
+        N strings.
 
     Raises:
         ValueError: a malformed range, or a limit on a field missing from ``qc``.
     """
     predicted = np.asarray(predicted, float)
-    qc, qc_limits = qc or {}, qc_limits or {}
-    limits = {field: _check_range(f"qc_limits[{field!r}]", bounds, True) for field, bounds in qc_limits.items()}
-    absent = [field for field in limits if field not in qc]
-    if absent:
-        raise ValueError(f"qc_flags: qc_limits name {absent}, which are not QC fields; QC fields: {list(qc)}.")
-    low, high = (None, None) if target_range is None else _check_range("target_range", target_range, False)
-    values = {field: np.asarray(qc[field], float) for field in limits}
+    known = np.full(predicted.shape, np.nan) if known is None else np.asarray(known, float)
+    qc = qc or {}
+    limits = check_qc_limits(qc_limits, list(qc), owner="qc_flags")
+    training = _range("target_range", target_range)
+    implausible = implausible_targets(known, plausible_range)
+    reasons = qc_reasons(qc, limits, len(predicted))
     flags = []
     for i, pred in enumerate(predicted):
-        reasons = []
-        for field, (floor, ceiling) in limits.items():
-            value, name = values[field][i], field.replace("_", " ")
-            if floor is not None and value < floor:
-                reasons.append(f"{name} {value:.3g} below {floor:g}")
-            if ceiling is not None and value > ceiling:
-                reasons.append(f"{name} {value:.3g} above {ceiling:g}")
-        if low is not None and not low <= pred <= high:
-            reasons.append(f"predicted {target_name} {pred:.1f} outside the training range [{low:g}, {high:g}]")
-        flags.append("" if np.isnan(pred) else "; ".join(reasons))
+        reasons[i] += _target_reason(known[i], implausible[i], training, target_name)
+        if training is not None and not training[0] <= pred <= training[1]:
+            reasons[i].append(f"predicted {target_name} {pred:.1f} outside the training range "
+                              f"[{training[0]:g}, {training[1]:g}]")
+        flags.append("" if np.isnan(pred) else "; ".join(reasons[i]))
     return flags
 
 
@@ -98,15 +119,20 @@ class PredictionWriter(PredictionCollector):
 
     Columns of the table, one row per scan in loader order: ``id, path, predicted_<target>``; when any target
     is known ``<target>, <gap>`` (predicted - target) and, with a ``bias_correction``, ``<gap>_corrected``,
-    empty where the target is unknown; then the pipeline's QC fields (its ``QC_FIELDS``, e.g. ``registered,
-    register_decision, registration_similarity`` for T1), ``qc_flag`` and ``error``. Rows with an ``error``
-    have empty predictions, gaps and QC fields (the network saw a zero image).
+    empty where the target is unknown or implausible (see :func:`qc_flags`) and, for ``<gap>_corrected``, when
+    the correction is unusable (:attr:`BiasCorrection.usable`: too few subjects, a degenerate slope; a warning
+    says why); then the pipeline's QC fields (its ``QC_FIELDS``, e.g. ``registered, register_decision,
+    registration_similarity`` for T1), ``qc_flag`` and ``error``. Rows with an ``error`` have empty predictions,
+    gaps and QC fields (the network saw a zero image).
 
     Args:
         output_path: the CSV file to write (its folder is created).
         bias_correction: fitted correction of the model, used for ``<gap>_corrected``.
-        target_range: plausible ``(low, high)`` predictions, see :func:`qc_flags`.
+        target_range: the training labels' ``(low, high)``; known targets and predictions outside it are
+            flagged, see :func:`qc_flags`.
         qc_limits: acceptable ``(low, high)`` per QC field, see :func:`qc_flags`.
+        plausible_range: ``(low, high)`` a known target can take at all (e.g. ``(0, 120)`` years); a known target
+            outside it is flagged and gets no gap, see :func:`qc_flags`.
         target_name: name of the predicted quantity (``age``, ``ef``, ...).
         gap_name: column of predicted - target; default ``<target_name>_gap`` (brain-age bundles use
             ``brain_age_gap``).
@@ -114,14 +140,14 @@ class PredictionWriter(PredictionCollector):
             ``QC_FIELDS`` are the QC columns; ``None`` for inputs read without one (sentence pairs): no QC columns.
 
     Raises:
-        ValueError: a malformed ``target_range`` or ``qc_limits``, or a limit on a field the pipeline does not
-            report.
+        ValueError: a malformed ``target_range``, ``plausible_range`` or ``qc_limits``, or a limit on a field the
+            pipeline does not report.
     """
 
     def __init__(self, output_path: str | os.PathLike, bias_correction: BiasCorrection | None = None,
-                 target_range: Sequence[float] | None = None, qc_limits: Limits | None = None,
+                 target_range: Range = None, qc_limits: Limits | None = None,
                  target_name: str = "age", gap_name: str | None = None,
-                 pipeline: str | None = "t1") -> None:
+                 pipeline: str | None = "t1", plausible_range: Range = None) -> None:
         super().__init__(id_key="id")
         self.output_path = Path(output_path)
         self.bias_correction = bias_correction
@@ -129,8 +155,13 @@ class PredictionWriter(PredictionCollector):
         self.gap_name = gap_name or f"{target_name}_gap"
         self.qc_fields = tuple(qc_fields(pipeline)) if pipeline is not None else ()
         self.target_range = target_range
+        self.plausible_range = plausible_range
         self.qc_limits = dict(qc_limits or {})
-        qc_flags(np.zeros(0), target_range, dict.fromkeys(self.qc_fields, np.zeros(0)), self.qc_limits)  # validate
+        qc_flags(np.zeros(0), target_range, dict.fromkeys(self.qc_fields, np.zeros(0)), self.qc_limits,  # validate
+                 plausible_range=plausible_range)
+        if bias_correction is not None and not bias_correction.usable:
+            logger.warning("the bias correction is unusable (%s): %s_corrected is left empty",
+                           "; ".join(bias_correction.problems), self.gap_name)
         self._batch_keys = ("path", *self.qc_fields, "error")
         self._qc: dict[str, list] = {key: [] for key in self._batch_keys}
 
@@ -159,18 +190,19 @@ class PredictionWriter(PredictionCollector):
         pred = np.where(failed, np.nan, base[f"predicted_{name}"].to_numpy(float))
         table = pd.DataFrame({"id": base["id"], "path": qc["path"], f"predicted_{name}": pred})
         if not np.isnan(truth).all():
+            implausible = np.array(implausible_targets(truth, self.plausible_range)) != ""
+            usable = ~np.isnan(truth) & ~failed & ~implausible
             table[name] = truth
-            table[self.gap_name] = pred - truth
+            table[self.gap_name] = np.where(usable, pred - truth, np.nan)
             if self.bias_correction is not None:
-                known = ~np.isnan(truth) & ~failed
                 corrected = np.full(len(truth), np.nan)
-                if known.any():
-                    corrected[known] = self.bias_correction.corrected_gap(pred[known], truth[known])
+                if usable.any():
+                    corrected[usable] = self.bias_correction.corrected_gap(pred[usable], truth[usable])
                 table[f"{self.gap_name}_corrected"] = corrected
         for key in self.qc_fields:
             table[key] = qc[key].astype(object).where(~failed, None)  # unknown for scans that failed
         table["qc_flag"] = qc_flags(pred, self.target_range, {key: qc[key].to_numpy() for key in self.qc_limits},
-                                    self.qc_limits, name)
+                                    self.qc_limits, name, truth, self.plausible_range)
         table["error"] = qc["error"]
         return table
 

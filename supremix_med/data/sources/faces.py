@@ -2,7 +2,8 @@
 
 A DIR split file is a CSV with one row per image and the columns
 
-- ``age``: the target, a non-negative number (years);
+- ``age``: the target, a non-negative number (years; within ``label_range`` when given, e.g. ``(0, 120)``; an
+  unusable age is refused, or its row left out and reported with ``label_policy="drop"``);
 - ``path``: the image file, relative to an image folder (AgeDB-DIR: ``AgeDB/<name>.jpg``);
 - ``split``: ``train``, ``val`` or ``test``;
 
@@ -19,6 +20,7 @@ inference (``supremix_med.inference.PreprocessScan(pipeline="supremix_med.data.s
 from __future__ import annotations
 
 import functools
+import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,6 +34,8 @@ from monai.transforms import Compose
 from PIL import Image
 
 from supremix_med.data.datasets import RecordDataset
+from supremix_med.data.exclusions import report_exclusions
+from supremix_med.data.labels import check_labels
 from supremix_med.data.manifest import read_manifest_csv
 from supremix_med.data.splits import SPLITS, select_splits
 
@@ -42,6 +46,8 @@ __all__ = ["DIR_COLUMNS", "FaceDataset", "face_records", "fingerprint", "preproc
 DIR_COLUMNS: tuple[str, ...] = ("age", "path", "split")
 """Columns every DIR split file has."""
 FIRST_LINE = 2  # CSV line of the first data row (line 1 is the header)
+#: Ages a DIR split may hold when no ``label_range`` is given: any finite non-negative number (years).
+AGE_RANGE = (0.0, math.inf)
 _SHOWN = 5  # offending lines listed in an error message
 PIPELINE = "faces"
 """Name of the face preprocessing pipeline in fingerprints (this module)."""
@@ -71,7 +77,7 @@ def _read_csv(csv_path: Path) -> pd.DataFrame:
 
 
 def _check_table(table: pd.DataFrame, csv_path: Path) -> pd.DataFrame:
-    """Check columns, ages, paths, splits and ids of a DIR table; return it with ``age`` float and ``id`` set."""
+    """Check columns, paths, splits and ids of a DIR table; return it with ``id`` and ``line`` set (ages unchecked)."""
     missing = [c for c in DIR_COLUMNS if c not in table.columns]
     if missing:
         raise ValueError(f"{csv_path}: missing column(s) {missing}; a DIR split CSV needs {list(DIR_COLUMNS)}, "
@@ -79,11 +85,6 @@ def _check_table(table: pd.DataFrame, csv_path: Path) -> pd.DataFrame:
     if table.empty:
         raise ValueError(f"{csv_path}: no rows after the header.")
     lines = list(range(FIRST_LINE, FIRST_LINE + len(table)))
-    age = pd.to_numeric(table["age"], errors="coerce")
-    bad_age = ~np.isfinite(age.to_numpy(dtype=float)) | (age < 0).to_numpy()
-    if bad_age.any():
-        raise ValueError(f"{csv_path}: 'age' must be a finite non-negative number; got "
-                         f"{_lines(bad_age, lines, table['age'])}.")
     empty_path = table["path"] == ""
     if empty_path.any():
         raise ValueError(f"{csv_path}: empty 'path' at {_lines(empty_path, lines)}.")
@@ -91,7 +92,7 @@ def _check_table(table: pd.DataFrame, csv_path: Path) -> pd.DataFrame:
     if bad_split.any():
         raise ValueError(f"{csv_path}: 'split' must be one of {SPLITS}; got {_lines(bad_split, lines, table['split'])}.")
     id_column = "id" if "id" in table.columns else "path"
-    table = table.assign(age=age.astype(float), id=table[id_column], line=lines)
+    table = table.assign(id=table[id_column], line=lines)
     duplicated = table["id"].duplicated(keep=False)
     if duplicated.any():
         raise ValueError(f"{csv_path}: every {id_column!r} must be unique; repeated at "
@@ -99,13 +100,20 @@ def _check_table(table: pd.DataFrame, csv_path: Path) -> pd.DataFrame:
     return table
 
 
-def read_dir_split(csv_path: str | os.PathLike, image_dir: str | os.PathLike | None = None) -> pd.DataFrame:
+def read_dir_split(csv_path: str | os.PathLike, image_dir: str | os.PathLike | None = None,
+                   label_range: Sequence[float] | None = None, label_policy: str = "refuse",
+                   output_dir: str | os.PathLike | None = None) -> pd.DataFrame:
     """Read and check a DIR split CSV.
 
     Args:
         csv_path: the split file (``age,path,split`` and optionally ``id``).
         image_dir: folder the ``path`` entries are relative to; defaults to the CSV's folder. Absolute
             entries are kept.
+        label_range: plausible ``(low, high)`` age in years (e.g. ``(0, 120)``); default :data:`AGE_RANGE`.
+        label_policy: ``"refuse"`` or ``"drop"`` rows whose age is missing, not finite or implausible (see
+            :func:`~supremix_med.data.labels.check_labels`); dropped rows are logged and, with ``output_dir``,
+            listed in ``<output_dir>/excluded.csv``.
+        output_dir: the run's output folder, for the exclusion report.
 
     Returns:
         The table with ``age`` (float, years), ``split`` (str), ``id`` (str; the CSV's ``path`` when the file
@@ -114,12 +122,15 @@ def read_dir_split(csv_path: str | os.PathLike, image_dir: str | os.PathLike | N
 
     Raises:
         FileNotFoundError: ``csv_path`` does not exist.
-        ValueError: the file is not a readable CSV, has no rows, lacks a column, or has an age that is not a
-            finite non-negative number, an empty path, a split other than train/val/test, or a repeated id;
-            the message names the file and the first offending lines.
+        ValueError: the file is not a readable CSV, has no rows, lacks a column, or has an empty path, a split
+            other than train/val/test, a repeated id, or an unusable age (``label_policy="refuse"``); the message
+            names the file and the offending lines.
     """
     csv_path = Path(csv_path).expanduser()
     table = _check_table(_read_csv(csv_path), csv_path)
+    table, excluded = check_labels(table, "age", AGE_RANGE if label_range is None else label_range, label_policy,
+                                   str(csv_path), [f"line {n}" for n in table["line"]])
+    report_exclusions(excluded, csv_path, list(SPLITS), output_dir, total=len(table) + len(excluded))
     folder = (csv_path.parent if image_dir is None else Path(image_dir)).expanduser().resolve()
     table["path"] = [str(folder / Path(p).expanduser()) for p in table["path"]]
     return table[["id", "path", "age", "split", "line"]]
@@ -141,6 +152,9 @@ def face_records(
     image_dir: str | os.PathLike | None = None,
     split: str | Sequence[str] = "train",
     check_files: bool = True,
+    label_range: Sequence[float] | None = None,
+    label_policy: str = "refuse",
+    output_dir: str | os.PathLike | None = None,
 ) -> list[dict[str, Any]]:
     """MONAI-style records of one or more splits of a DIR split CSV.
 
@@ -149,6 +163,7 @@ def face_records(
         image_dir: folder the ``path`` entries are relative to; defaults to the CSV's folder.
         split: ``"train"``, ``"val"``, ``"test"``, a list of them (concatenated in that order) or ``"all"``.
         check_files: check that every selected image file exists.
+        label_range, label_policy, output_dir: the age check and its report, see :func:`read_dir_split`.
 
     Returns:
         One dict per selected row, in file order within each split: ``"image"`` (str, absolute path),
@@ -159,7 +174,7 @@ def face_records(
             files that do not exist, named with their CSV lines.
     """
     csv_path = Path(csv_path).expanduser()
-    rows = _select(read_dir_split(csv_path, image_dir), split, csv_path)
+    rows = _select(read_dir_split(csv_path, image_dir, label_range, label_policy, output_dir), split, csv_path)
     if check_files:
         absent = rows["path"].map(lambda p: not os.path.isfile(p))
         if absent.any():
@@ -214,6 +229,7 @@ class FaceDataset(RecordDataset):
         load: dict transform turning ``{"image": path}`` into the image tensor; defaults to
             ``Compose(face_transforms.face_load_transforms())``.
         check_files: check at construction that every selected image file exists.
+        label_range, label_policy, output_dir: the age check and its report, see :func:`read_dir_split`.
 
     Raises:
         ValueError: at construction, see :func:`face_records`; when an item is read, an image that cannot be
@@ -228,10 +244,14 @@ class FaceDataset(RecordDataset):
         transform: Sequence[Callable] | Callable | None = None,
         load: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         check_files: bool = True,
+        label_range: Sequence[float] | None = None,
+        label_policy: str = "refuse",
+        output_dir: str | os.PathLike | None = None,
     ) -> None:
         self.csv_path = Path(csv_path).expanduser()
         self.load = Compose(face_load_transforms()) if load is None else load
-        super().__init__(data=face_records(csv_path, image_dir, split, check_files), transform=transform)
+        records = face_records(csv_path, image_dir, split, check_files, label_range, label_policy, output_dir)
+        super().__init__(data=records, transform=transform)
 
     def _transform(self, index: int) -> Any:
         record = self.data[index]

@@ -5,7 +5,9 @@ Layouts read by :func:`read_table` (chosen by the file's suffix):
 - ``*.dat``: UCI Airfoil Self-Noise (``airfoil_self_noise.dat``): no header, 6 whitespace-separated numbers
   per row, named :data:`AIRFOIL_COLUMNS` (5 features + the target ``scaled_sound_pressure``, dB);
 - anything else: a CSV with a header row; the target is the ``target_column``, the features are all the
-  other columns. Every cell must be a finite number.
+  other columns. Every feature cell must be a finite number; an unusable target (missing, not finite or, with
+  ``label_range``, implausible) is refused, or its row left out and reported with ``label_policy="drop"``
+  (:func:`supremix_med.data.labels.check_labels`).
 
 :func:`load_table` splits the rows (seeded, stratified by the target: 1203/150/150 for the 1503-row airfoil
 table, the same fractions for any other table) and fits a :class:`FeatureScaler` on the training split only.
@@ -35,6 +37,8 @@ import numpy as np
 import pandas as pd
 
 from supremix_med.data.datasets import RecordDataset
+from supremix_med.data.exclusions import report_exclusions
+from supremix_med.data.labels import check_labels
 from supremix_med.data.splits import SPLITS, assign_splits
 from supremix_med.io import atomic_write_json
 
@@ -101,22 +105,30 @@ def _cell_problem(cells: pd.DataFrame, row: int, column: int) -> str:
     return f"row {row + 1}, column {cells.columns[column]!r}: {what}"
 
 
-def read_table(path: str | os.PathLike, target_column: str = AIRFOIL_TARGET) -> pd.DataFrame:
-    """Read a regression table whose every cell is a finite number.
+def read_table(path: str | os.PathLike, target_column: str = AIRFOIL_TARGET,
+               label_range: Sequence[float] | None = None, label_policy: str = "refuse",
+               output_dir: str | os.PathLike | None = None) -> pd.DataFrame:
+    """Read a regression table whose every feature cell is a finite number.
 
     Args:
         path: a ``.dat`` file in the UCI airfoil layout (no header, columns :data:`AIRFOIL_COLUMNS`) or a CSV
             file with a header row.
         target_column: the column holding the regression target; it must exist.
+        label_range: plausible ``(low, high)`` target (e.g. ``(0, 194)`` dB); ``None``: any finite number.
+        label_policy: ``"refuse"`` or ``"drop"`` rows whose target is unusable (see
+            :func:`~supremix_med.data.labels.check_labels`); dropped rows are logged and, with ``output_dir``,
+            listed in ``<output_dir>/excluded.csv`` (id: the row number).
+        output_dir: the run's output folder, for the exclusion report.
 
     Returns:
-        float64 frame [rows, columns] with the file's column order and a RangeIndex (row ``i`` of the frame
-        is data row ``i + 1`` of the file).
+        float64 frame [rows, columns] with the file's column order; row ``i`` of the index is data row ``i + 1``
+        of the file (0..n-1 unless rows were dropped).
 
     Raises:
         ValueError: the file is empty, unparsable or has no data row; ``target_column`` is not a column (the
-            message lists the columns); or a cell is missing, not a number or not finite (the message names
-            the file, the first such cell's row and column, and how many cells are bad).
+            message lists the columns); a feature cell is missing, not a number or not finite (the message names
+            the file, the first such cell's row and column, and how many cells are bad); or a target is
+            unusable (``label_policy="refuse"``; the message names every such row).
     """
     path = Path(path)
     cells = _read_cells(path)
@@ -125,11 +137,16 @@ def read_table(path: str | os.PathLike, target_column: str = AIRFOIL_TARGET) -> 
     if cells.shape[1] < 2:
         raise ValueError(f"{path}: only the target column {target_column!r}; a table needs feature columns too.")
     values, bad = _to_numbers(cells)
+    bad = bad & (cells.columns != target_column)  # feature cells; the targets are checked below
     if bad.any():
         rows, columns = np.nonzero(bad)
         raise ValueError(f"{path}: {_cell_problem(cells, rows[0], columns[0])} ({len(rows)} unusable cell(s) "
-                         f"in {len(np.unique(rows))} row(s)); every cell must be a finite number.")
-    return values
+                         f"in {len(np.unique(rows))} row(s)); every feature cell must be a finite number.")
+    targets = pd.DataFrame({"id": [str(i + 1) for i in range(len(cells))], target_column: cells[target_column]})
+    kept, excluded = check_labels(targets, target_column, label_range, label_policy, str(path),
+                                  [f"row {i + 1}" for i in range(len(cells))])
+    report_exclusions(excluded, path, [""], output_dir, total=len(cells))
+    return values.loc[kept.index]
 
 
 @dataclass(frozen=True)
@@ -335,7 +352,9 @@ def _items(features: np.ndarray, labels: np.ndarray, rows: np.ndarray, key: str)
 _SPLIT_FRACTIONS = tuple(size / sum(AIRFOIL_SPLIT_SIZES) for size in AIRFOIL_SPLIT_SIZES)
 
 
-def load_table(data_file: str | os.PathLike, target_column: str = AIRFOIL_TARGET, seed: int = 0) -> RegressionTable:
+def load_table(data_file: str | os.PathLike, target_column: str = AIRFOIL_TARGET, seed: int = 0,
+               label_range: Sequence[float] | None = None, label_policy: str = "refuse",
+               output_dir: str | os.PathLike | None = None) -> RegressionTable:
     """Read a table, split its rows and fit the feature scaler on the training split.
 
     The split is seeded and stratified by the target (:func:`~supremix_med.data.splits.assign_splits`) with the
@@ -345,6 +364,7 @@ def load_table(data_file: str | os.PathLike, target_column: str = AIRFOIL_TARGET
         data_file: ``airfoil_self_noise.dat`` or any CSV, see :func:`read_table`.
         target_column: the target; every other column is a feature.
         seed: seed of the split.
+        label_range, label_policy, output_dir: the target check and its report, see :func:`read_table`.
 
     Returns:
         The split table with its fitted scaler and training label range.
@@ -352,7 +372,7 @@ def load_table(data_file: str | os.PathLike, target_column: str = AIRFOIL_TARGET
     Raises:
         ValueError: any error of :func:`read_table`, or a table too small to give every split a row.
     """
-    values = read_table(data_file, target_column)
+    values = read_table(data_file, target_column, label_range, label_policy, output_dir)
     split = assign_splits(values, _SPLIT_FRACTIONS, seed=seed, stratify=target_column)
     empty = [s for s in SPLITS if not (split == s).any()]
     if empty:

@@ -53,6 +53,8 @@ import torch
 import torch.nn.functional as F
 from monai.data import Dataset, list_data_collate
 
+from supremix_med.data.exclusions import report_exclusions
+from supremix_med.data.labels import check_labels
 from supremix_med.io import atomic_write
 
 __all__ = [
@@ -109,22 +111,28 @@ def split_file(dataset_dir: str | os.PathLike, split: str) -> Path:
     raise FileNotFoundError(f"{folder}: no {' or '.join(SPLIT_FILES[split])} for the {split!r} split.")
 
 
-def read_pairs(path: str | os.PathLike, require_score: bool = True) -> pd.DataFrame:
+def read_pairs(path: str | os.PathLike, require_score: bool = True, label_range: Sequence[float] | None = None,
+               label_policy: str = "refuse", output_dir: str | os.PathLike | None = None) -> pd.DataFrame:
     """Read a GLUE-format TSV of sentence pairs.
 
     Args:
         path: the ``.tsv`` file (header row, tab-separated, unquoted text).
         require_score: the file must have a numeric ``score`` for every row (training and evaluation);
             without it a ``score`` column is still read and checked when present.
+        label_range: plausible ``(low, high)`` score (``(0, 5)`` for STS-B); ``None``: any finite number.
+        label_policy: ``"refuse"`` or ``"drop"`` pairs whose score is missing, not finite or implausible (see
+            :func:`~supremix_med.data.labels.check_labels`); dropped pairs are logged and, with ``output_dir``,
+            listed in ``<output_dir>/excluded.csv``.
+        output_dir: the run's output folder, for the exclusion report.
 
     Returns:
         A frame with columns ``id`` (str: the ``index`` column, else the row number from 0), ``sentence1``,
-        ``sentence2`` and, when scored, ``score`` (float).
+        ``sentence2`` and, when scored, ``score`` (float); index 0..n-1.
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: unreadable rows, missing columns, an empty sentence, or a score that is not a finite
-            number; the message names the file and the line.
+        ValueError: unreadable rows, missing columns, an empty sentence, or an unusable score
+            (``label_policy="refuse"``); the message names the file and the line(s).
     """
     path = Path(path)
     pairs = _read_table(path, (*SENTENCE_COLUMNS, *((SCORE_COLUMN,) if require_score else ())))
@@ -132,14 +140,10 @@ def read_pairs(path: str | os.PathLike, require_score: bool = True) -> pd.DataFr
     if (problems != "").any():
         raise ValueError(problems[problems != ""].iloc[0])
     if SCORE_COLUMN in pairs.columns:
-        scores = pd.to_numeric(pairs[SCORE_COLUMN], errors="coerce")
-        bad = ~np.isfinite(scores.to_numpy(dtype=float, na_value=np.nan))
-        if bad.any():
-            first = int(np.flatnonzero(bad)[0])
-            raise ValueError(f"{path}: line {first + _FIRST_DATA_LINE} has score "
-                             f"{pairs[SCORE_COLUMN].iloc[first]!r}, expected a finite number.")
-        pairs[SCORE_COLUMN] = scores.astype(float)
-    return pairs
+        lines = [f"line {i + _FIRST_DATA_LINE}" for i in range(len(pairs))]
+        pairs, excluded = check_labels(pairs, SCORE_COLUMN, label_range, label_policy, str(path), lines)
+        report_exclusions(excluded, path, [""], output_dir, total=len(lines))
+    return pairs.reset_index(drop=True)
 
 
 def _read_table(path: Path, needed: Sequence[str]) -> pd.DataFrame:
@@ -388,15 +392,18 @@ class TextPairDataset(Dataset):
         require_score: every pair must have a score (training and evaluation).
         transform: callable applied to each item.
         key: item key of the token ids.
+        label_range, label_policy, output_dir: the score check and its report, see :func:`read_pairs`.
     """
 
     def __init__(self, source: str | os.PathLike, vocabulary: Vocabulary | str | os.PathLike, split: str = "train",
-                 require_score: bool = True, transform: Callable | None = None, key: str = "tokens") -> None:
+                 require_score: bool = True, transform: Callable | None = None, key: str = "tokens",
+                 label_range: Sequence[float] | None = None, label_policy: str = "refuse",
+                 output_dir: str | os.PathLike | None = None) -> None:
         self.key = key
         source = Path(source)
         self.path = split_file(source, split) if source.is_dir() else source
         self.vocabulary = vocabulary if isinstance(vocabulary, Vocabulary) else Vocabulary.load(vocabulary)
-        self.pairs = read_pairs(self.path, require_score=require_score)
+        self.pairs = read_pairs(self.path, require_score, label_range, label_policy, output_dir)
         records = [
             {"id": i, "tokens": (self.vocabulary.encode(a), self.vocabulary.encode(b)),
              **({"label": float(y)} if SCORE_COLUMN in self.pairs else {})}
