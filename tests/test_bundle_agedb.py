@@ -97,7 +97,8 @@ def test_inference_on_a_folder(trained, tmp_path):
 
 def test_imdb_wiki_probes_the_agedb_encoder_through_the_transfer_overlay(trained, faces, tmp_path):
     run_workflow(bundle_configs(IMDB_WIKI, "train", "demo", "transfer"), dataset_dir=str(faces),
-                 output_dir=str(tmp_path), encoder_checkpoint=str(trained / "models" / "pretrained_encoder.pt"), **TINY)
+                 output_dir=str(tmp_path), encoder_checkpoint=str(trained / "models" / "pretrained_encoder.pt"),
+                 **{**TINY, "pretrain_epochs": 0})
     assert not (tmp_path / "models" / "pretrained_encoder.pt").exists()  # no pre-training of its own
     pretrained = torch.load(trained / "models" / "pretrained_encoder.pt", weights_only=True)
     final = torch.load(tmp_path / "models" / "model_final.pt", weights_only=True)

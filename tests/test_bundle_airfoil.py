@@ -97,8 +97,14 @@ def test_any_csv_with_its_own_target_column(table_dir, tmp_path):
     data_file = tmp_path / "my_table.csv"
     renamed.to_csv(data_file, index=False)
     out = tmp_path / "vanilla"
+    with pytest.raises(RuntimeError) as refused:  # the network is declared, not read from the data
+        run_workflow(_configs("train"), data_file=str(data_file), target_column="y", output_dir=str(tmp_path / "x"),
+                     method="vanilla", pretrain_epochs=1, finetune_epochs=1, batch_size=16, num_workers=0)
+    assert "4 feature columns" in str(refused.value.__cause__) and "--network_config#in_features 4" in str(
+        refused.value.__cause__)
     run_workflow(_configs("train"), data_file=str(data_file), target_column="y", output_dir=str(out), method="vanilla",
-         pretrain_epochs=1, finetune_epochs=1, batch_size=16, num_workers=0)
+                 pretrain_epochs=1, finetune_epochs=1, batch_size=16, num_workers=0,
+                 **{"network_config#in_features": 4, "label_range": [100.0, 145.0]})
     assert json.loads((out / "models" / "model_config.json").read_text())["in_features"] == 4
     assert not (out / "models" / "pretrained_encoder.pt").exists()
     assert json.loads((out / "metrics.json").read_text())["method"] == "vanilla"

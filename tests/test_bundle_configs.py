@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
-from monai.bundle import ConfigParser
+from monai.bundle import ConfigParser, ConfigWorkflow, verify_net_in_out
 
 from supremix_med.bundles import BASE, ENV_VAR, bundle_names, bundles_dir, load_config, resolve_macros
 
@@ -46,13 +46,14 @@ def test_the_nine_bundles_and_their_standard_files():
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_every_macro_points_at_an_existing_part_of_the_shared_recipe(name):
+def test_every_macro_points_at_the_shared_recipe_or_the_bundle_itself(name):
     for path in sorted((BUNDLES / name).glob("*.json")):
         for text in _strings(json.loads(path.read_text())):
             match = _MACRO.match(text)
             if match:
                 resolve_macros(text, REPO)  # raises KeyError/IndexError/FileNotFoundError when the target is missing
-                assert match.group(1).startswith(f"bundles/{BASE}/"), f"{path.name}: {text} is not in the shared recipe"
+                assert match.group(1).startswith((f"bundles/{BASE}/", f"bundles/{name}/")), \
+                    f"{path.name}: {text} is neither the shared recipe nor this bundle's own"
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -93,3 +94,48 @@ def test_bundles_folder_from_the_environment(tmp_path, monkeypatch):
 def test_the_base_is_not_a_bundle():
     assert BASE not in NAMES and (BUNDLES / BASE / "train.json").is_file()
     assert Path(bundles_dir()) == BUNDLES
+
+
+# ------------------------------------------------------------------- configs open without data or a model
+_IN_OUT = {"n": 1, "any": 100}  # values for the wildcard sizes of the bundles' metadata
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_train_config_opens_and_checks_without_data(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    workflow = ConfigWorkflow(config_file=str(BUNDLES / name / "train.json"), workflow_type="train",
+                              dataset_dir=str(tmp_path / "no_data"), output_dir=str(tmp_path / "out"))
+    workflow.initialize()
+    assert workflow.check_properties() == []
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_inference_config_opens_and_checks_without_a_model(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    workflow = ConfigWorkflow(config_file=str(BUNDLES / name / "inference.json"), workflow_type="infer",
+                              dataset_dir=str(tmp_path / "no_scans"), ckpt_dir=str(tmp_path / "no_model"),
+                              output_dir=str(tmp_path / "out"))
+    workflow.initialize()
+    assert workflow.check_properties() == []
+    with pytest.raises(RuntimeError) as missing:
+        workflow.run()
+    assert f"no model.pt in {tmp_path / 'no_model'}" in str(missing.value.__cause__)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n != "stsb"])  # stsb's input is token ids: no random tensor
+@pytest.mark.parametrize("workflow", ["train.json", "inference.json"])
+def test_network_shapes_from_declared_sizes(name, workflow, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    verify_net_in_out(net_id="network_def", meta_file=str(BUNDLES / name / "metadata.json"),
+                      config_file=str(BUNDLES / name / workflow), dataset_dir=str(tmp_path / "none"),
+                      ckpt_dir=str(tmp_path / "none"), **_IN_OUT)
+
+
+def test_training_without_data_names_the_missing_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    workflow = ConfigWorkflow(config_file=str(BUNDLES / "ukb_brainage" / "train.json"), workflow_type="train",
+                              dataset_dir=str(tmp_path / "no_cache"), output_dir=str(tmp_path / "out"))
+    workflow.initialize()
+    with pytest.raises(RuntimeError) as missing:
+        workflow.run()
+    assert str(tmp_path / "no_cache") in str(missing.value.__cause__)

@@ -15,7 +15,7 @@ from monai.data import DataLoader
 from monai.transforms import Compose, Flipd, ScaleIntensityd
 
 from supremix_med.data.cache import build_cache
-from supremix_med.data.datasets import CachedDataset
+from supremix_med.data.datasets import CachedDataset, read_records
 
 SHAPE = (1, 6, 6, 6)
 N = 20
@@ -92,23 +92,23 @@ def test_incomplete_or_damaged_cache_is_refused(cache, tmp_path):
     shutil.copytree(cache, copy)
     (copy / "complete").unlink()
     with pytest.raises(ValueError, match="incomplete"):
-        CachedDataset(copy)
+        len(CachedDataset(copy))
     with pytest.raises(ValueError, match="not a supremix-med cache"):
-        CachedDataset(tmp_path)
+        len(CachedDataset(tmp_path))
 
     (copy / "complete").write_text("")
     np.save(copy / "train.npy", np.zeros((2, *SHAPE), np.float16))
     with pytest.raises(ValueError, match="train.npy.*damaged"):
-        CachedDataset(copy)
+        len(CachedDataset(copy))
 
 
 def test_argument_errors(cache, tmp_path):
     with pytest.raises(ValueError, match="split must be"):
         CachedDataset(cache, split="validation")
     with pytest.raises(ValueError, match=r"no column\(s\) \['bmi'\]"):
-        CachedDataset(cache, covariates=("bmi",))
+        len(CachedDataset(cache, covariates=("bmi",)))
     with pytest.raises(ValueError, match=r"manifest.csv: \d+ unusable 'sex' label\(s\): line \d+ \(id 's\d+'\): '[FM]' is not a number"):
-        CachedDataset(cache, target="sex")
+        len(CachedDataset(cache, target="sex"))
 
 
 # ------------------------------------------------------------------------------ screening: QC and labels
@@ -158,7 +158,7 @@ def test_qc_policies_keep_and_fail_and_explicit_limits(qc_cache, tmp_path, caplo
     assert excluded(tmp_path).empty  # nothing left out: the report says so
     with pytest.raises(ValueError, match=r"1 sample\(s\) fail QC: 'bad-reg' \(registration similarity -0.15 below "
                                          r"0.5\).*qc_policy='exclude'"):
-        CachedDataset(qc_cache, split="train", qc_policy="fail")
+        len(CachedDataset(qc_cache, split="train", qc_policy="fail"))
     strict = CachedDataset(qc_cache, split="all", qc_limits={"registration_similarity": (0.75, None)})
     assert strict.ids == ["ok0", "ok1", "ok3"]
     assert len(CachedDataset(qc_cache, split="all", qc_limits={})) == 6
@@ -174,13 +174,14 @@ def test_cache_without_qc_keeps_every_row_and_says_so(qc_cache, tmp_path, caplog
         assert len(CachedDataset(old, split="train")) == 4
     assert "['registration_similarity'] were not recorded" in caplog.text
     with pytest.raises(ValueError, match="were not recorded.*into a new folder with the pipeline.s preprocess_with_qc"):
-        CachedDataset(old, split="train", qc_policy="fail")
+        len(CachedDataset(old, split="train", qc_policy="fail"))
 
 
 def test_exclusion_report_collects_every_split_once(qc_cache, tmp_path):
-    CachedDataset(qc_cache, split="val", output_dir=tmp_path, qc_limits={"registration_similarity": (0.65, None)})
-    CachedDataset(qc_cache, split="train", output_dir=tmp_path)
-    CachedDataset(qc_cache, split="train", output_dir=tmp_path)  # pre-training and training read the same split
+    read_records(CachedDataset(qc_cache, split="val", output_dir=tmp_path,
+                               qc_limits={"registration_similarity": (0.65, None)}),
+                 CachedDataset(qc_cache, split="train", output_dir=tmp_path),
+                 CachedDataset(qc_cache, split="train", output_dir=tmp_path))  # pre-training and training: one split
     assert sorted(zip(excluded(tmp_path)["id"], excluded(tmp_path)["split"])) == [("bad-reg", "train"),
                                                                                   ("ok4", "val")]
 
@@ -198,7 +199,7 @@ def labelled_cache(qc_cache, tmp_path) -> Path:
 
 def test_unusable_labels_are_refused_naming_ids_and_lines(labelled_cache):
     with pytest.raises(ValueError) as error:
-        CachedDataset(labelled_cache, split="all", label_range=(0, 120), qc_limits={})
+        len(CachedDataset(labelled_cache, split="all", label_range=(0, 120), qc_limits={}))
     message = str(error.value)
     assert "\n" not in message and "manifest.csv: 4 unusable 'age' label(s), plausible range [0, 120]" in message
     for text in ("line 2 (id 'ok0'): -5 is outside the plausible range [0, 120]",
@@ -206,7 +207,7 @@ def test_unusable_labels_are_refused_naming_ids_and_lines(labelled_cache):
                  "line 6 (id 'ok3'): missing", "label_policy='drop'"):
         assert text in message
     with pytest.raises(ValueError, match=r"2 unusable 'age' label\(s\): line 5 \(id 'bad-reg'\): inf is not finite; line 6 \(id 'ok3'\): missing\. "):
-        CachedDataset(labelled_cache, split="all")  # without a range: still no inf and no empty label
+        len(CachedDataset(labelled_cache, split="all"))  # without a range: still no inf and no empty label
 
 
 def test_label_policy_drop_leaves_them_out_with_a_report(labelled_cache, tmp_path):
@@ -219,4 +220,4 @@ def test_label_policy_drop_leaves_them_out_with_a_report(labelled_cache, tmp_pat
                        "ok2": "label 999 is outside the plausible range [0, 120]",
                        "bad-reg": "label inf is not finite", "ok3": "label missing"}
     with pytest.raises(ValueError, match="no sample of split.*left after screening"):
-        CachedDataset(labelled_cache, split="train", label_range=(100, 120), label_policy="drop")
+        len(CachedDataset(labelled_cache, split="train", label_range=(100, 120), label_policy="drop"))

@@ -16,13 +16,13 @@ import torch
 from monai.data import Dataset, list_data_collate
 
 from .cache import MANIFEST_FILE, array_path, read_cache_info, read_cache_qc
-from .exclusions import report_exclusions
-from .labels import check_labels
+from .exclusions import check_policy, report_exclusions
+from .labels import LABEL_POLICIES, check_labels
 from .manifest import read_manifest_csv
-from .qc import check_qc, pipeline_qc_limits
+from .qc import QC_POLICIES, check_qc, pipeline_qc_limits
 from .splits import select_splits
 
-__all__ = ["CachedDataset", "RecordDataset", "collate_fn"]
+__all__ = ["CachedDataset", "LazyDataset", "RecordDataset", "collate_fn", "read_records"]
 
 
 _CHUNK = 32768  # elements per conversion step: torch's intra-op grain size, so each step runs on one thread
@@ -43,10 +43,41 @@ def _to_float32(stored: np.ndarray) -> torch.Tensor:
 
 
 class RecordDataset(Dataset):
-    """A MONAI ``Dataset`` over records (dicts) with an ``"id"`` and a scalar ``"label"`` (a number or a [1] array).
+    """A MONAI ``Dataset`` over records (dicts) with an ``"id"`` and a scalar ``"label"`` (a number or a [1] array),
+    read when first needed.
 
-    The recipe reads :attr:`labels` (target standardisation, the mean baseline, LDS) and reports read :attr:`ids`.
+    Subclasses implement :meth:`_load_records`; it runs the first time the dataset's length, an item, ``data``,
+    :attr:`ids` or :attr:`labels` is asked for, not when the dataset is built. A bundle config therefore builds its
+    engines (and MONAI checks its properties) before any data is there, and a problem with the data is reported
+    when the workflow runs. The recipe reads :attr:`labels` (target standardisation, the mean baseline, LDS) and
+    reports read :attr:`ids`.
+
+    Args:
+        transform: callable or sequence of callables applied to each item, as in :class:`monai.data.Dataset`.
     """
+
+    def __init__(self, transform: Sequence[Callable] | Callable | None = None) -> None:
+        super().__init__(data=None, transform=transform)
+
+    @property
+    def data(self) -> list[dict[str, Any]]:
+        """The records, read on first use."""
+        if self._records_read is None:
+            self._records_read = self._load_records()
+        return self._records_read
+
+    @data.setter
+    def data(self, records: list[dict[str, Any]] | None) -> None:
+        self._records_read = records
+
+    def _load_records(self) -> list[dict[str, Any]]:
+        """Read the records (called once, on first use)."""
+        raise NotImplementedError
+
+    @property
+    def records_loaded(self) -> bool:
+        """Whether the records have been read."""
+        return self._records_read is not None
 
     @property
     def ids(self) -> list[str]:
@@ -57,6 +88,31 @@ class RecordDataset(Dataset):
     def labels(self) -> np.ndarray:
         """Targets [len(self)] (float32), in item order."""
         return np.array([r["label"] for r in self.data], dtype=np.float32).reshape(len(self.data))
+
+
+class LazyDataset(RecordDataset):
+    """A MONAI ``Dataset`` over the records ``records()`` returns, called the first time the dataset is used.
+
+    Example (a bundle's inference dataset: the scans are listed when the workflow runs)::
+
+        "dataset": {
+            "_target_": "supremix_med.data.datasets.LazyDataset",
+            "records": {"_target_": "supremix_med.inference.list_scans", "_mode_": "callable", "source": "@dataset_dir"},
+            "transform": "@preprocessing"
+        }
+
+    Args:
+        records: a function of no argument returning the records (dicts).
+        transform: applied to each record, as in :class:`monai.data.Dataset`.
+    """
+
+    def __init__(self, records: Callable[[], Sequence[dict[str, Any]]],
+                 transform: Sequence[Callable] | Callable | None = None) -> None:
+        self._list = records
+        super().__init__(transform=transform)
+
+    def _load_records(self) -> list[dict[str, Any]]:
+        return list(self._list())
 
 
 class CachedDataset(RecordDataset):
@@ -75,7 +131,7 @@ class CachedDataset(RecordDataset):
     mapped on first access in each process and are not pickled, so DataLoader workers (fork or spawn) map
     them themselves.
 
-    Screening, when the dataset is built (nothing is dropped silently: a warning names every left-out sample and,
+    Screening, when the records are first read (nothing is dropped silently: a warning names every left-out sample and,
     with ``output_dir``, ``<output_dir>/excluded.csv`` lists them, see :mod:`~supremix_med.data.exclusions`):
 
     1. labels (:func:`~supremix_med.data.labels.check_labels`): a missing, non-numeric, non-finite or (with
@@ -104,7 +160,7 @@ class CachedDataset(RecordDataset):
         output_dir: the run's output folder, where ``excluded.csv`` is written; ``None`` only logs.
 
     Raises:
-        ValueError: the cache is incomplete or damaged, a split name is unknown or selects no sample (or none is
+        ValueError: when the records are first read: the cache is incomplete or damaged, a split name is unknown or selects no sample (or none is
             left after screening), a column is missing, a target is unusable (``label_policy="refuse"``), or a
             sample fails QC (``qc_policy="fail"``).
     """
@@ -124,6 +180,17 @@ class CachedDataset(RecordDataset):
         output_dir: str | Path | None = None,
     ) -> None:
         self.cache_dir = Path(cache_dir)
+        select_splits(split)  # arguments are checked now, the data when first read
+        check_policy("qc_policy", qc_policy, QC_POLICIES)
+        check_policy("label_policy", label_policy, LABEL_POLICIES)
+        self.split, self.target, self.covariates = split, target, tuple(covariates)
+        self._screening = {"qc_policy": qc_policy, "qc_limits": qc_limits, "label_range": label_range,
+                           "label_policy": label_policy, "output_dir": output_dir}
+        self._arrays: dict[str, np.ndarray] = {}
+        super().__init__(transform=transform)
+
+    def _load_records(self) -> list[dict[str, Any]]:
+        """Read the manifest, select the splits, screen labels and QC, and check the arrays."""
         info = read_cache_info(self.cache_dir)
         if not info.complete:
             raise ValueError(f"{self.cache_dir}: the cache is incomplete (its build was interrupted or failed): run "
@@ -131,23 +198,22 @@ class CachedDataset(RecordDataset):
         self.sample_shape: tuple[int, ...] = info.sample_shape or ()
         self.dtype = np.dtype(info.dtype)
         manifest = read_manifest_csv(self.cache_dir / MANIFEST_FILE)
-        missing = [c for c in (target, *covariates) if c not in manifest.columns]
+        missing = [c for c in (self.target, *self.covariates) if c not in manifest.columns]
         if missing:
             raise ValueError(f"{self.cache_dir / MANIFEST_FILE}: no column(s) {missing}; found "
                              f"{list(manifest.columns)}.")
-        names = select_splits(split)
+        names = select_splits(self.split)
         rows = pd.concat([manifest[manifest["split"] == s] for s in names])
         if rows.empty:
             raise ValueError(f"{self.cache_dir}: no cached sample in split(s) {names}; the cache holds {info.samples}.")
-        limits = pipeline_qc_limits(info.fingerprint.get("pipeline")) if qc_limits is None else qc_limits
-        rows = self._screen(rows, target, names, limits, qc_policy, label_range, label_policy, output_dir)
-        self.target = target
-        self.covariates = tuple(covariates)
+        screening = dict(self._screening)
+        if screening["qc_limits"] is None:
+            screening["qc_limits"] = pipeline_qc_limits(info.fingerprint.get("pipeline"))
+        rows = self._screen(rows, self.target, names, **screening)
         self.manifest = rows
-        super().__init__(data=self._records(rows), transform=transform)
-        self._arrays: dict[str, np.ndarray] = {}
         for name in rows["split"].unique():
             self._check_array(name, int(rows.loc[rows["split"] == name, "index"].max()))
+        return self._records(rows)
 
     def _screen(self, rows: pd.DataFrame, target: str, splits: list[str], qc_limits: Mapping,
                 qc_policy: str, label_range: Sequence[float] | None, label_policy: str,
@@ -217,3 +283,10 @@ def collate_fn(dataset: Any) -> Callable:
     """How a DataLoader batches ``dataset``'s items: the dataset's own ``collate_fn`` when it has one (e.g. sentence
     pairs padded per batch), else MONAI's ``list_data_collate``."""
     return getattr(dataset, "collate_fn", None) or list_data_collate
+
+
+def read_records(*datasets: Any) -> None:
+    """Read the records of every dataset now (the first step of a bundle run), so a missing or unusable input stops
+    the run with its own message before any engine starts."""
+    for dataset in datasets:
+        len(dataset)

@@ -21,13 +21,19 @@ import pandas as pd
 
 from supremix_med.io import atomic_write
 
-__all__ = ["EXCLUDED_COLUMNS", "EXCLUDED_FILE", "report_exclusions"]
+__all__ = ["EXCLUDED_COLUMNS", "EXCLUDED_FILE", "check_policy", "report_exclusions"]
 
 logger = logging.getLogger(__name__)
 
 EXCLUDED_FILE = "excluded.csv"
 EXCLUDED_COLUMNS: tuple[str, ...] = ("id", "split", "reason", "source")
 _SHOWN = 5  # exclusions named in the warning
+
+
+def check_policy(name: str, policy: str, choices: Sequence[str]) -> None:
+    """Refuse a screening ``policy`` (``qc_policy``, ``label_policy``) that is not one of ``choices``."""
+    if policy not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {policy!r}.")
 
 
 def _writes_files() -> bool:

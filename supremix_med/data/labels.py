@@ -18,6 +18,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from .exclusions import check_policy
+
 __all__ = ["LABEL_POLICIES", "check_labels", "check_range", "label_problems"]
 
 #: What a loader does with unusable labels: ``"refuse"`` raises one ``ValueError`` naming them all;
@@ -100,8 +102,7 @@ def check_labels(
         ValueError: an unknown ``label_policy`` or malformed ``label_range``; with ``"refuse"``, any unusable
             label (one line naming the column, the range and each offending row with its id and value).
     """
-    if label_policy not in LABEL_POLICIES:
-        raise ValueError(f"label_policy must be one of {LABEL_POLICIES}, got {label_policy!r}.")
+    check_policy("label_policy", label_policy, LABEL_POLICIES)
     problems = label_problems(table[column], label_range)
     bad = (problems != "").to_numpy()
     where = [f"row {i}" for i in range(len(table))] if where is None else list(where)

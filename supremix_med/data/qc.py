@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .exclusions import check_policy
 from .labels import check_range
 
 __all__ = ["QC_POLICIES", "check_qc", "check_qc_limits", "pipeline_qc_limits", "qc_reasons"]
@@ -105,8 +106,7 @@ def check_qc(table: pd.DataFrame, qc_limits: Limits | None, qc_policy: str = "ex
         ValueError: an unknown policy or malformed limits; with ``"fail"``, a row that fails QC or a limit whose
             field was not recorded.
     """
-    if qc_policy not in QC_POLICIES:
-        raise ValueError(f"qc_policy must be one of {QC_POLICIES}, got {qc_policy!r}.")
+    check_policy("qc_policy", qc_policy, QC_POLICIES)
     limits = check_qc_limits(qc_limits, owner=source)
     unrecorded = [field for field in limits if field not in table.columns]
     if unrecorded:

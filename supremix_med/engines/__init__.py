@@ -5,7 +5,8 @@ The only room of the library that imports ignite (with :mod:`supremix_med.infere
 
 from supremix_med.engines.batches import ContrastiveBatch, multi_view_transform
 from supremix_med.engines.distributed import (
-    barrier, distributed, distributed_module, distributed_sampler, rank, rank_handlers, world_size, writes_files,
+    EpochSampler, barrier, distributed, distributed_module, epoch_sampler, rank, rank_handlers, world_size,
+    writes_files,
 )
 from supremix_med.engines.handlers import FDSUpdateHandler, FineTuningStart, SelectedModelLoader
 from supremix_med.engines.metrics import (
@@ -23,8 +24,8 @@ from supremix_med.engines.windows import SubjectAveragingCollector, WindowAverag
 
 __all__ = [
     "ContrastiveBatch", "multi_view_transform",
-    "barrier", "distributed", "distributed_module", "distributed_sampler", "rank", "rank_handlers", "world_size",
-    "writes_files",
+    "EpochSampler", "barrier", "distributed", "distributed_module", "epoch_sampler", "rank", "rank_handlers",
+    "world_size", "writes_files",
     "FDSUpdateHandler", "FineTuningStart", "SelectedModelLoader",
     "RegressionEpochMetric", "as_prediction_pair", "lower_is_better", "from_engine_regression", "regression_ignite_metric",
     "regression_ignite_metrics",

@@ -14,9 +14,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import Dataset, DistributedSampler, Sampler
 
-__all__ = ["barrier", "distributed", "distributed_module", "distributed_sampler", "rank", "rank_handlers",
+__all__ = ["EpochSampler", "barrier", "distributed", "distributed_module", "epoch_sampler", "rank", "rank_handlers",
            "world_size", "writes_files"]
 
 
@@ -46,12 +46,38 @@ def barrier() -> None:
         dist.barrier()
 
 
-def distributed_sampler(dataset: Dataset, shuffle: bool = True, drop_last: bool = False) -> DistributedSampler | None:
-    """A ``DistributedSampler`` giving each rank its share of ``dataset``, or ``None`` on one process (the
-    DataLoader then shuffles itself). MONAI's trainers call its ``set_epoch`` at every epoch."""
-    if not distributed():
-        return None
-    return DistributedSampler(dataset, shuffle=shuffle, drop_last=drop_last)
+class EpochSampler(Sampler[int]):
+    """The indices of ``dataset`` for one epoch: a fresh random order from a generator seeded with ``seed``
+    (``shuffle``; the orders of ``DataLoader(shuffle=True, generator=torch.Generator().manual_seed(seed))``), or the
+    dataset's own order.
+
+    A config builds its loaders before any data is read: while a lazily read dataset (``records_loaded`` False, see
+    :class:`~supremix_med.data.datasets.RecordDataset`) has not been read, ``len()`` raises ``TypeError``, which
+    MONAI's engines take as "length not known yet" (torch's samplers would read the dataset to size it). Once read,
+    the length is the dataset's.
+    """
+
+    def __init__(self, dataset: Dataset, shuffle: bool = True, seed: int = 0) -> None:
+        self.dataset, self.shuffle = dataset, shuffle
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    def __iter__(self):
+        n = len(self.dataset)
+        yield from (torch.randperm(n, generator=self.generator).tolist() if self.shuffle else range(n))
+
+    def __len__(self) -> int:
+        if not getattr(self.dataset, "records_loaded", True):
+            raise TypeError("the dataset has not been read yet, so its length is not known")
+        return len(self.dataset)
+
+
+def epoch_sampler(dataset: Dataset, shuffle: bool = True, drop_last: bool = False, seed: int = 0) -> Sampler[int]:
+    """The order in which a training loader visits ``dataset``: under ``torch.distributed`` a ``DistributedSampler``
+    giving each rank its share (MONAI's trainers call its ``set_epoch``), else an :class:`EpochSampler`.
+    ``drop_last`` is the ranks' equal share; the loader drops the last incomplete batch itself."""
+    if distributed():
+        return DistributedSampler(dataset, shuffle=shuffle, drop_last=drop_last, seed=int(seed))
+    return EpochSampler(dataset, shuffle, seed)
 
 
 def distributed_module(module: nn.Module, device: torch.device | str) -> nn.Module:

@@ -22,6 +22,7 @@ from .scans import (
     qc_fields,
 )
 from .flags import FLAGS, named_flags
+from .model_folder import check_model_folder, stored_params
 from .reference import TrainingReference, save_model_reference
 from .report import InferenceReport, annotate_predictions, render_report
 from .uncertainty import (
@@ -37,6 +38,8 @@ from .uncertainty import (
 from .writer import PredictionWriter, qc_flags
 
 __all__ = [
+    "check_model_folder",
+    "stored_params",
     "ConformalInterval",
     "DeepEnsemble",
     "FLAGS",

@@ -183,25 +183,59 @@ class BiLSTMPairEncoder(nn.Module):
 
     Args:
         embeddings: pre-trained word vectors [V, E] (tensor, array, or a ``.npy`` / ``.pt`` file); row 0 is the
-            padding token and is kept out of the gradient.
+            padding token and is kept out of the gradient. ``None``: a placeholder table of ``embedding_dim``
+            zeros for the padding and unknown words, to be replaced by :meth:`set_embeddings` (the word vectors
+            of the training data) or by loading a trained model's state dict.
         hidden_size: LSTM hidden units per direction H.
         freeze_embeddings: keep the word vectors fixed.
+        embedding_dim: E, when ``embeddings`` is None.
 
+    The vocabulary size is data, not architecture: the table takes the shape of the vectors it is given, also when
+    a state dict is loaded, so a network built from its declared sizes loads any trained model of the same E and H.
     Input tokens are int64 ids with 0 = padding, right-padded (real tokens first); every sentence must have at
     least one real token.
     """
 
     def __init__(
         self,
-        embeddings: torch.Tensor | np.ndarray | str | os.PathLike,
+        embeddings: torch.Tensor | np.ndarray | str | os.PathLike | None = None,
         hidden_size: int = 300,
         freeze_embeddings: bool = True,
+        embedding_dim: int | None = None,
     ) -> None:
         super().__init__()
+        if embeddings is None:
+            if not isinstance(embedding_dim, int) or embedding_dim < 1:
+                raise ValueError(f"BiLSTMPairEncoder: give embeddings or an embedding_dim >= 1, got {embedding_dim!r}.")
+            embeddings = torch.zeros(2, embedding_dim)
         table = _load_embeddings(embeddings)
+        if embedding_dim is not None and table.shape[1] != embedding_dim:
+            raise ValueError(f"BiLSTMPairEncoder: embeddings of dimension {table.shape[1]} given with "
+                             f"embedding_dim={embedding_dim}.")
+        self.freeze_embeddings = freeze_embeddings
         self.embedding = nn.Embedding.from_pretrained(table, freeze=freeze_embeddings, padding_idx=0)
         self.lstm = nn.LSTM(table.shape[1], hidden_size, batch_first=True, bidirectional=True)
         self.out_features = 8 * hidden_size
+
+    def set_embeddings(self, embeddings: torch.Tensor | np.ndarray | str | os.PathLike) -> None:
+        """Replace the word vectors by ``embeddings`` [V, E] (any V; E must stay), on the current device.
+
+        Raises:
+            ValueError: a table of another dimension E.
+        """
+        table = _load_embeddings(embeddings)
+        if table.shape[1] != self.embedding.embedding_dim:
+            raise ValueError(f"BiLSTMPairEncoder: embeddings of dimension {table.shape[1]}, the network's is "
+                             f"{self.embedding.embedding_dim}.")
+        device = self.embedding.weight.device
+        self.embedding = nn.Embedding.from_pretrained(table.to(device), freeze=self.freeze_embeddings, padding_idx=0)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        """Take the vocabulary size of the table being loaded (see the class docstring)."""
+        table = state_dict.get(f"{prefix}embedding.weight")
+        if table is not None and table.shape != self.embedding.weight.shape:
+            self.set_embeddings(torch.zeros(table.shape[0], self.embedding.embedding_dim))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def encode_sentences(self, tokens: torch.Tensor) -> torch.Tensor:
         """Max-pooled BiLSTM states of right-padded sentences: tokens [N, L] -> [N, 2 * hidden_size]."""

@@ -228,12 +228,13 @@ class FaceDataset(RecordDataset):
         transform: callable or sequence of callables (e.g. MONAI dict transforms) applied after loading.
         load: dict transform turning ``{"image": path}`` into the image tensor; defaults to
             ``Compose(face_transforms.face_load_transforms())``.
-        check_files: check at construction that every selected image file exists.
+        check_files: check, when the records are read, that every selected image file exists.
         label_range, label_policy, output_dir: the age check and its report, see :func:`read_dir_split`.
 
     Raises:
-        ValueError: at construction, see :func:`face_records`; when an item is read, an image that cannot be
-            read (the message names the file and its CSV line).
+        ValueError: when the records are first read (see :class:`~supremix_med.data.datasets.RecordDataset`), see
+            :func:`face_records`; when an item is read, an image that cannot be read (the message names the file
+            and its CSV line).
     """
 
     def __init__(
@@ -250,8 +251,13 @@ class FaceDataset(RecordDataset):
     ) -> None:
         self.csv_path = Path(csv_path).expanduser()
         self.load = Compose(face_load_transforms()) if load is None else load
-        records = face_records(csv_path, image_dir, split, check_files, label_range, label_policy, output_dir)
-        super().__init__(data=records, transform=transform)
+        self._read = functools.partial(face_records, csv_path, image_dir, split, check_files, label_range,
+                                       label_policy, output_dir)
+        super().__init__(transform=transform)
+
+    def _load_records(self) -> list[dict[str, Any]]:
+        """The records of :func:`face_records`, read on first use."""
+        return self._read()
 
     def _transform(self, index: int) -> Any:
         record = self.data[index]

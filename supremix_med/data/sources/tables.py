@@ -24,6 +24,7 @@ reporting bad rows in an ``error`` field instead of raising.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -384,19 +385,62 @@ def load_table(data_file: str | os.PathLike, target_column: str = AIRFOIL_TARGET
     return RegressionTable(Path(data_file), values, split, info)
 
 
-class TableDataset(RecordDataset):
-    """The items of one split of a :class:`RegressionTable` (see :meth:`RegressionTable.records`).
+class TableSource:
+    """A table read the first time it is needed, shared by the datasets of its splits.
+
+    A bundle config names one source; its pre-training, training, validation and test datasets and its fingerprint
+    all read the same :func:`load_table` result, loaded when the workflow first uses it rather than when the config
+    is built.
 
     Args:
-        table: the loaded table.
+        data_file, target_column, seed, label_range, label_policy, output_dir: as :func:`load_table`.
+    """
+
+    def __init__(self, data_file: str | os.PathLike, target_column: str = AIRFOIL_TARGET, seed: int = 0,
+                 label_range: Sequence[float] | None = None, label_policy: str = "refuse",
+                 output_dir: str | os.PathLike | None = None) -> None:
+        self._load = functools.partial(load_table, data_file, target_column, seed, label_range, label_policy,
+                                       output_dir)
+
+    @functools.cached_property
+    def table(self) -> RegressionTable:
+        """The loaded table."""
+        return self._load()
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The fingerprint of the table's preprocessing (see :meth:`TableInfo.fingerprint`)."""
+        return self.table.info.fingerprint()
+
+
+class TableDataset(RecordDataset):
+    """The items of one split of a table (see :meth:`RegressionTable.records`), read on first use.
+
+    Args:
+        table: the loaded table, or a :class:`TableSource` (read when the dataset is first used).
         split: ``"train"``, ``"val"`` or ``"test"``.
         transform: callable(s) applied to each item, as in :class:`monai.data.Dataset`.
         key: item key of the feature vector.
+        in_features: the number of features the network expects (its declared ``in_features``), checked against
+            the table's; ``None``: not checked.
+
+    Raises:
+        ValueError: when the records are first read: the table's errors, or a feature count other than
+            ``in_features`` (the message names the file and both counts).
     """
 
-    def __init__(self, table: RegressionTable, split: str = "train",
-                 transform: Sequence[Callable] | Callable | None = None, key: str = FEATURES_KEY) -> None:
-        super().__init__(data=table.records(split, key), transform=transform)
+    def __init__(self, table: RegressionTable | TableSource, split: str = "train",
+                 transform: Sequence[Callable] | Callable | None = None, key: str = FEATURES_KEY,
+                 in_features: int | None = None) -> None:
+        self.table, self.split, self.key, self.in_features = table, split, key, in_features
+        super().__init__(transform=transform)
+
+    def _load_records(self) -> list[dict[str, Any]]:
+        table = self.table.table if isinstance(self.table, TableSource) else self.table
+        if self.in_features is not None and table.in_features != self.in_features:
+            raise ValueError(f"{table.source}: {table.in_features} feature columns {list(table.feature_columns)}, "
+                             f"but the network takes in_features={self.in_features}; pass "
+                             f"--network_config#in_features {table.in_features} (and --label_range) for this table.")
+        return table.records(self.split, self.key)
 
 
 

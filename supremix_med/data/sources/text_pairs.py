@@ -370,6 +370,37 @@ def dataset_word_vectors(dataset_dir: str | os.PathLike, embeddings_path: str | 
     return build_word_vectors(texts, embeddings_path if embeddings_path is not None else default_embeddings_path())
 
 
+class WordVectorSource:
+    """The word vectors of a dataset's sentences (:func:`dataset_word_vectors`), built the first time they are needed.
+
+    A bundle config names one source: its datasets tokenise with :attr:`vocabulary` and :meth:`load_into` puts the
+    vectors into the network when the workflow runs, so the config opens before any data is there.
+
+    Args:
+        dataset_dir, embeddings_path: as :func:`dataset_word_vectors`.
+    """
+
+    def __init__(self, dataset_dir: str | os.PathLike, embeddings_path: str | os.PathLike | None = None) -> None:
+        self.dataset_dir, self.embeddings_path = dataset_dir, embeddings_path
+
+    @functools.cached_property
+    def vectors(self) -> WordVectors:
+        """The vocabulary and its vector table."""
+        return dataset_word_vectors(self.dataset_dir, self.embeddings_path)
+
+    @property
+    def vocabulary(self) -> Vocabulary:
+        """The vocabulary (ids of :attr:`vectors`)."""
+        return self.vectors.vocabulary
+
+    def load_into(self, network: torch.nn.Module, ckpt_dir: str | os.PathLike | None = None) -> None:
+        """Set the vectors as the word embeddings of ``network``'s encoder (a ``BiLSTMPairEncoder``) and, when
+        ``ckpt_dir`` is given, save ``vocab.txt`` and ``embeddings.npy`` there for inference (rank 0 only)."""
+        network.encoder.set_embeddings(self.vectors.vectors)
+        if ckpt_dir is not None and not (torch.distributed.is_initialized() and torch.distributed.get_rank() > 0):
+            self.vectors.save(ckpt_dir)
+
+
 def pair_tensor(first: Sequence[int], second: Sequence[int]) -> torch.Tensor:
     """Token ids of two sentences as int64 [2, max(len)], the shorter row right-padded with 0."""
     tokens = torch.zeros(2, max(len(first), len(second)), dtype=torch.int64)
@@ -395,22 +426,50 @@ class TextPairDataset(Dataset):
         label_range, label_policy, output_dir: the score check and its report, see :func:`read_pairs`.
     """
 
-    def __init__(self, source: str | os.PathLike, vocabulary: Vocabulary | str | os.PathLike, split: str = "train",
-                 require_score: bool = True, transform: Callable | None = None, key: str = "tokens",
-                 label_range: Sequence[float] | None = None, label_policy: str = "refuse",
+    def __init__(self, source: str | os.PathLike, vocabulary: Vocabulary | WordVectorSource | str | os.PathLike,
+                 split: str = "train", require_score: bool = True, transform: Callable | None = None,
+                 key: str = "tokens", label_range: Sequence[float] | None = None, label_policy: str = "refuse",
                  output_dir: str | os.PathLike | None = None) -> None:
-        self.key = key
+        self.key, self._vocabulary = key, vocabulary
         source = Path(source)
         self.path = split_file(source, split) if source.is_dir() else source
-        self.vocabulary = vocabulary if isinstance(vocabulary, Vocabulary) else Vocabulary.load(vocabulary)
-        self.pairs = read_pairs(self.path, require_score, label_range, label_policy, output_dir)
-        records = [
-            {"id": i, "tokens": (self.vocabulary.encode(a), self.vocabulary.encode(b)),
-             **({"label": float(y)} if SCORE_COLUMN in self.pairs else {})}
-            for i, a, b, y in zip(self.pairs["id"], self.pairs["sentence1"], self.pairs["sentence2"],
-                                  self.pairs.get(SCORE_COLUMN, [None] * len(self.pairs)))
-        ]
-        super().__init__(data=records, transform=transform)
+        self._read = functools.partial(read_pairs, self.path, require_score, label_range, label_policy, output_dir)
+        super().__init__(data=None, transform=transform)
+
+    @functools.cached_property
+    def vocabulary(self) -> Vocabulary:
+        """The vocabulary tokens are encoded with (loaded on first use)."""
+        if isinstance(self._vocabulary, Vocabulary):
+            return self._vocabulary
+        if isinstance(self._vocabulary, WordVectorSource):
+            return self._vocabulary.vectors.vocabulary
+        return Vocabulary.load(self._vocabulary)
+
+    @functools.cached_property
+    def pairs(self) -> pd.DataFrame:
+        """The file's checked pairs (read on first use)."""
+        return self._read()
+
+    @property
+    def data(self) -> list[dict[str, Any]]:
+        """The tokenised pairs, read on first use."""
+        if self._records is None:
+            scores = self.pairs.get(SCORE_COLUMN, [None] * len(self.pairs))
+            self._records = [
+                {"id": i, "tokens": (self.vocabulary.encode(a), self.vocabulary.encode(b)),
+                 **({"label": float(y)} if SCORE_COLUMN in self.pairs else {})}
+                for i, a, b, y in zip(self.pairs["id"], self.pairs["sentence1"], self.pairs["sentence2"], scores)
+            ]
+        return self._records
+
+    @data.setter
+    def data(self, records: list[dict[str, Any]] | None) -> None:
+        self._records = records
+
+    @property
+    def records_loaded(self) -> bool:
+        """Whether the pairs have been read and tokenised."""
+        return self._records is not None
 
     @property
     def collate_fn(self) -> Callable[[Sequence[Mapping[str, Any]]], dict[str, Any]]:
