@@ -1,5 +1,5 @@
-"""Pieces the preprocessing modules share: library versions and file digests for fingerprints, and the manifest ->
-cache CLI tail."""
+"""Pieces the preprocessing modules share: library versions and file digests for fingerprints, NIfTI reading
+with a size check, and the manifest -> cache command line (its arguments, refusals and exit codes)."""
 
 from __future__ import annotations
 
@@ -7,16 +7,20 @@ import argparse
 import functools
 import hashlib
 import os
+import zlib
 from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
+import numpy as np
 import pandas as pd
 
 from supremix_med.data.cache import build_cache
 
-__all__ = ["add_cache_arguments", "build_cache_from_cli", "cache_parser", "file_sha256", "library_versions"]
+__all__ = ["add_cache_arguments", "build_cache_from_cli", "cache_parser", "file_sha256", "library_versions",
+           "load_nifti", "read_voxels"]
 
 
 def library_versions(*packages: str) -> dict[str, str]:
@@ -35,6 +39,54 @@ def file_sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def load_nifti(path: str | os.PathLike, max_voxels: int) -> nib.Nifti1Image:
+    """Open a NIfTI file and check the size its header declares before any voxel is read.
+
+    A corrupt or hostile header can declare e.g. 30000^3 voxels; reading it would fail with an empty
+    ``MemoryError`` (or exhaust the machine), so the declared voxel count (all dimensions) is compared with
+    ``max_voxels`` first. Each reader documents its limit.
+
+    Args:
+        path: ``.nii`` or ``.nii.gz`` file.
+        max_voxels: the largest voxel count accepted.
+
+    Returns:
+        the image, its voxels not yet read (see :func:`read_voxels`).
+
+    Raises:
+        ValueError: the header cannot be read, or declares more than ``max_voxels`` voxels; the message names
+            the file.
+    """
+    try:
+        image = nib.load(path)
+    except (nib.filebasedimages.ImageFileError, OSError, EOFError, zlib.error, ValueError) as error:
+        raise ValueError(f"{path}: cannot be read as a NIfTI image ({error}).") from error
+    voxels = int(np.prod(image.shape, dtype=np.float64))
+    if voxels > max_voxels:
+        raise ValueError(
+            f"{path}: the header declares shape {' x '.join(map(str, image.shape))} = {voxels:.3g} voxels, more "
+            f"than the {max_voxels:.3g} this reader accepts (a damaged header, or not a scan this pipeline takes)."
+        )
+    return image
+
+
+def read_voxels(image: nib.Nifti1Image, path: str | os.PathLike) -> np.ndarray:
+    """The voxels of an image from :func:`load_nifti` as float32 (scaled by the header's slope/intercept).
+
+    Raises:
+        ValueError: the data cannot be read (truncated or corrupt file) or do not fit in memory; the message
+            names the file.
+    """
+    try:
+        return image.get_fdata(dtype=np.float32)
+    except MemoryError as error:
+        size_gb = np.prod(image.shape, dtype=np.float64) * 4 / 1e9
+        raise ValueError(f"{path}: not enough memory to read its {image.shape} voxels ({size_gb:.2f} GB as "
+                         "float32).") from error
+    except (OSError, EOFError, zlib.error, ValueError) as error:
+        raise ValueError(f"{path}: cannot be read as a NIfTI image ({error}).") from error
 
 
 def cache_parser(prog: str, description: str, alternative: tuple[str, str] | None = None) -> argparse.ArgumentParser:

@@ -4,8 +4,9 @@
 
 Steps (``T1Params`` holds every setting; ``fingerprint`` records them):
 
-1. **Load** ``.nii``/``.nii.gz`` with nibabel and validate it (``load_t1``): readable, 3-D (a 4-D image with
-   one volume is accepted), at least 8 voxels per axis, voxel sizes in [0.1, 10] mm, finite, not constant.
+1. **Load** ``.nii``/``.nii.gz`` with nibabel and validate it (``load_t1``): a header declaring at most
+   ``MAX_VOXELS`` (2**28) voxels, checked before reading; readable, 3-D (a 4-D image with one volume is
+   accepted), at least 8 voxels per axis, voxel sizes in [0.1, 10] mm, finite, not constant.
    Failures raise ``ValueError`` (``FileNotFoundError`` for a missing file) naming the file.
 2. **Anti-alias**: Gaussian smoothing along each input axis with
    ``sigma = sqrt(max(spacing_mm**2 - voxel_mm**2, 0)) / (2 * sqrt(2 * ln 2))`` (``scipy.ndimage``), i.e.
@@ -57,7 +58,6 @@ import functools
 import json
 import math
 import os
-import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -75,11 +75,19 @@ from preprocessing.registration import (
     normalised_cross_correlation,
     register_affine,
 )
-from preprocessing._common import add_cache_arguments, build_cache_from_cli, cache_parser, library_versions
+from preprocessing._common import (
+    add_cache_arguments,
+    build_cache_from_cli,
+    cache_parser,
+    library_versions,
+    load_nifti,
+    read_voxels,
+)
 from supremix_med.data.manifest import load_manifest
 
-__all__ = ["PIPELINE", "QC_FIELDS", "RUN_PARAMS", "VERSION", "T1Params", "antialiased_image", "field_of_view_centre",
-           "fingerprint", "grid_origin", "load_t1", "main", "preprocess", "preprocess_with_qc", "resample_to_grid"]
+__all__ = ["MAX_VOXELS", "PIPELINE", "QC_FIELDS", "RUN_PARAMS", "VERSION", "T1Params", "antialiased_image",
+           "field_of_view_centre", "fingerprint", "grid_origin", "load_t1", "main", "preprocess", "preprocess_with_qc",
+           "resample_to_grid"]
 
 PIPELINE = "t1"
 VERSION = "1.0.0"
@@ -89,6 +97,9 @@ QC_FIELDS = {"registered": False, "register_decision": "", "registration_similar
 #: Parameters chosen per run, not compared between a model's cache and inference: ``"auto"`` keeps MNI-space
 #: scans as they are and registers the others, which is what training did to every scan.
 RUN_PARAMS = ("register",)
+#: Largest scan ``load_t1`` reads, in voxels declared by the header: 2**28 (268 million, 1 GiB as float32;
+#: a 0.4 mm isotropic whole head is 640^3 = 262 million). A larger header is refused before reading.
+MAX_VOXELS = 2**28
 _MIN_VOXELS_PER_AXIS = 8
 _VOXEL_SIZE_RANGE_MM = (0.1, 10.0)
 _MNI_VOXEL_SIZES_MM = (1.0, 2.0)
@@ -155,23 +166,21 @@ def load_t1(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: unreadable or corrupt file, not 3-D, fewer than 8 voxels along an axis, voxel sizes
-            outside [0.1, 10] mm, NaN/Inf voxels, or a constant image. The message names the file.
+        ValueError: unreadable or corrupt file, a header declaring more than ``MAX_VOXELS`` voxels, not 3-D,
+            fewer than 8 voxels along an axis, voxel sizes outside [0.1, 10] mm, NaN/Inf voxels, or a constant
+            image. The message names the file.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"T1 scan not found: {path}")
-    try:
-        image = nib.load(path)
+    image = load_nifti(path, MAX_VOXELS)
+    shape = image.shape
+    if len(shape) == 4 and shape[3] == 1:
+        image = image.slicer[..., 0]
         shape = image.shape
-        if len(shape) == 4 and shape[3] == 1:
-            image = image.slicer[..., 0]
-            shape = image.shape
-        if len(shape) != 3:
-            raise ValueError(f"{path}: expected a 3-D image (or 4-D with one volume), got shape {shape}.")
-        data = image.get_fdata(dtype=np.float32)
-    except (nib.filebasedimages.ImageFileError, OSError, EOFError, zlib.error) as error:
-        raise ValueError(f"{path}: cannot be read as a NIfTI image ({error}).") from error
+    if len(shape) != 3:
+        raise ValueError(f"{path}: expected a 3-D image (or 4-D with one volume), got shape {shape}.")
+    data = read_voxels(image, path)
     if min(shape) < _MIN_VOXELS_PER_AXIS:
         raise ValueError(
             f"{path}: expected at least {_MIN_VOXELS_PER_AXIS} voxels along every axis of a 3-D volume, "

@@ -166,7 +166,17 @@ def _truncated(path: Path) -> Path:
     return path
 
 
+def _huge_header(path: Path) -> Path:
+    """A header claiming 30000^3 voxels (108 TB as float32) over a few bytes of data."""
+    header = nib.Nifti1Header()
+    header.set_data_shape((30000, 30000, 30000))
+    header.set_data_dtype(np.float32)
+    path.write_bytes(gzip.compress(header.binaryblock + bytes(4) + bytes(4096)))
+    return path
+
+
 BAD_INPUTS = {
+    "huge header": (_huge_header, "the header declares shape 30000 x 30000 x 30000 = 2.7e+13 voxels, more than"),
     "corrupt": (_corrupt, "cannot be read as a NIfTI image"),
     "truncated": (_truncated, "cannot be read as a NIfTI image"),
     "2-D": (lambda p: _save(p, np.ones((30, 30), np.float32), np.eye(4)), "expected a 3-D image"),
