@@ -7,8 +7,10 @@ import argparse
 import functools
 import hashlib
 import os
+import sys
+import warnings
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -18,9 +20,16 @@ import numpy as np
 import pandas as pd
 
 from supremix_med.data.cache import build_cache
+from supremix_med.data.manifest import load_manifest
 
-__all__ = ["add_cache_arguments", "build_cache_from_cli", "cache_parser", "file_sha256", "library_versions",
-           "load_nifti", "read_voxels"]
+__all__ = ["EXIT_FAILED", "EXIT_REFUSED", "add_cache_arguments", "add_debug_argument", "build_cache_from_cli",
+           "cache_parser", "file_sha256", "library_versions", "load_cli_manifest", "load_nifti", "read_voxels",
+           "run_cli"]
+
+#: Exit status of a refused run: bad input (manifest, parameters, columns, a missing file), as argparse's own.
+EXIT_REFUSED = 2
+#: Exit status of a run its environment stopped: a full disk, a dead worker, an unwritable folder.
+EXIT_FAILED = 1
 
 
 def library_versions(*packages: str) -> dict[str, str]:
@@ -99,9 +108,9 @@ def cache_parser(prog: str, description: str, alternative: tuple[str, str] | Non
             exactly one of the two is then required.
 
     Returns:
-        The parser; the module adds its own options, then :func:`add_cache_arguments`.
+        The parser (with ``--debug``); the module adds its own options, then :func:`add_cache_arguments`.
     """
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = add_debug_argument(argparse.ArgumentParser(prog=prog, description=description))
     source = parser if alternative is None else parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--manifest", required=alternative is None, type=Path,
                         help="CSV; relative paths are relative to it.")
@@ -118,6 +127,66 @@ def add_cache_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         "--overwrite", action="store_true", help="replace a cache built with other settings (a matching one continues)"
     )
     return parser
+
+
+def add_debug_argument(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``--debug`` (show an error's traceback instead of its one-line message); return ``parser``."""
+    parser.add_argument("--debug", action="store_true", help="on an error, show the full traceback")
+    return parser
+
+
+def _one_line(message: object) -> str:
+    return " ".join(str(message).split())
+
+
+def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
+            run: Callable[[argparse.Namespace], None]) -> None:
+    """Parse ``argv`` with ``parser`` and call ``run(args)``: every preprocessing command line's ``main``.
+
+    An error the command expects ends the program with one line on stderr, ``<prog>: error: <message>``
+    (whitespace folded; the messages name the file and say what to do), and an exit status:
+
+    - ``EXIT_REFUSED`` (2, argparse's status for bad arguments) for a refused input: ``ValueError`` (bad
+      manifest, missing column, a cache built with other parameters, no sample could be preprocessed) or
+      ``FileNotFoundError``;
+    - ``EXIT_FAILED`` (1) for the environment: another ``OSError`` (a full disk, a folder without write
+      permission) or ``RuntimeError`` (a worker process died).
+
+    Warnings (e.g. samples left out of a cache) print as one line each, ``<prog>: warning: <message>``.
+    With ``--debug`` nothing is caught: errors and warnings show in full, with their traceback.
+
+    Raises:
+        SystemExit: on such an error (status above), or from argparse.
+    """
+    args = parser.parse_args(argv)
+    if args.debug:
+        run(args)
+        return
+    format_warning = warnings.formatwarning
+    warnings.formatwarning = lambda message, *_args, **_kwargs: f"{parser.prog}: warning: {_one_line(message)}\n"
+    try:
+        run(args)
+    except (ValueError, FileNotFoundError) as error:
+        _exit(parser.prog, error, EXIT_REFUSED)
+    except (OSError, RuntimeError) as error:
+        _exit(parser.prog, error, EXIT_FAILED)
+    finally:
+        warnings.formatwarning = format_warning
+
+
+def _exit(prog: str, error: BaseException, status: int) -> None:
+    print(f"{prog}: error: {_one_line(error)}", file=sys.stderr)
+    raise SystemExit(status) from error
+
+
+def load_cli_manifest(path: Path) -> pd.DataFrame:
+    """``load_manifest(path)`` for a command line: its refusals say to mend the manifest (or ``--manifest``)."""
+    try:
+        return load_manifest(path)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"manifest not found: {path}; check --manifest.") from error
+    except ValueError as error:
+        raise ValueError(f"{error} Correct the manifest and run again.") from error
 
 
 def build_cache_from_cli(
@@ -139,7 +208,15 @@ def build_cache_from_cli(
         params: preprocessing parameters given to both.
         noun: what a sample is, for the summary line ("scans", "clips").
         **options: further ``build_cache`` keywords (``stratify``, ``dtype``, ``sample_shape``).
+
+    Raises:
+        ValueError: the manifest has neither a ``split`` column nor the column the splits are stratified by
+            (``stratify``, default ``age``); see ``build_cache`` for the others.
     """
+    stratify = options.get("stratify", "age")
+    if "split" not in manifest.columns and stratify is not None and stratify not in manifest.columns:
+        raise ValueError(f"{args.manifest or 'the manifest'}: no {stratify!r} column to stratify the train/val/test "
+                         f"splits by (columns: {list(manifest.columns)}); add it, or a 'split' column.")
     cached = build_cache(
         manifest,
         args.output,

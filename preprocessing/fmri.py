@@ -73,10 +73,11 @@ from preprocessing._common import (
     cache_parser,
     file_sha256,
     library_versions,
+    load_cli_manifest,
     load_nifti,
     read_voxels,
+    run_cli,
 )
-from supremix_med.data.manifest import load_manifest
 from supremix_med.data.splits import assign_splits
 
 __all__ = [
@@ -484,7 +485,7 @@ def assign_subject_splits(manifest: pd.DataFrame, seed: int = 0, fractions: Sequ
 
 
 # --------------------------------------------------------------------------------------------------- CLI
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def _parser() -> argparse.ArgumentParser:
     parser = cache_parser(
         "python -m preprocessing.fmri",
         "Parcel time series of the fMRI runs of a manifest (columns id,path[,subject,age,sex,site,split]) into a "
@@ -496,18 +497,25 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--t_r", type=float, help="repetition time in s (default: the NIfTI header's)")
     parser.add_argument("--short_runs", choices=SHORT_RUNS, default="refuse",
                         help="a run too short for the band-pass: refuse it (default) or keep it unfiltered, warned")
-    return add_cache_arguments(parser).parse_args(argv)
+    return add_cache_arguments(parser)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: build a cache from a manifest with ``supremix_med.data.cache.build_cache``."""
-    args = _parse_args(argv)
+def _build(args: argparse.Namespace) -> None:
     params = {"atlas_path": args.atlas, "frames": args.frames, "n_parcels": args.n_parcels, "t_r": args.t_r,
               "short_runs": args.short_runs}
     build_cache_from_cli(
-        assign_subject_splits(load_manifest(args.manifest)), args, preprocess, fingerprint, params, "runs",
+        assign_subject_splits(load_cli_manifest(args.manifest)), args, preprocess, fingerprint, params, "runs",
         dtype="float32",  # extracted series may be raw BOLD units, beyond float16's range
     )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line: build a cache from a manifest with ``supremix_med.data.cache.build_cache``.
+
+    A refused input (bad manifest, missing column, changed parameters) prints one line and exits with status 2;
+    ``--debug`` shows the traceback (see ``preprocessing._common.run_cli``).
+    """
+    run_cli(_parser(), argv, _build)
 
 
 if __name__ == "__main__":

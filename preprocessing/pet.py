@@ -68,8 +68,10 @@ from preprocessing._common import (
     build_cache_from_cli,
     cache_parser,
     library_versions,
+    load_cli_manifest,
     load_nifti,
     read_voxels,
+    run_cli,
 )
 from preprocessing.t1 import (
     MAX_VOXELS,
@@ -80,7 +82,6 @@ from preprocessing.t1 import (
     load_t1,
     resample_to_grid,
 )
-from supremix_med.data.manifest import load_manifest
 
 __all__ = [
     "PIPELINE",
@@ -621,7 +622,7 @@ def fingerprint(**params: Any) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------------- CLI
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def _parser() -> argparse.ArgumentParser:
     parser = cache_parser(
         "python -m preprocessing.pet",
         "Preprocess the PET scans (DICOM folders or NIfTI) of a manifest (id,path[,age,...]) into a cache.",
@@ -629,18 +630,25 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--suvr_mask", type=Path, default=None, help="NIfTI reference-region mask/atlas (SUVR)")
     parser.add_argument("--suvr_label", type=int, default=None, help="atlas label of the reference region")
     parser.add_argument("--nifti_units", choices=NIFTI_UNITS, default="SUV", help="units of NIfTI inputs")
-    return add_cache_arguments(parser).parse_args(argv)
+    return add_cache_arguments(parser)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: build a cache from a manifest with ``supremix_med.data.cache.build_cache``."""
-    args = _parse_args(argv)
+def _build(args: argparse.Namespace) -> None:
     params = {
         "suvr_mask": None if args.suvr_mask is None else str(args.suvr_mask.resolve()),
         "suvr_label": args.suvr_label,
         "nifti_units": args.nifti_units,
     }
-    build_cache_from_cli(load_manifest(args.manifest), args, preprocess, fingerprint, params, "scans")
+    build_cache_from_cli(load_cli_manifest(args.manifest), args, preprocess, fingerprint, params, "scans")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line: build a cache from a manifest with ``supremix_med.data.cache.build_cache``.
+
+    A refused input (bad manifest, missing column, changed parameters) prints one line and exits with status 2;
+    ``--debug`` shows the traceback (see ``preprocessing._common.run_cli``).
+    """
+    run_cli(_parser(), argv, _build)
 
 
 if __name__ == "__main__":

@@ -80,10 +80,11 @@ from preprocessing._common import (
     build_cache_from_cli,
     cache_parser,
     library_versions,
+    load_cli_manifest,
     load_nifti,
     read_voxels,
+    run_cli,
 )
-from supremix_med.data.manifest import load_manifest
 
 __all__ = ["MAX_VOXELS", "PIPELINE", "QC_FIELDS", "RUN_PARAMS", "VERSION", "T1Params", "antialiased_image",
            "field_of_view_centre", "fingerprint", "grid_origin", "load_t1", "main", "preprocess", "preprocess_with_qc",
@@ -451,20 +452,27 @@ def fingerprint(**params: Any) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------------- CLI
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def _parser() -> argparse.ArgumentParser:
     parser = cache_parser(
         "python -m preprocessing.t1",
         "Preprocess the T1 scans of a manifest (columns id,path[,age,sex,site,split]) into a cache.",
     )
     parser.add_argument("--register", choices=REGISTER_MODES, default="auto", help="registration to MNI152")
-    return add_cache_arguments(parser).parse_args(argv)
+    return add_cache_arguments(parser)
+
+
+def _build(args: argparse.Namespace) -> None:
+    build_cache_from_cli(load_cli_manifest(args.manifest), args, preprocess, fingerprint, {"register": args.register},
+                         "scans")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: build a cache from a manifest with ``supremix_med.data.cache.build_cache``."""
-    args = _parse_args(argv)
-    build_cache_from_cli(load_manifest(args.manifest), args, preprocess, fingerprint, {"register": args.register},
-                         "scans")
+    """Command line: build a cache from a manifest with ``supremix_med.data.cache.build_cache``.
+
+    A refused input (bad manifest, missing column, changed parameters) prints one line and exits with status 2;
+    ``--debug`` shows the traceback (see ``preprocessing._common.run_cli``).
+    """
+    run_cli(_parser(), argv, _build)
 
 
 if __name__ == "__main__":
