@@ -8,8 +8,8 @@ Two kinds of input give the same kind of output, rows in parcel-label order 1..n
 volumes or fMRIPrep's ``space-MNI152NLin2009cAsym_desc-preproc_bold``), with a label atlas supplied by the user
 (``atlas_path``: Schaefer 2018, 400 parcels, any resolution; 0 is background). The header's declared size
 is checked before reading (at most ``MAX_VOXELS`` = 2**31 voxels for a run, 2**28 for the atlas).
-nilearn's ``NiftiLabelsMasker`` resamples the atlas onto the scan's grid (nearest neighbour), averages the voxels of each parcel and cleans
-each parcel series (``nilearn.signal.clean``), in this order:
+nilearn's ``NiftiLabelsMasker`` resamples the atlas onto the scan's grid (nearest neighbour), averages the
+voxels of each parcel and cleans each parcel series (``nilearn.signal.clean``), in this order:
 
 1. linear detrending (``detrend``);
 2. regression of the confounds (if a table is given: a TSV/CSV path or a DataFrame, one row per frame; its

@@ -53,7 +53,8 @@ def test_refusals_say_what_which_file_and_what_to_do(tmp_path, capsys):
     assert "fingerprint['params.register']: cache has 'never', now 'always'" in error and "--overwrite" in error
 
     error = _refusal(t1.main, ["--manifest", str(tmp_path / "nowhere.csv"), "--output", str(cache)], capsys)
-    assert error == f"python -m preprocessing.t1: error: manifest not found: {tmp_path / 'nowhere.csv'}; check --manifest.\n"
+    assert error == (f"python -m preprocessing.t1: error: manifest not found: {tmp_path / 'nowhere.csv'}; check "
+                     "--manifest.\n")
     error = _refusal(ukb.main, ["--ukb_root", str(tmp_path / "ukb"), "--age_table", str(manifest),
                                 "--output", str(tmp_path / "m.csv")], capsys)
     assert error == f"python -m preprocessing.ukb: error: UK Biobank folder not found: {tmp_path / 'ukb'}\n"

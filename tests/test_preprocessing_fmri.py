@@ -245,7 +245,7 @@ def test_short_run_is_refused_in_frames_and_seconds_before_filtering(files, tmp_
     assert "padlen" not in message
     extracted = tmp_path / "short.npy"
     np.save(extracted, np.random.default_rng(6).standard_normal((4, 20)))
-    with pytest.raises(ValueError, match=r"short\.npy: the run has 20 frames \(16 s at TR 0\.8 s\).*34 frames \(27\.2 s"):
+    with pytest.raises(ValueError, match=r"short\.npy: the run has 20 frames \(16 s at TR 0\.8 s\).*34 frames \(27\.2"):
         parcel_timeseries(extracted, n_parcels=4, clean_extracted=True, t_r=0.8)
 
 

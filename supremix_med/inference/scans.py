@@ -12,8 +12,8 @@ also declare
 The pieces, used by every bundle's ``inference.json``:
 
 - :func:`list_scans` turns the bundle's ``dataset_dir`` (a folder of scans, one scan, or a CSV
-  ``id,path[,<target>]``) into MONAI dataset items ``{"id", "path", "label"}`` (``label`` is the known target, NaN if unknown), plus the
-  model's covariate columns (e.g. ``sex``) from the CSV when the model takes covariates.
+  ``id,path[,<target>]``) into MONAI dataset items ``{"id", "path", "label"}`` (``label`` is the known target,
+  NaN if unknown), plus the model's covariate columns (e.g. ``sex``) from the CSV when the model takes covariates.
 - :func:`check_fingerprint` refuses a model whose stored ``preprocessing.json`` differs from what this code's
   pipeline does: a scan preprocessed differently from the training data gets a confidently wrong prediction.
 - :class:`PreprocessScan` is the bundle's ``preprocessing``: it runs the training pipeline on one item and
