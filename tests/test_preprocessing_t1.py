@@ -147,15 +147,15 @@ def test_mni_header_with_misaligned_content_fails_the_similarity_check(tmp_path)
 
 
 def _with_skull(path: Path, data: np.ndarray, affine: np.ndarray, brain: np.ndarray, gap_mm: float) -> Path:
-    """``data`` with a synthetic skull: a shell from ``gap_mm`` to ``gap_mm`` + 6 mm outside ``brain`` (the CSF
-    and inner table stay dark), 1.5 times as bright as the brain's 99th percentile (fat and marrow)."""
+    """``data`` with a synthetic skull and scalp: a shell from ``gap_mm`` to ``gap_mm`` + 10 mm outside ``brain``
+    (the CSF and inner table stay dark), 1.5 times as bright as the brain's 99th percentile (fat and marrow)."""
     distance = ndi.distance_transform_edt(~brain, sampling=np.linalg.norm(affine[:3, :3], axis=0))
-    shell = (distance > gap_mm) & (distance < gap_mm + 6.0)
+    shell = (distance > gap_mm) & (distance < gap_mm + 10.0)
     return _save(path, (data + 1.5 * np.percentile(data[brain], 99) * shell).astype(np.float32), affine)
 
 
 def test_skull_on_and_skull_off_give_one_brain(tmp_path, mni_result, brain):
-    """The MNI152 head with a skull 2-8 mm outside its brain: ``auto`` keeps it unregistered (MNI-like) and it
+    """The MNI152 head with a skull 2-12 mm outside its brain: ``auto`` keeps it unregistered (MNI-like) and it
     gets the same mask and normalisation as the skull-stripped template; the QC names the skull."""
     data, mask, affine = mni152_template()
     skull_on, qc = t1.preprocess_with_qc(_with_skull(tmp_path / "head.nii.gz", data, affine, mask, 2.0))
@@ -164,7 +164,7 @@ def test_skull_on_and_skull_off_give_one_brain(tmp_path, mni_result, brain):
     assert normalised_cross_correlation(skull_on[0], skull_off[0], brain) >= 0.99
     np.testing.assert_array_equal(skull_on != 0, skull_off != 0)  # the same voxels: the skull is not in the input
     assert not skull_on[0][~brain].any()
-    assert qc_off["non_brain_fraction"] == 0.0 and qc["non_brain_fraction"] > 0.5
+    assert qc_off["non_brain_fraction"] == 0.0 and qc["non_brain_fraction"] > 0.3 > t1.NON_BRAIN_LIMIT
     # the former 4 mm dilated mask let the skull in: 3 % more non-zero voxels, as reported for a real head
     dilated = t1.preprocess(tmp_path / "head.nii.gz", brain_mask_dilation_mm=4.0)
     assert np.mean(dilated != 0) > np.mean(skull_off != 0) + 0.02
@@ -178,7 +178,7 @@ def _pooled(image: np.ndarray) -> np.ndarray:
 def test_skull_does_not_move_the_prediction_of_a_fitted_model(tiny_cohort, tiny_cache, tmp_path):
     """A tiny brain-age model (ridge regression on 10^3-voxel block means, fitted to the 10 train/val scans of
     the cached demo cohort) predicts a held-out subject within a year whether or not its head has a skull
-    (4-10 mm outside its own brain: the CSF and inner table of the skull stay dark)."""
+    (4-14 mm outside its own brain: the CSF and inner table of the skull stay dark)."""
     cached = pd.read_csv(tiny_cache / "manifest.csv", dtype={"id": str})
     features, ages = [], []
     for split in ("train", "val"):
