@@ -91,10 +91,10 @@ def without_registration(folder: Path, repeats: int) -> dict[str, object]:
         total, (_, qc) = timed(lambda p=path: t1.preprocess_with_qc(p), repeats)
         assert not qc["registered"], qc["register_decision"]
         loading, (volume, affine) = timed(lambda p=path: t1.load_t1(p), repeats)
-        antialias, image = timed(lambda: t1._antialiased_image(volume, affine, params), repeats)
+        antialias, image = timed(lambda: t1.antialiased_image(volume, affine, params), repeats)
         template = t1._template_on_grid(params)
         decision, (_, _, resampled) = timed(lambda: t1._decide(params, None, image, template), repeats)
-        normalise, _ = timed(lambda: t1._normalise(resampled * template.region, template.region, params, path), repeats)
+        normalise, _ = timed(lambda: t1._normalise(resampled, template.core, template.region, params, path), repeats)
         results[name] = {
             "file_mb": round(path.stat().st_size / 1e6, 1),
             "total": total,

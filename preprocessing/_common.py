@@ -1,5 +1,5 @@
-"""Pieces the preprocessing modules share: library versions and file digests for fingerprints, and the manifest ->
-cache CLI tail."""
+"""Pieces the preprocessing modules share: library versions and file digests for fingerprints, NIfTI reading
+with a size check, and the manifest -> cache command line (its arguments, refusals and exit codes)."""
 
 from __future__ import annotations
 
@@ -7,16 +7,29 @@ import argparse
 import functools
 import hashlib
 import os
-from collections.abc import Callable
+import sys
+import warnings
+import zlib
+from collections.abc import Callable, Sequence
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
+import numpy as np
 import pandas as pd
 
 from supremix_med.data.cache import build_cache
+from supremix_med.data.manifest import load_manifest
 
-__all__ = ["add_cache_arguments", "build_cache_from_cli", "cache_parser", "file_sha256", "library_versions"]
+__all__ = ["EXIT_FAILED", "EXIT_REFUSED", "add_cache_arguments", "add_debug_argument", "build_cache_from_cli",
+           "cache_parser", "file_sha256", "library_versions", "load_cli_manifest", "load_nifti", "read_voxels",
+           "run_cli"]
+
+#: Exit status of a refused run: bad input (manifest, parameters, columns, a missing file), as argparse's own.
+EXIT_REFUSED = 2
+#: Exit status of a run its environment stopped: a full disk, a dead worker, an unwritable folder.
+EXIT_FAILED = 1
 
 
 def library_versions(*packages: str) -> dict[str, str]:
@@ -37,6 +50,54 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def load_nifti(path: str | os.PathLike, max_voxels: int) -> nib.Nifti1Image:
+    """Open a NIfTI file and check the size its header declares before any voxel is read.
+
+    A corrupt or hostile header can declare e.g. 30000^3 voxels; reading it would fail with an empty
+    ``MemoryError`` (or exhaust the machine), so the declared voxel count (all dimensions) is compared with
+    ``max_voxels`` first. Each reader documents its limit.
+
+    Args:
+        path: ``.nii`` or ``.nii.gz`` file.
+        max_voxels: the largest voxel count accepted.
+
+    Returns:
+        the image, its voxels not yet read (see :func:`read_voxels`).
+
+    Raises:
+        ValueError: the header cannot be read, or declares more than ``max_voxels`` voxels; the message names
+            the file.
+    """
+    try:
+        image = nib.load(path)
+    except (nib.filebasedimages.ImageFileError, OSError, EOFError, zlib.error, ValueError) as error:
+        raise ValueError(f"{path}: cannot be read as a NIfTI image ({error}).") from error
+    voxels = int(np.prod(image.shape, dtype=np.float64))
+    if voxels > max_voxels:
+        raise ValueError(
+            f"{path}: the header declares shape {' x '.join(map(str, image.shape))} = {voxels:.3g} voxels, more "
+            f"than the {max_voxels:.3g} this reader accepts (a damaged header, or not a scan this pipeline takes)."
+        )
+    return image
+
+
+def read_voxels(image: nib.Nifti1Image, path: str | os.PathLike) -> np.ndarray:
+    """The voxels of an image from :func:`load_nifti` as float32 (scaled by the header's slope/intercept).
+
+    Raises:
+        ValueError: the data cannot be read (truncated or corrupt file) or do not fit in memory; the message
+            names the file.
+    """
+    try:
+        return image.get_fdata(dtype=np.float32)
+    except MemoryError as error:
+        size_gb = np.prod(image.shape, dtype=np.float64) * 4 / 1e9
+        raise ValueError(f"{path}: not enough memory to read its {image.shape} voxels ({size_gb:.2f} GB as "
+                         "float32).") from error
+    except (OSError, EOFError, zlib.error, ValueError) as error:
+        raise ValueError(f"{path}: cannot be read as a NIfTI image ({error}).") from error
+
+
 def cache_parser(prog: str, description: str, alternative: tuple[str, str] | None = None) -> argparse.ArgumentParser:
     """Parser of a preprocessing CLI with its input and output: ``--manifest CSV`` and ``--output DIR``.
 
@@ -47,9 +108,9 @@ def cache_parser(prog: str, description: str, alternative: tuple[str, str] | Non
             exactly one of the two is then required.
 
     Returns:
-        The parser; the module adds its own options, then :func:`add_cache_arguments`.
+        The parser (with ``--debug``); the module adds its own options, then :func:`add_cache_arguments`.
     """
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = add_debug_argument(argparse.ArgumentParser(prog=prog, description=description))
     source = parser if alternative is None else parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--manifest", required=alternative is None, type=Path,
                         help="CSV; relative paths are relative to it.")
@@ -68,6 +129,66 @@ def add_cache_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     return parser
 
 
+def add_debug_argument(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``--debug`` (show an error's traceback instead of its one-line message); return ``parser``."""
+    parser.add_argument("--debug", action="store_true", help="on an error, show the full traceback")
+    return parser
+
+
+def _one_line(message: object) -> str:
+    return " ".join(str(message).split())
+
+
+def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
+            run: Callable[[argparse.Namespace], None]) -> None:
+    """Parse ``argv`` with ``parser`` and call ``run(args)``: every preprocessing command line's ``main``.
+
+    An error the command expects ends the program with one line on stderr, ``<prog>: error: <message>``
+    (whitespace folded; the messages name the file and say what to do), and an exit status:
+
+    - ``EXIT_REFUSED`` (2, argparse's status for bad arguments) for a refused input: ``ValueError`` (bad
+      manifest, missing column, a cache built with other parameters, no sample could be preprocessed) or
+      ``FileNotFoundError``;
+    - ``EXIT_FAILED`` (1) for the environment: another ``OSError`` (a full disk, a folder without write
+      permission) or ``RuntimeError`` (a worker process died).
+
+    Warnings (e.g. samples left out of a cache) print as one line each, ``<prog>: warning: <message>``.
+    With ``--debug`` nothing is caught: errors and warnings show in full, with their traceback.
+
+    Raises:
+        SystemExit: on such an error (status above), or from argparse.
+    """
+    args = parser.parse_args(argv)
+    if args.debug:
+        run(args)
+        return
+    format_warning = warnings.formatwarning
+    warnings.formatwarning = lambda message, *_args, **_kwargs: f"{parser.prog}: warning: {_one_line(message)}\n"
+    try:
+        run(args)
+    except (ValueError, FileNotFoundError) as error:
+        _exit(parser.prog, error, EXIT_REFUSED)
+    except (OSError, RuntimeError) as error:
+        _exit(parser.prog, error, EXIT_FAILED)
+    finally:
+        warnings.formatwarning = format_warning
+
+
+def _exit(prog: str, error: BaseException, status: int) -> None:
+    print(f"{prog}: error: {_one_line(error)}", file=sys.stderr)
+    raise SystemExit(status) from error
+
+
+def load_cli_manifest(path: Path) -> pd.DataFrame:
+    """``load_manifest(path)`` for a command line: its refusals say to mend the manifest (or ``--manifest``)."""
+    try:
+        return load_manifest(path)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"manifest not found: {path}; check --manifest.") from error
+    except ValueError as error:
+        raise ValueError(f"{error} Correct the manifest and run again.") from error
+
+
 def build_cache_from_cli(
     manifest: pd.DataFrame,
     args: argparse.Namespace,
@@ -79,15 +200,26 @@ def build_cache_from_cli(
 ) -> None:
     """Cache ``manifest`` with ``preprocess(path, **params)`` and print how many ``noun`` the cache holds.
 
+    Pipelines with QC pass their ``preprocess_with_qc``: the cache then keeps each sample's QC record
+    (``qc.csv``), which training screens with the pipeline's ``QC_LIMITS``.
+
     Args:
         manifest: the samples (see ``supremix_med.data.manifest``).
         args: parsed CLI arguments with ``output``, ``workers`` and ``overwrite``.
-        preprocess: the module's ``preprocess(path, **params)``.
+        preprocess: the module's ``preprocess(path, **params)`` or ``preprocess_with_qc``.
         fingerprint: the module's ``fingerprint(**params)``.
         params: preprocessing parameters given to both.
         noun: what a sample is, for the summary line ("scans", "clips").
         **options: further ``build_cache`` keywords (``stratify``, ``dtype``, ``sample_shape``).
+
+    Raises:
+        ValueError: the manifest has neither a ``split`` column nor the column the splits are stratified by
+            (``stratify``, default ``age``); see ``build_cache`` for the others.
     """
+    stratify = options.get("stratify", "age")
+    if "split" not in manifest.columns and stratify is not None and stratify not in manifest.columns:
+        raise ValueError(f"{args.manifest or 'the manifest'}: no {stratify!r} column to stratify the train/val/test "
+                         f"splits by (columns: {list(manifest.columns)}); add it, or a 'split' column.")
     cached = build_cache(
         manifest,
         args.output,

@@ -6,16 +6,20 @@ Two kinds of input give the same kind of output, rows in parcel-label order 1..n
 
 **A 4-D NIfTI in MNI space** (``.nii``/``.nii.gz``, e.g. HCP Aging's ``rfMRI_REST*_Atlas_MSMAll_hp0_clean``
 volumes or fMRIPrep's ``space-MNI152NLin2009cAsym_desc-preproc_bold``), with a label atlas supplied by the user
-(``atlas_path``: Schaefer 2018, 400 parcels, any resolution; 0 is background). nilearn's ``NiftiLabelsMasker``
-resamples the atlas onto the scan's grid (nearest neighbour), averages the voxels of each parcel and cleans
-each parcel series (``nilearn.signal.clean``), in this order:
+(``atlas_path``: Schaefer 2018, 400 parcels, any resolution; 0 is background). The header's declared size
+is checked before reading (at most ``MAX_VOXELS`` = 2**31 voxels for a run, 2**28 for the atlas).
+nilearn's ``NiftiLabelsMasker`` resamples the atlas onto the scan's grid (nearest neighbour), averages the
+voxels of each parcel and cleans each parcel series (``nilearn.signal.clean``), in this order:
 
 1. linear detrending (``detrend``);
 2. regression of the confounds (if a table is given: a TSV/CSV path or a DataFrame, one row per frame; its
    numeric columns, or ``confound_columns``, are used after filling missing values -- the first row of
    fMRIPrep's derivatives is ``n/a`` -- with the column mean); the confounds are filtered like the signal;
 3. Butterworth band-pass ``high_pass``..``low_pass`` Hz (default 0.008-0.08 Hz), which needs the repetition
-   time: ``t_r`` if given, else the header's ``pixdim[4]`` (in seconds; ms/us headers are converted);
+   time: ``t_r`` if given, else the header's ``pixdim[4]`` (in seconds; ms/us headers are converted). The
+   forward-backward filter needs a minimum number of frames (``minimum_frames``: 34 for a band-pass, 19 for
+   a high- or low-pass alone); a shorter run is refused before filtering, with that minimum in frames and
+   seconds, or kept unfiltered with a warning when ``short_runs="skip_band_pass"``;
 4. z-score per parcel (``standardize="zscore_sample"``: mean 0, sample standard deviation 1 over time).
 
 A label of 1..n_parcels with no voxel in the scan's field of view (or absent from the atlas) gives a row of
@@ -49,9 +53,8 @@ import argparse
 import json
 import os
 import warnings
-import zlib
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,21 +63,34 @@ import numpy as np
 import pandas as pd
 import scipy
 import scipy.io
+import scipy.signal
 from nilearn.maskers import NiftiLabelsMasker
 from nilearn.signal import clean
 
-from preprocessing._common import add_cache_arguments, build_cache_from_cli, cache_parser, file_sha256, library_versions
-from supremix_med.data.manifest import load_manifest
+from preprocessing._common import (
+    add_cache_arguments,
+    build_cache_from_cli,
+    cache_parser,
+    file_sha256,
+    library_versions,
+    load_cli_manifest,
+    load_nifti,
+    read_voxels,
+    run_cli,
+)
 from supremix_med.data.splits import assign_splits
 
 __all__ = [
     "EXTRACTED_SUFFIXES",
+    "MAX_VOXELS",
     "PIPELINE",
+    "SHORT_RUNS",
     "VERSION",
     "FmriParams",
     "assign_subject_splits",
     "fingerprint",
     "main",
+    "minimum_frames",
     "parcel_timeseries",
     "preprocess",
 ]
@@ -84,6 +100,15 @@ VERSION = "1.0.0"
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 EXTRACTED_SUFFIXES = (".npy", ".csv", ".txt", ".mat")
 _SECONDS_PER_UNIT = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}
+#: Largest 4-D run read, in voxels (x * y * z * frames) declared by the header: 2**31 (8 GiB as float32; HCP
+#: Aging's 2 mm runs hold 91 x 109 x 91 x 478 = 431 million). A larger header is refused before reading.
+MAX_VOXELS = 2**31
+#: Order of the Butterworth filter nilearn's cleaning applies (``nilearn.signal.butterworth``'s default).
+BUTTERWORTH_ORDER = 5
+#: What to do with a run shorter than the temporal filter needs (``FmriParams.short_runs``).
+SHORT_RUNS = ("refuse", "skip_band_pass")
+#: Largest label atlas read, in voxels (a 1 mm MNI atlas has 7 million).
+MAX_ATLAS_VOXELS = 2**28
 
 Confounds = str | os.PathLike | pd.DataFrame | None
 
@@ -104,6 +129,9 @@ class FmriParams:
         clean_extracted: apply detrend/band-pass/z-score to already-extracted series as well.
         mat_variable: variable of a ``.mat`` file to read (``None``: its only 2-D numeric variable).
         confound_columns: columns of a confounds table to regress (``None``: every numeric column).
+        short_runs: a run with fewer frames than the temporal filter needs (:func:`minimum_frames`) is
+            refused (``"refuse"``, naming the minimum in frames and seconds) or kept without the filter, with a
+            warning (``"skip_band_pass"``).
     """
 
     n_parcels: int = 400
@@ -117,8 +145,11 @@ class FmriParams:
     clean_extracted: bool = False
     mat_variable: str | None = None
     confound_columns: tuple[str, ...] | None = None
+    short_runs: str = "refuse"
 
     def __post_init__(self) -> None:
+        if self.short_runs not in SHORT_RUNS:
+            raise ValueError(f"short_runs must be one of {SHORT_RUNS}, got {self.short_runs!r}.")
         if self.confound_columns is not None:  # accept lists, e.g. from JSON
             object.__setattr__(self, "confound_columns", tuple(self.confound_columns))
         if self.n_parcels < 1 or self.frames < 1:
@@ -146,13 +177,69 @@ def _repetition_time(image: nib.Nifti1Image, path: Path, t_r: float | None) -> f
     return value * _SECONDS_PER_UNIT.get(unit, 1.0)
 
 
-def _check_band(t_r: float, config: FmriParams, path: Path) -> None:
-    """The band-pass must lie below the Nyquist frequency 1 / (2 t_r)."""
+def minimum_frames(t_r: float, high_pass: float | None, low_pass: float | None) -> int:
+    """The fewest frames the temporal filter can process (1 when there is no filter).
+
+    nilearn filters with a Butterworth filter of order ``BUTTERWORTH_ORDER`` in second-order sections,
+    applied forward and backward (``scipy.signal.sosfiltfilt``), which extends each end of the series by
+    ``padlen = 3 * (2 * n_sections + 1 - shared zeros)`` frames (scipy's documented default) and needs more
+    frames than that: 34 for a band-pass, 19 for a high- or low-pass alone, whatever the TR (the TR sets
+    only how many seconds that is).
+
+    Args:
+        t_r: repetition time, s.
+        high_pass, low_pass: cut-offs in Hz (None: none), below the Nyquist frequency 1 / (2 t_r).
+    """
+    cut_offs = [f for f in (high_pass, low_pass) if f is not None]
+    if not cut_offs:
+        return 1
+    kind = "band" if len(cut_offs) == 2 else ("high" if high_pass is not None else "low")
+    sos = scipy.signal.butter(BUTTERWORTH_ORDER, cut_offs if kind == "band" else cut_offs[0], btype=kind,
+                              output="sos", fs=1.0 / t_r)
+    taps = 2 * len(sos) + 1 - min(int((sos[:, 2] == 0).sum()), int((sos[:, 5] == 0).sum()))
+    return 3 * taps + 1
+
+
+def _filter_name(config: FmriParams) -> str:
+    """The temporal filter in words, e.g. "0.008-0.08 Hz band-pass"."""
+    if config.high_pass is not None and config.low_pass is not None:
+        return f"{config.high_pass:g}-{config.low_pass:g} Hz band-pass"
+    if config.high_pass is not None:
+        return f"{config.high_pass:g} Hz high-pass"
+    return f"{config.low_pass:g} Hz low-pass"
+
+
+def _temporal_filter(t_r: float, n_frames: int, config: FmriParams, path: Path) -> FmriParams:
+    """The settings to clean this run with: ``config``, or without its filter for a short run when asked.
+
+    Checks the cut-offs against the Nyquist frequency 1 / (2 t_r) and the run's length against
+    :func:`minimum_frames`, before any filtering, so a short run gets a message in frames and seconds instead
+    of scipy's "padlen" error.
+
+    Raises:
+        ValueError: a cut-off at or above Nyquist, or a run too short for the filter with
+            ``short_runs="refuse"``; the message names the file.
+
+    Warns:
+        UserWarning: a run too short for the filter with ``short_runs="skip_band_pass"`` (it is not filtered).
+    """
     nyquist = 0.5 / t_r
     highest = max(f for f in (config.high_pass, config.low_pass, 0.0) if f is not None)
     if highest >= nyquist:
         raise ValueError(f"{path}: with t_r = {t_r} s the Nyquist frequency is {nyquist:.4f} Hz, below the "
                          f"band-pass cut-off {highest} Hz; check t_r.")
+    needed = minimum_frames(t_r, config.high_pass, config.low_pass)
+    if n_frames >= needed:
+        return config
+    short = (f"{path}: the run has {n_frames} frames ({n_frames * t_r:g} s at TR {t_r:g} s); the "
+             f"{_filter_name(config)} filter (Butterworth order {BUTTERWORTH_ORDER}, forward and backward) needs "
+             f"at least {needed} frames ({needed * t_r:g} s at this TR)")
+    if config.short_runs == "refuse":
+        raise ValueError(f"{short}. Use a longer run, or set short_runs='skip_band_pass' (--short_runs "
+                         "skip_band_pass) to keep such runs without the filter.")
+    warnings.warn(f"{short}: not filtered (short_runs='skip_band_pass'), only detrended and standardised.",
+                  stacklevel=3)
+    return replace(config, high_pass=None, low_pass=None)
 
 
 def _confound_matrix(confounds: Confounds, n_frames: int, config: FmriParams, path: Path) -> np.ndarray | None:
@@ -182,15 +269,12 @@ def _confound_matrix(confounds: Confounds, n_frames: int, config: FmriParams, pa
 
 # ----------------------------------------------------------------------------------------- 4-D NIfTI input
 def _load_bold(path: Path) -> nib.Nifti1Image:
-    """The 4-D image held in memory as float32 (read once), checked: 4-D, >= 2 frames, finite."""
-    try:
-        image = nib.load(path)
-        data = image.get_fdata(dtype=np.float32)
-    except (nib.filebasedimages.ImageFileError, OSError, EOFError, zlib.error) as error:
-        raise ValueError(f"{path}: cannot be read as a NIfTI image ({error}).") from error
-    if data.ndim != 4 or data.shape[3] < 2:
+    """The 4-D image held in memory as float32 (read once), checked: size, 4-D, >= 2 frames, finite."""
+    image = load_nifti(path, MAX_VOXELS)
+    if len(image.shape) != 4 or image.shape[3] < 2:
         raise ValueError(f"{path}: expected a 4-D fMRI image (x, y, z, time) with at least 2 frames, got shape "
-                         f"{data.shape}.")
+                         f"{image.shape}.")
+    data = read_voxels(image, path)
     if not np.isfinite(np.sum(data, dtype=np.float64)):  # one pass, no full-size temporary
         raise ValueError(f"{path}: {int(np.count_nonzero(~np.isfinite(data)))} voxel values are NaN or infinite.")
     return type(image)(data, image.affine, image.header)
@@ -219,11 +303,12 @@ def _nifti_timeseries(path: Path, atlas_path: str | os.PathLike | None, confound
         raise ValueError(f"{path}: a 4-D NIfTI needs a label atlas (atlas_path), e.g. Schaefer 2018 400 parcels.")
     if not Path(atlas_path).is_file():
         raise FileNotFoundError(f"atlas not found: {atlas_path}")
+    atlas = load_nifti(atlas_path, MAX_ATLAS_VOXELS)
     image = _load_bold(path)
     t_r = _repetition_time(image, path, config.t_r)
-    _check_band(t_r, config, path)
+    config = _temporal_filter(t_r, image.shape[3], config, path)
     masker = NiftiLabelsMasker(
-        labels_img=str(atlas_path), detrend=config.detrend, high_pass=config.high_pass, low_pass=config.low_pass,
+        labels_img=atlas, detrend=config.detrend, high_pass=config.high_pass, low_pass=config.low_pass,
         t_r=t_r, standardize=config.standardize, strategy=config.strategy, resampling_target="data",
         dtype=np.float32, reports=False,
     )
@@ -292,7 +377,7 @@ def _clean_extracted(series: np.ndarray, confounds: Confounds, config: FmriParam
     """Apply the masker's cleaning steps to an extracted (n_parcels, T) array (``clean_extracted=True``)."""
     if config.t_r is None:
         raise ValueError(f"{path}: cleaning extracted series (clean_extracted=True) needs t_r (seconds).")
-    _check_band(config.t_r, config, path)
+    config = _temporal_filter(config.t_r, series.shape[1], config, path)
     cleaned = clean(series.T, detrend=config.detrend, standardize=config.standardize, high_pass=config.high_pass,
                     low_pass=config.low_pass, t_r=config.t_r,
                     confounds=_confound_matrix(confounds, series.shape[1], config, path))
@@ -400,7 +485,7 @@ def assign_subject_splits(manifest: pd.DataFrame, seed: int = 0, fractions: Sequ
 
 
 # --------------------------------------------------------------------------------------------------- CLI
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def _parser() -> argparse.ArgumentParser:
     parser = cache_parser(
         "python -m preprocessing.fmri",
         "Parcel time series of the fMRI runs of a manifest (columns id,path[,subject,age,sex,site,split]) into a "
@@ -410,17 +495,27 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--frames", type=int, default=FmriParams.frames, help="frames kept per run (default 478)")
     parser.add_argument("--n_parcels", type=int, default=FmriParams.n_parcels, help="parcels (default 400)")
     parser.add_argument("--t_r", type=float, help="repetition time in s (default: the NIfTI header's)")
-    return add_cache_arguments(parser).parse_args(argv)
+    parser.add_argument("--short_runs", choices=SHORT_RUNS, default="refuse",
+                        help="a run too short for the band-pass: refuse it (default) or keep it unfiltered, warned")
+    return add_cache_arguments(parser)
+
+
+def _build(args: argparse.Namespace) -> None:
+    params = {"atlas_path": args.atlas, "frames": args.frames, "n_parcels": args.n_parcels, "t_r": args.t_r,
+              "short_runs": args.short_runs}
+    build_cache_from_cli(
+        assign_subject_splits(load_cli_manifest(args.manifest)), args, preprocess, fingerprint, params, "runs",
+        dtype="float32",  # extracted series may be raw BOLD units, beyond float16's range
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: build a cache from a manifest with ``supremix_med.data.cache.build_cache``."""
-    args = _parse_args(argv)
-    params = {"atlas_path": args.atlas, "frames": args.frames, "n_parcels": args.n_parcels, "t_r": args.t_r}
-    build_cache_from_cli(
-        assign_subject_splits(load_manifest(args.manifest)), args, preprocess, fingerprint, params, "runs",
-        dtype="float32",  # extracted series may be raw BOLD units, beyond float16's range
-    )
+    """Command line: build a cache from a manifest with ``supremix_med.data.cache.build_cache``.
+
+    A refused input (bad manifest, missing column, changed parameters) prints one line and exits with status 2;
+    ``--debug`` shows the traceback (see ``preprocessing._common.run_cli``).
+    """
+    run_cli(_parser(), argv, _build)
 
 
 if __name__ == "__main__":

@@ -10,16 +10,20 @@ Steps (``PETParams`` holds every setting; ``fingerprint`` records them):
      picks one. Slices are ordered by their ``ImagePositionPatient`` projected on the slice normal
      ``cross(row, column)`` of ``ImageOrientationPatient`` (never by ``InstanceNumber``); all slices must share
      one orientation, pixel grid and slice spacing (within 1 % or 0.01 mm).
+     Slices sharing a position are refused as two acquisitions in one series (with the counts); a DICOM
+     file that cannot be parsed, or an image object without (complete) pixel data, is refused naming the file.
    - **Rescale** (``rescale_slice``): each slice's stored values go through its own modality LUT
      (``pydicom.pixels.apply_modality_lut``: ``RescaleSlope * stored + RescaleIntercept``), since PET
-     vendors scale every slice separately.
+     vendors scale every slice separately. Both tags are required on every slice: without them the stored
+     integers are not activity, so a missing tag is an error naming the file and the tag.
    - **SUV** (``suv_factor``): the activity concentration (Bq/ml, ``Units`` must be ``BQML``) is multiplied
      by the body-weight SUV factor of the series, computed from its first-acquired slice (earliest
      ``AcquisitionDate/Time``: the scan start when bed positions differ; see ``suv_factor`` for the rule).
    - **Geometry**: the voxel-to-world affine is built in DICOM's LPS+ patient frame from the first slice's
      position, the orientation cosines, ``PixelSpacing`` and the step between the first and last slice
      positions, then converted to RAS+ by ``diag(-1, -1, 1)``.
-   - A file (``.nii``/``.nii.gz``) is read with ``preprocessing.t1.load_t1`` (same validation); its values
+   - A file (``.nii``/``.nii.gz``) is read with ``preprocessing.t1.load_t1`` (same validation, header size
+     limit ``preprocessing.t1.MAX_VOXELS`` included, as for the SUVR mask); its values
      are SUV (``nifti_units="SUV"``) or Bq/ml (``"BQML"``). A Bq/ml NIfTI carries no dose, weight or times,
      so it needs ``suvr_mask``: the SUVR is the same whatever the (unknown) SUV factor.
 2. **Resample** onto the T1 pipeline's output grid with its own functions (``preprocessing.t1``): Gaussian
@@ -59,9 +63,25 @@ from pydicom.pixels import apply_modality_lut
 from pydicom.valuerep import DA, DT, TM
 
 from preprocessing.registration import image_from_array
-from preprocessing._common import add_cache_arguments, build_cache_from_cli, cache_parser, library_versions
-from preprocessing.t1 import T1Params, antialiased_image, field_of_view_centre, grid_origin, load_t1, resample_to_grid
-from supremix_med.data.manifest import load_manifest
+from preprocessing._common import (
+    add_cache_arguments,
+    build_cache_from_cli,
+    cache_parser,
+    library_versions,
+    load_cli_manifest,
+    load_nifti,
+    read_voxels,
+    run_cli,
+)
+from preprocessing.t1 import (
+    MAX_VOXELS,
+    T1Params,
+    antialiased_image,
+    field_of_view_centre,
+    grid_origin,
+    load_t1,
+    resample_to_grid,
+)
 
 __all__ = [
     "PIPELINE",
@@ -86,6 +106,8 @@ GRIDS = ("mni", "scan")
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _SPACING_TOLERANCE = (0.01, 0.01)  # relative, absolute (mm): slice gaps that count as equal
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
+#: Tags every PET slice must carry: the modality LUT from stored values to activity.
+RESCALE_TAGS = ("RescaleSlope", "RescaleIntercept")
 #: QC record entries reported per scan by inference (``supremix_med.inference``), with a failed scan's value.
 QC_FIELDS = {"source": "", "series_uid": "", "slices": 0, "units": "", "suv_factor": float("nan"),
              "suvr_reference_mean": float("nan"), "output_units": ""}
@@ -161,16 +183,32 @@ class PETSeries:
     slice_spacing_mm: float
 
 
+def _read_slice(path: Path) -> pydicom.Dataset | None:
+    """One DICOM file of a series folder; None for a file that is not DICOM or not an image (a DICOMDIR, a report).
+
+    Raises:
+        ValueError: a DICOM file that cannot be parsed, or an image object (its SOP class is an image storage
+            class) without pixel data: a damaged or truncated file. The message names the file.
+    """
+    try:
+        ds = pydicom.dcmread(path)
+    except InvalidDicomError:  # no DICM preamble: not a DICOM file
+        return None
+    except Exception as error:  # pydicom's parse errors share no base class (struct.error, EOFError, ...)
+        raise ValueError(f"{path}: damaged DICOM file ({type(error).__name__}: {error}); re-export it or remove it "
+                         "from the series folder.") from error
+    if "PixelData" in ds:
+        return ds
+    sop_class = ds.get("SOPClassUID") or getattr(ds.get("file_meta"), "MediaStorageSOPClassUID", None)
+    if sop_class is not None and "Image Storage" in getattr(sop_class, "name", ""):
+        raise ValueError(f"{path}: a {sop_class.name} object without pixel data: the file is truncated or damaged; "
+                         "re-export it or remove it from the series folder.")
+    return None
+
+
 def _read_datasets(folder: Path) -> list[pydicom.Dataset]:
     """Every DICOM image file directly in ``folder`` (other files, DICOMDIR and non-image objects are ignored)."""
-    datasets = []
-    for path in sorted(p for p in folder.iterdir() if p.is_file()):
-        try:
-            ds = pydicom.dcmread(path)
-        except InvalidDicomError:
-            continue
-        if "PixelData" in ds:
-            datasets.append(ds)
+    datasets = [ds for ds in map(_read_slice, sorted(p for p in folder.iterdir() if p.is_file())) if ds is not None]
     if not datasets:
         raise ValueError(f"{folder}: no DICOM image files in this folder (expected one PET series).")
     return datasets
@@ -206,13 +244,62 @@ def _common(datasets: Sequence[pydicom.Dataset], keyword: str, folder: Path) -> 
     return np.asarray(first)
 
 
+def _missing_rescale(ds: pydicom.Dataset) -> list[str]:
+    """The rescale tags a PET slice lacks (absent or empty)."""
+    return [keyword for keyword in RESCALE_TAGS if ds.get(keyword) in (None, "")]
+
+
 def rescale_slice(ds: pydicom.Dataset) -> np.ndarray:
     """One slice's stored values mapped to real values by its modality LUT (RescaleSlope/Intercept).
 
+    PET slices must carry both tags: vendors scale every slice separately, and without them the stored
+    integers are not activity (pydicom's LUT would silently return them unchanged).
+
     Returns:
         float32 array (Rows, Columns) in the series' ``Units``.
+
+    Raises:
+        ValueError: a rescale tag is missing, or the pixel data cannot be decoded (e.g. a truncated file); the
+            message names the file.
     """
-    return np.asarray(apply_modality_lut(ds.pixel_array, ds), dtype=np.float32)
+    source = _source(ds)
+    missing = _missing_rescale(ds)
+    if missing:
+        raise ValueError(f"{source}: missing DICOM tag {' and '.join(missing)}; a PET slice needs RescaleSlope and "
+                         "RescaleIntercept to turn stored values into activity. Re-export the series with them.")
+    try:
+        stored = ds.pixel_array
+    except (ValueError, AttributeError, NotImplementedError, RuntimeError) as error:
+        raise ValueError(f"{source}: cannot decode the pixel data ({error}); the file is truncated or damaged.") \
+            from error
+    return np.asarray(apply_modality_lut(stored, ds), dtype=np.float32)
+
+
+def _check_rescale(datasets: Sequence[pydicom.Dataset], folder: Path) -> None:
+    """Refuse a series in which any slice lacks RescaleSlope or RescaleIntercept, naming a file and the tag."""
+    for keyword in RESCALE_TAGS:
+        lacking = [ds for ds in datasets if keyword in _missing_rescale(ds)]
+        if lacking:
+            raise ValueError(
+                f"{folder}: {len(lacking)} of {len(datasets)} slices have no DICOM tag {keyword} (e.g. "
+                f"{_source(lacking[0])}); a PET slice needs RescaleSlope and RescaleIntercept to turn stored "
+                "values into activity. Re-export the series with them."
+            )
+
+
+def _check_distinct_positions(datasets: Sequence[pydicom.Dataset], along_normal: np.ndarray, folder: Path) -> None:
+    """Refuse slices sharing a position (two acquisitions in one series) or a single slice."""
+    _, counts = np.unique(np.round(along_normal / _SPACING_TOLERANCE[1]), return_counts=True)
+    if counts.max() > 1:
+        times = {str(ds.get("AcquisitionTime", "")) for ds in datasets} - {""}
+        hint = f", {len(times)} different AcquisitionTime values" if len(times) > 1 else ""
+        raise ValueError(
+            f"{folder}: duplicate slice positions: likely two scans in one series ({len(datasets)} slices at "
+            f"{len(counts)} distinct positions, {'/'.join(map(str, np.unique(counts)))} slices per position{hint}). "
+            "Give each acquisition its own folder."
+        )
+    if len(datasets) < 2:
+        raise ValueError(f"{folder}: expected a volume of at least 2 slices, got {len(datasets)}.")
 
 
 def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) -> PETSeries:
@@ -220,8 +307,9 @@ def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) 
 
     Raises:
         ValueError: no DICOM files, several series without ``series_uid``, a non-PET modality, slices
-            missing or disagreeing in geometry tags, two slices at one position, or uneven slice spacing.
-            The message names the folder.
+            missing or disagreeing in geometry tags, slices sharing positions (two acquisitions in one series),
+            uneven slice spacing, or a slice without RescaleSlope/RescaleIntercept (these name the folder); a
+            damaged or truncated file (names the file).
     """
     folder = Path(folder)
     datasets = _select_series(_read_datasets(folder), folder, series_uid)
@@ -238,15 +326,15 @@ def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) 
         _common(datasets, keyword, folder)
     row_cosine, column_cosine = orientation[:3], orientation[3:]
     normal = np.cross(row_cosine, column_cosine)
+    unplaced = [ds for ds in datasets if "ImagePositionPatient" not in ds]
+    if unplaced:
+        raise ValueError(f"{folder}: slice {_source(unplaced[0])} has no ImagePositionPatient.")
     positions = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in datasets])
+    _check_distinct_positions(datasets, positions @ normal, folder)
+    _check_rescale(datasets, folder)
     order = np.argsort(positions @ normal, kind="stable")
     datasets, positions = [datasets[i] for i in order], positions[order]
     gaps = np.diff(positions @ normal)
-    if len(datasets) < 2 or gaps.min() <= _SPACING_TOLERANCE[1]:
-        raise ValueError(
-            f"{folder}: expected at least 2 slices at distinct positions, got {len(datasets)} slices with gaps "
-            f"{np.round(gaps, 3).tolist()} mm along the normal."
-        )
     relative, absolute = _SPACING_TOLERANCE
     if np.ptp(gaps) > max(relative * gaps.mean(), absolute):
         raise ValueError(
@@ -418,10 +506,10 @@ def _read_mask(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Integer labels (I, J, K) of a mask/atlas NIfTI (rounded: a probability mask is cut at 0.5) and its affine."""
     if not path.is_file():
         raise FileNotFoundError(f"SUVR reference mask not found: {path}")
-    image = nib.load(path)
+    image = load_nifti(path, MAX_VOXELS)
     if len(image.shape) != 3:
         raise ValueError(f"{path}: expected a 3-D mask or atlas, got shape {image.shape}.")
-    return np.rint(image.get_fdata(dtype=np.float32)).astype(np.int64), image.affine
+    return np.rint(read_voxels(image, path)).astype(np.int64), image.affine
 
 
 # ----------------------------------------------------------------------------------------------- public
@@ -534,7 +622,7 @@ def fingerprint(**params: Any) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------------- CLI
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def _parser() -> argparse.ArgumentParser:
     parser = cache_parser(
         "python -m preprocessing.pet",
         "Preprocess the PET scans (DICOM folders or NIfTI) of a manifest (id,path[,age,...]) into a cache.",
@@ -542,18 +630,25 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--suvr_mask", type=Path, default=None, help="NIfTI reference-region mask/atlas (SUVR)")
     parser.add_argument("--suvr_label", type=int, default=None, help="atlas label of the reference region")
     parser.add_argument("--nifti_units", choices=NIFTI_UNITS, default="SUV", help="units of NIfTI inputs")
-    return add_cache_arguments(parser).parse_args(argv)
+    return add_cache_arguments(parser)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: build a cache from a manifest with ``supremix_med.data.cache.build_cache``."""
-    args = _parse_args(argv)
+def _build(args: argparse.Namespace) -> None:
     params = {
         "suvr_mask": None if args.suvr_mask is None else str(args.suvr_mask.resolve()),
         "suvr_label": args.suvr_label,
         "nifti_units": args.nifti_units,
     }
-    build_cache_from_cli(load_manifest(args.manifest), args, preprocess, fingerprint, params, "scans")
+    build_cache_from_cli(load_cli_manifest(args.manifest), args, preprocess_with_qc, fingerprint, params, "scans")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line: build a cache from a manifest with ``supremix_med.data.cache.build_cache``.
+
+    A refused input (bad manifest, missing column, changed parameters) prints one line and exits with status 2;
+    ``--debug`` shows the traceback (see ``preprocessing._common.run_cli``).
+    """
+    run_cli(_parser(), argv, _build)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@
 
 Steps (``T1Params`` holds every setting; ``fingerprint`` records them):
 
-1. **Load** ``.nii``/``.nii.gz`` with nibabel and validate it (``load_t1``): readable, 3-D (a 4-D image with
-   one volume is accepted), at least 8 voxels per axis, voxel sizes in [0.1, 10] mm, finite, not constant.
+1. **Load** ``.nii``/``.nii.gz`` with nibabel and validate it (``load_t1``): a header declaring at most
+   ``MAX_VOXELS`` (2**28) voxels, checked before reading; readable, 3-D (a 4-D image with one volume is
+   accepted), at least 8 voxels per axis, voxel sizes in [0.1, 10] mm, finite, not constant.
    Failures raise ``ValueError`` (``FileNotFoundError`` for a missing file) naming the file.
 2. **Anti-alias**: Gaussian smoothing along each input axis with
    ``sigma = sqrt(max(spacing_mm**2 - voxel_mm**2, 0)) / (2 * sqrt(2 * ln 2))`` (``scipy.ndimage``), i.e.
@@ -21,12 +22,31 @@ Steps (``T1Params`` holds every setting; ``fingerprint`` records them):
    ``shape`` voxels of ``spacing_mm`` in RAS+ orientation, centred on ``centre_mm``. Orientation,
    voxel-size change and crop/pad thus happen in one step with one interpolation, through the registration
    transform when there is one. Voxels outside the input's field of view are 0.
-5. **Remove non-brain**: in MNI space, voxels outside nilearn's MNI152 brain mask dilated by
-   ``brain_mask_dilation_mm`` are set to 0 (removes skull and neck of registered scanner images).
-6. **Normalise** (robust z-score): the foreground F is the voxels of the brain region (the dilated mask;
-   the whole grid for an unregistered non-MNI scan) brighter than ``foreground_fraction`` times the
-   region's 99.5th percentile. Intensities are clipped to the ``clip_percentiles`` of F, then
-   ``(x - mean_F) / std_F`` inside F and 0 outside.
+5. **Brain mask**: every scan on the MNI grid -- registered, or kept as it is because it already is in
+   MNI space -- gets the same mask: voxels outside nilearn's MNI152 brain mask (dilated by
+   ``brain_mask_dilation_mm``, default 0: the mask itself) are set to 0. A skull-stripped head and the
+   same head with its skull on thus give the same input: the skull, scalp and neck lie outside the mask
+   (a dilation lets more cortex of imperfectly registered scans in, and with it the skull of heads that
+   have one). A scan that cannot be placed in MNI space (``register="never"`` with a non-MNI header) is
+   not masked: its QC says so (``brain_masked`` False, named in ``register_decision``).
+6. **Normalise** (robust z-score) with statistics from inside the brain only: from the brain's core, the
+   MNI152 brain mask eroded by ``normalisation_margin_mm`` (8 mm), which neither a skull nor the edge of a
+   brain misaligned with the template by a few mm can reach. The foreground F is the core's voxels
+   brighter than ``foreground_fraction`` times their 99.5th percentile; the mean and standard deviation
+   of F's intensities clipped to its ``clip_percentiles`` z-score every voxel of the masked region above
+   the same threshold, after clipping at F's upper percentile (the threshold bounds the lower end, so the
+   darker grey matter and CSF partial volumes of the cortex, rarer in the core, keep their contrast); the
+   others are 0. An unmasked scan uses the whole grid as its core.
+
+Skull. The mask removes a skull only where the brain fits the template's mask: a brain larger than the
+template or shifted by a few mm (affine registration leaves such differences) has skull, dura or CSF
+inside the mask's edge, which a skull-stripped scan of the same head has not. ``non_brain_fraction`` in
+the QC dict names heads with tissue around the brain: the fraction of the voxels 8 to 20 mm outside the
+brain mask (skull and scalp; farther than a brain misaligned by a few mm reaches) brighter than the
+foreground threshold. It is 0 to 0.007 for the skull-stripped demo cohort, whose brains differ from the
+template by up to ~5 mm, and 0.12 to 0.76 for the synthetic skulls of the tests (``NON_BRAIN_LIMIT`` = 0.05
+is the suggested QC limit). For skull-on data, skull-strip the scans before this pipeline (e.g. SynthStrip
+or HD-BET) for the same inputs as skull-stripped training data.
 
 Output grid. The default centre (0, -17, 5) mm is the centre of the bounding box of the MNI152 brain mask
 (x -72..72, y -107..73, z -72..82 mm), so voxel centres span x -99..99, y -116..82, z -94..104 mm and the
@@ -57,7 +77,6 @@ import functools
 import json
 import math
 import os
-import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -75,21 +94,38 @@ from preprocessing.registration import (
     normalised_cross_correlation,
     register_affine,
 )
-from preprocessing._common import add_cache_arguments, build_cache_from_cli, cache_parser, library_versions
-from supremix_med.data.manifest import load_manifest
+from preprocessing._common import (
+    add_cache_arguments,
+    build_cache_from_cli,
+    cache_parser,
+    library_versions,
+    load_cli_manifest,
+    load_nifti,
+    read_voxels,
+    run_cli,
+)
 
-__all__ = ["PIPELINE", "QC_FIELDS", "RUN_PARAMS", "VERSION", "T1Params", "antialiased_image", "field_of_view_centre",
-           "fingerprint", "grid_origin", "load_t1", "main", "preprocess", "preprocess_with_qc", "resample_to_grid"]
+__all__ = ["MAX_VOXELS", "NON_BRAIN_LIMIT", "PIPELINE", "QC_FIELDS", "RUN_PARAMS", "VERSION", "T1Params",
+           "antialiased_image", "field_of_view_centre", "fingerprint", "grid_origin", "load_t1", "main", "preprocess",
+           "preprocess_with_qc", "resample_to_grid"]
 
 PIPELINE = "t1"
-VERSION = "1.0.0"
+VERSION = "2.0.0"  # 2.0.0: brain mask without dilation; z-score statistics from the brain's core only
 REGISTER_MODES = ("auto", "always", "never")
 #: QC record entries reported per scan by inference (``supremix_med.inference``), with a failed scan's value.
-QC_FIELDS = {"registered": False, "register_decision": "", "registration_similarity": math.nan}
+QC_FIELDS = {"registered": False, "register_decision": "", "registration_similarity": math.nan,
+             "brain_masked": False, "non_brain_fraction": math.nan}
+#: Suggested QC limit of ``non_brain_fraction``: above it the scan is a head with tissue around the brain
+#: (skull on), not a skull-stripped brain (see the module docstring, "Skull").
+NON_BRAIN_LIMIT = 0.05
 #: Parameters chosen per run, not compared between a model's cache and inference: ``"auto"`` keeps MNI-space
 #: scans as they are and registers the others, which is what training did to every scan.
 RUN_PARAMS = ("register",)
+#: Largest scan ``load_t1`` reads, in voxels declared by the header: 2**28 (268 million, 1 GiB as float32;
+#: a 0.4 mm isotropic whole head is 640^3 = 262 million). A larger header is refused before reading.
+MAX_VOXELS = 2**28
 _MIN_VOXELS_PER_AXIS = 8
+_SURROUNDINGS_MM = (8.0, 20.0)  # band around the brain mask where non_brain_fraction looks
 _VOXEL_SIZE_RANGE_MM = (0.1, 10.0)
 _MNI_VOXEL_SIZES_MM = (1.0, 2.0)
 _FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
@@ -105,10 +141,13 @@ class T1Params:
         centre_mm: world (MNI, RAS+) coordinate of the output grid's centre, mm.
         register: ``"auto"``, ``"always"`` or ``"never"``.
         antialias: Gaussian anti-aliasing of finer-than-``spacing_mm`` inputs before resampling.
-        brain_mask_dilation_mm: dilation of the MNI152 brain mask used to remove non-brain voxels, mm.
+        brain_mask_dilation_mm: dilation of the MNI152 brain mask outside which voxels are set to 0, mm.
+        registration_mask_dilation_mm: dilation of the brain mask that confines the registration metric, mm.
+        normalisation_margin_mm: erosion of the brain mask giving the core the z-score statistics come from, mm.
         mni_similarity_threshold: minimum similarity for ``"auto"`` to accept a scan as already in MNI space.
-        foreground_fraction: foreground threshold as a fraction of the region's 99.5th percentile.
-        clip_percentiles: (low, high) percentiles of the foreground used to clip intensities.
+        foreground_fraction: foreground threshold as a fraction of the brain core's 99.5th percentile.
+        clip_percentiles: (low, high) percentiles of the core's foreground clipping it for the z-score
+            statistics; the output is clipped at the high one.
         registration: settings of the affine registration.
     """
 
@@ -117,7 +156,9 @@ class T1Params:
     centre_mm: tuple[float, float, float] = (0.0, -17.0, 5.0)
     register: str = "auto"
     antialias: bool = True
-    brain_mask_dilation_mm: float = 4.0
+    brain_mask_dilation_mm: float = 0.0
+    registration_mask_dilation_mm: float = 4.0
+    normalisation_margin_mm: float = 8.0
     mni_similarity_threshold: float = 0.5
     foreground_fraction: float = 0.05
     clip_percentiles: tuple[float, float] = (0.5, 99.5)
@@ -139,14 +180,20 @@ class T1Params:
         low, high = self.clip_percentiles
         if not 0.0 <= low < high <= 100.0:
             raise ValueError(f"clip_percentiles must satisfy 0 <= low < high <= 100, got {self.clip_percentiles}.")
+        margins = {name: getattr(self, name) for name in ("brain_mask_dilation_mm", "registration_mask_dilation_mm",
+                                                          "normalisation_margin_mm")}
+        if min(margins.values()) < 0:
+            raise ValueError(f"mask dilations and margins must be >= 0 mm, got {margins}.")
         if not 0.0 <= self.foreground_fraction < 1.0:
             raise ValueError(f"foreground_fraction must be in [0, 1), got {self.foreground_fraction}.")
 
 
-#: Default QC limits ``{QC field: (low, high)}`` (``supremix_med.data.qc``): a scan whose similarity with the template
-#: stays below the default ``mni_similarity_threshold`` after preprocessing is not where the model expects the
-#: brain (a failed registration); training leaves it out of a cache's datasets by default.
-QC_LIMITS = {"registration_similarity": (T1Params.mni_similarity_threshold, None)}
+#: Default QC limits ``{QC field: (low, high)}`` (``supremix_med.data.qc``), applied by training and inference alike:
+#: a scan whose similarity with the template stays below the default ``mni_similarity_threshold`` after
+#: preprocessing is not where the model expects the brain (a failed registration), and one with tissue beyond
+#: ``NON_BRAIN_LIMIT`` outside the brain mask still has its skull (or a brain the template mask does not fit).
+QC_LIMITS = {"registration_similarity": (T1Params.mni_similarity_threshold, None),
+             "non_brain_fraction": (None, NON_BRAIN_LIMIT)}
 
 
 # ----------------------------------------------------------------------------------------------- loading
@@ -161,23 +208,21 @@ def load_t1(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: unreadable or corrupt file, not 3-D, fewer than 8 voxels along an axis, voxel sizes
-            outside [0.1, 10] mm, NaN/Inf voxels, or a constant image. The message names the file.
+        ValueError: unreadable or corrupt file, a header declaring more than ``MAX_VOXELS`` voxels, not 3-D,
+            fewer than 8 voxels along an axis, voxel sizes outside [0.1, 10] mm, NaN/Inf voxels, or a constant
+            image. The message names the file.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"T1 scan not found: {path}")
-    try:
-        image = nib.load(path)
+    image = load_nifti(path, MAX_VOXELS)
+    shape = image.shape
+    if len(shape) == 4 and shape[3] == 1:
+        image = image.slicer[..., 0]
         shape = image.shape
-        if len(shape) == 4 and shape[3] == 1:
-            image = image.slicer[..., 0]
-            shape = image.shape
-        if len(shape) != 3:
-            raise ValueError(f"{path}: expected a 3-D image (or 4-D with one volume), got shape {shape}.")
-        data = image.get_fdata(dtype=np.float32)
-    except (nib.filebasedimages.ImageFileError, OSError, EOFError, zlib.error) as error:
-        raise ValueError(f"{path}: cannot be read as a NIfTI image ({error}).") from error
+    if len(shape) != 3:
+        raise ValueError(f"{path}: expected a 3-D image (or 4-D with one volume), got shape {shape}.")
+    data = read_voxels(image, path)
     if min(shape) < _MIN_VOXELS_PER_AXIS:
         raise ValueError(
             f"{path}: expected at least {_MIN_VOXELS_PER_AXIS} voxels along every axis of a 3-D volume, "
@@ -243,8 +288,10 @@ class _Template:
     image: sitk.Image  # template on the grid: the registration's fixed image
     array: np.ndarray  # the same as an array
     brain: np.ndarray  # bool brain mask: the similarity region
-    region: np.ndarray  # bool dilated brain mask: the voxels kept in MNI space
-    region_image: sitk.Image  # the dilated mask as uint8 image: the registration's metric mask
+    core: np.ndarray  # bool brain mask eroded by normalisation_margin_mm: the normalisation statistics' region
+    region: np.ndarray  # bool brain mask dilated by brain_mask_dilation_mm: the voxels kept in MNI space
+    surroundings: np.ndarray  # bool band 8-20 mm outside the brain mask: where non_brain_fraction looks
+    metric_mask: sitk.Image  # uint8 mask dilated by registration_mask_dilation_mm, confining the registration metric
 
 
 @functools.lru_cache(maxsize=4)
@@ -255,9 +302,17 @@ def _template_on_grid(params: T1Params) -> _Template:
     identity = sitk.Transform()
     array = resample_to_grid(antialiased_image(data, affine, params), params, origin, identity)
     brain = resample_to_grid(image_from_array(mask, affine), params, origin, identity) >= 0.5
-    region = ndi.binary_dilation(brain, _ball(params.brain_mask_dilation_mm / params.spacing_mm))
-    image, region_image = (_on_grid(volume, params, origin) for volume in (array, region.astype(np.uint8)))
-    return _Template(origin=origin, image=image, array=array, brain=brain, region=region, region_image=region_image)
+    region, metric, near, far = (
+        ndi.binary_dilation(brain, _ball(dilation_mm / params.spacing_mm))
+        for dilation_mm in (params.brain_mask_dilation_mm, params.registration_mask_dilation_mm, *_SURROUNDINGS_MM)
+    )
+    core = ndi.binary_erosion(brain, _ball(params.normalisation_margin_mm / params.spacing_mm))
+    if np.count_nonzero(core) < 1000:
+        raise ValueError(f"normalisation_margin_mm={params.normalisation_margin_mm} leaves {np.count_nonzero(core)} "
+                         "voxels of the brain mask; choose a smaller margin.")
+    image, metric_mask = (_on_grid(volume, params, origin) for volume in (array, metric.astype(np.uint8)))
+    return _Template(origin=origin, image=image, array=array, brain=brain, core=core, region=region,
+                     surroundings=far & ~near, metric_mask=metric_mask)
 
 
 def _ball(radius_voxels: float) -> np.ndarray:
@@ -326,20 +381,38 @@ def field_of_view_centre(affine: np.ndarray, shape: Sequence[int]) -> np.ndarray
 
 
 # --------------------------------------------------------------------------------------------- normalise
-def _normalise(volume: np.ndarray, region: np.ndarray | None, params: T1Params, path: Path) -> np.ndarray:
-    """Robust z-score inside the foreground (see module docstring); 0 outside. Returns float32."""
-    region = np.ones(volume.shape, dtype=bool) if region is None else region
-    threshold = params.foreground_fraction * np.percentile(volume[region], 99.5)
-    foreground = region & (volume > threshold)
-    if np.count_nonzero(foreground) < 2:
+def _foreground_threshold(volume: np.ndarray, core: np.ndarray, params: T1Params) -> float:
+    """Intensity above which a voxel is foreground: ``foreground_fraction`` of the core's 99.5th percentile."""
+    return float(params.foreground_fraction * np.percentile(volume[core], 99.5))
+
+
+def _normalise(volume: np.ndarray, core: np.ndarray | None, region: np.ndarray | None, params: T1Params,
+               path: Path) -> np.ndarray:
+    """Robust z-score with statistics from the brain core's foreground (see module docstring), applied in ``region``.
+
+    Args:
+        volume: (X, Y, Z) resampled scan.
+        core: bool (X, Y, Z) mask the statistics come from; None: the whole grid.
+        region: bool (X, Y, Z) mask of the voxels kept (the brain mask or a dilation of it); None: the whole grid.
+
+    Returns:
+        float32 (X, Y, Z): z-scored foreground voxels of ``region``, 0 elsewhere.
+    """
+    everywhere = np.ones(volume.shape, dtype=bool)
+    core = everywhere if core is None else core
+    region = everywhere if region is None else region
+    threshold = _foreground_threshold(volume, core, params)
+    statistics = core & (volume > threshold)
+    if np.count_nonzero(statistics) < 2:
         raise ValueError(f"{path}: no foreground left on the output grid (is the scan empty in the brain region?).")
-    low, high = np.percentile(volume[foreground], params.clip_percentiles)
-    values = np.clip(volume[foreground], low, high)
-    std = values.std()
+    low, high = np.percentile(volume[statistics], params.clip_percentiles)
+    values = np.clip(volume[statistics], low, high)
+    mean, std = values.mean(), values.std()
     if std == 0:
         raise ValueError(f"{path}: the foreground has constant intensity after clipping; cannot normalise.")
+    kept = region & (volume > threshold)
     output = np.zeros(volume.shape, dtype=np.float32)
-    output[foreground] = (values - values.mean()) / std
+    output[kept] = (np.minimum(volume[kept], high) - mean) / std  # the threshold bounds the low end
     return output
 
 
@@ -357,7 +430,9 @@ def preprocess_with_qc(
     Returns:
         (image, qc): float32 array of shape (1, *shape) (default (1, 100, 100, 100)), RAS+ axis order, and
         a JSON-serialisable dict with ``registered``, ``register_decision``, ``registration_similarity``
-        (see module docstring), ``mutual_information`` (registered scans), ``transform_mni_to_scan``
+        (see module docstring), ``brain_masked`` (whether the MNI152 brain mask was applied: False only for
+        a scan left outside MNI space), ``non_brain_fraction`` (tissue around the brain, see "Skull"; None
+        when not masked), ``mutual_information`` (registered scans), ``transform_mni_to_scan``
         (4 x 4, RAS+ mm, registered scans), ``space`` ("MNI152" or "scanner"), ``input_shape``,
         ``input_spacing_mm``, ``input_orientation`` (nibabel axis codes) and ``orientation`` ("RAS").
 
@@ -374,20 +449,24 @@ def preprocess_with_qc(
 
     transform, mutual_information = sitk.AffineTransform(3), None
     if registered:
-        result = register_affine(template.image, image, template.region_image, config.registration)
+        result = register_affine(template.image, image, template.metric_mask, config.registration)
         transform, mutual_information = result.transform, result.mutual_information
     in_mni = registered or header_problem is None
     if volume is None:
         origin = template.origin if in_mni else grid_origin(config, field_of_view_centre(affine, data.shape))
         volume = resample_to_grid(image, config, origin, transform)
     similarity = normalised_cross_correlation(volume, template.array, template.brain)
-    region = template.region if in_mni else None
-    output = _normalise(volume if region is None else volume * region, region, config, path)
+    output = _normalise(volume, template.core if in_mni else None, template.region if in_mni else None, config, path)
+    non_brain = None
+    if in_mni:
+        non_brain = float(np.mean(volume[template.surroundings] > _foreground_threshold(volume, template.core, config)))
 
     qc = {
         "path": str(path),
         "registered": registered,
-        "register_decision": decision,
+        "register_decision": decision if in_mni else f"{decision}; no brain mask (not in MNI space)",
+        "brain_masked": in_mni,
+        "non_brain_fraction": non_brain,
         "registration_similarity": similarity,
         "mutual_information": mutual_information,
         "transform_mni_to_scan": _transform_matrix(transform).tolist() if registered else None,
@@ -448,20 +527,27 @@ def fingerprint(**params: Any) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------------- CLI
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def _parser() -> argparse.ArgumentParser:
     parser = cache_parser(
         "python -m preprocessing.t1",
         "Preprocess the T1 scans of a manifest (columns id,path[,age,sex,site,split]) into a cache.",
     )
     parser.add_argument("--register", choices=REGISTER_MODES, default="auto", help="registration to MNI152")
-    return add_cache_arguments(parser).parse_args(argv)
+    return add_cache_arguments(parser)
+
+
+def _build(args: argparse.Namespace) -> None:
+    build_cache_from_cli(load_cli_manifest(args.manifest), args, preprocess_with_qc, fingerprint, {"register": args.register},
+                         "scans")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: build a cache from a manifest with ``supremix_med.data.cache.build_cache``."""
-    args = _parse_args(argv)
-    build_cache_from_cli(load_manifest(args.manifest), args, preprocess, fingerprint, {"register": args.register},
-                         "scans")
+    """Command line: build a cache from a manifest with ``supremix_med.data.cache.build_cache``.
+
+    A refused input (bad manifest, missing column, changed parameters) prints one line and exits with status 2;
+    ``--debug`` shows the traceback (see ``preprocessing._common.run_cli``).
+    """
+    run_cli(_parser(), argv, _build)
 
 
 if __name__ == "__main__":

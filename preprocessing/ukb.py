@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from preprocessing._common import add_debug_argument, run_cli
 from supremix_med.io import atomic_write
 
 __all__ = ["IMAGE_RELATIVE_PATH", "build_ukb_manifest", "main"]
@@ -182,8 +183,7 @@ def build_ukb_manifest(
     return manifest
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: write the manifest CSV (see the module docstring)."""
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m preprocessing.ukb", description=__doc__.splitlines()[0])
     parser.add_argument("--ukb_root", required=True, type=Path, help="folder of subject folders")
     parser.add_argument("--age_table", required=True, type=Path, help="CSV with eid and age columns")
@@ -192,12 +192,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--sex_column", default="sex", help="sex column, copied if present (default: sex)")
     parser.add_argument("--site_column", default="site", help="site column, copied if present (default: site)")
     parser.add_argument("--instance", type=int, default=2, help="UKB instance of bulk folders (default: 2)")
-    args = parser.parse_args(argv)
+    return add_debug_argument(parser)
+
+
+def _write_manifest(args: argparse.Namespace) -> None:
     manifest = build_ukb_manifest(
         args.ukb_root, args.age_table, args.age_column, args.sex_column, args.site_column, args.instance
     )
     atomic_write(args.output, lambda temporary: manifest.to_csv(temporary, index=False))
     print(f"{len(manifest)} subjects written to {args.output}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line: write the manifest CSV (see the module docstring).
+
+    A refused input prints one line and exits with status 2; ``--debug`` shows the traceback (see
+    ``preprocessing._common.run_cli``).
+    """
+    run_cli(_parser(), argv, _write_manifest)
 
 
 if __name__ == "__main__":

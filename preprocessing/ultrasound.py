@@ -75,8 +75,15 @@ from pydicom.pixels import apply_color_lut, get_decoder
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
-from preprocessing._common import add_cache_arguments, build_cache_from_cli, cache_parser, file_sha256, library_versions
-from supremix_med.data.manifest import load_manifest
+from preprocessing._common import (
+    add_cache_arguments,
+    build_cache_from_cli,
+    cache_parser,
+    file_sha256,
+    library_versions,
+    load_cli_manifest,
+    run_cli,
+)
 
 __all__ = [
     "PIPELINE",
@@ -480,7 +487,7 @@ def build_echonet_manifest(root: str | os.PathLike) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------------------------------- CLI
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def _parser() -> argparse.ArgumentParser:
     parser = cache_parser(
         "python -m preprocessing.ultrasound",
         "Preprocess the echo clips of a manifest (id,path[,ef,split]) or of an EchoNet-Dynamic folder into a cache.",
@@ -491,16 +498,23 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration_s", type=float, default=None, help="window from the start, s (default: whole)")
     parser.add_argument("--sector_mask", default=None, help="'auto' or a mask image (default: none)")
     parser.add_argument("--target", default="ef", help="target column stratifying assigned splits (default ef)")
-    return add_cache_arguments(parser).parse_args(argv)
+    return add_cache_arguments(parser)
+
+
+def _build(args: argparse.Namespace) -> None:
+    params = {"frames": args.frames, "size": args.size, "duration_s": args.duration_s,
+              "sector_mask": args.sector_mask}
+    manifest = load_cli_manifest(args.manifest) if args.manifest else build_echonet_manifest(args.echonet_root)
+    build_cache_from_cli(manifest, args, preprocess_with_qc, fingerprint, params, "clips", stratify=args.target)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: build a cache from a manifest with ``supremix_med.data.cache.build_cache``."""
-    args = _parse_args(argv)
-    params = {"frames": args.frames, "size": args.size, "duration_s": args.duration_s,
-              "sector_mask": args.sector_mask}
-    manifest = load_manifest(args.manifest) if args.manifest else build_echonet_manifest(args.echonet_root)
-    build_cache_from_cli(manifest, args, preprocess, fingerprint, params, "clips", stratify=args.target)
+    """Command line: build a cache from a manifest with ``supremix_med.data.cache.build_cache``.
+
+    A refused input (bad manifest, missing column, changed parameters) prints one line and exits with status 2;
+    ``--debug`` shows the traceback (see ``preprocessing._common.run_cli``).
+    """
+    run_cli(_parser(), argv, _build)
 
 
 if __name__ == "__main__":

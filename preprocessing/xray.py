@@ -67,8 +67,15 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-from preprocessing._common import add_cache_arguments, build_cache_from_cli, cache_parser, library_versions
-from supremix_med.data.manifest import load_manifest, validate_manifest
+from preprocessing._common import (
+    add_cache_arguments,
+    build_cache_from_cli,
+    cache_parser,
+    library_versions,
+    load_cli_manifest,
+    run_cli,
+)
+from supremix_med.data.manifest import validate_manifest
 
 __all__ = [
     "PIPELINE",
@@ -418,7 +425,7 @@ def _warn_unmatched(ids: list[str], what: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- CLI
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def _parser() -> argparse.ArgumentParser:
     parser = cache_parser(
         "python -m preprocessing.xray",
         "Preprocess the radiographs of a manifest (columns id,path,<target>[,sex,site,split]) into a cache, or of "
@@ -430,25 +437,31 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--normalize", choices=NORMALIZATIONS, default="zscore", help="intensity normalisation")
     parser.add_argument("--target", default=None,
                         help="target column the splits are stratified by (default 'age'; 'boneage' with --rsna_images)")
-    args = add_cache_arguments(parser).parse_args(argv)
+    return add_cache_arguments(parser)
+
+
+def _build(args: argparse.Namespace) -> None:
     if (args.rsna_images is None) != (args.rsna_csv is None):
-        parser.error("--rsna_images and --rsna_csv go together")
-    return args
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: build a cache from a manifest with ``supremix_med.data.cache.build_cache``."""
-    args = _parse_args(argv)
+        raise ValueError("--rsna_images and --rsna_csv go together: give both.")
     if args.manifest is not None:
-        manifest, target = load_manifest(args.manifest), args.target or "age"
+        manifest, target = load_cli_manifest(args.manifest), args.target or "age"
     else:
         manifest, target = build_rsna_manifest(args.rsna_images, args.rsna_csv), args.target or "boneage"
     if target not in manifest.columns:
         raise ValueError(f"the manifest has no target column {target!r} (columns: {list(manifest.columns)}); "
                          "choose it with --target.")
     params = {"size": args.size, "normalize": args.normalize}
-    build_cache_from_cli(manifest, args, preprocess, fingerprint, params, "radiographs", stratify=target,
+    build_cache_from_cli(manifest, args, preprocess_with_qc, fingerprint, params, "radiographs", stratify=target,
                          sample_shape=(1, args.size, args.size))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line: build a cache from a manifest with ``supremix_med.data.cache.build_cache``.
+
+    A refused input (bad manifest, missing column, changed parameters) prints one line and exits with status 2;
+    ``--debug`` shows the traceback (see ``preprocessing._common.run_cli``).
+    """
+    run_cli(_parser(), argv, _build)
 
 
 if __name__ == "__main__":

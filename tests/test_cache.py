@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 import warnings
+from collections import namedtuple
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +18,7 @@ import pandas as pd
 import pytest
 
 from supremix_med.data import cache as cache_module
-from supremix_med.data.cache import build_cache, read_cache_info, read_fingerprint
+from supremix_med.data.cache import DiskFullError, build_cache, read_cache_info, read_fingerprint
 from supremix_med.data.manifest import load_manifest, read_manifest_csv
 from supremix_med.data.splits import SPLITS, assign_splits
 
@@ -43,6 +47,18 @@ class CountingLoad:
         if self.log is not None:
             with open(self.log, "a") as f:
                 f.write(path + "\n")
+        return np.load(path)
+
+
+class SleepyLoad:
+    """Picklable fake ``preprocess`` that records its process id (a file named by it in ``folder``), then sleeps."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def __call__(self, path: str) -> np.ndarray:
+        (self.folder / str(os.getpid())).touch()
+        time.sleep(600)
         return np.load(path)
 
 
@@ -195,6 +211,108 @@ def test_resume_after_kill(tmp_path):
     assert len(calls(log)) == 12 - 5
     assert len(result) == 12 and (cache / "complete").exists()
     assert_cache_matches_sources(cache)
+
+
+DiskUsage = namedtuple("DiskUsage", "total used free")
+
+
+def test_full_disk_is_refused_before_allocating_and_the_build_resumes(tmp_path, monkeypatch):
+    manifest = make_manifest(tmp_path / "raw")
+    cache = tmp_path / "cache"
+    with monkeypatch.context() as patch:
+        patch.setattr(cache_module.shutil, "disk_usage", lambda path: DiskUsage(10**12, 10**12 - 10**6, 10**6))
+        with pytest.raises(DiskFullError) as error:
+            build(manifest, cache)
+    assert error.value.errno == errno.ENOSPC
+    assert str(error.value).startswith(f"disk full at {cache}: need 16.79 MB, have 1.00 MB;")
+    assert not (cache / "train.npy").exists() and not read_cache_info(cache).complete
+    build(manifest, cache)
+    assert_cache_matches_sources(cache)
+
+
+def test_fallocate_enospc_is_a_disk_full_error_and_the_build_resumes(tmp_path, monkeypatch):
+    """The blocks are reserved up front: a file system that cannot give them says so before any write."""
+    manifest = make_manifest(tmp_path / "raw")
+    cache = tmp_path / "cache"
+
+    def no_space(descriptor, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(cache_module.os, "posix_fallocate", no_space, raising=False)
+        with pytest.raises(DiskFullError, match=rf"disk full at {cache}/\w+\.npy: need [\d.]+ MB, have"):
+            build(manifest, cache)
+    log = tmp_path / "calls.log"
+    build(manifest, cache, CountingLoad(log))
+    assert len(calls(log)) == 12
+    assert_cache_matches_sources(cache)
+    for split in ("train", "val", "test"):  # the arrays hold real blocks, not holes a memmap write could SIGBUS on
+        assert cache_module._unallocated_bytes(cache / f"{split}.npy") == 0
+
+
+def test_disk_full_mid_build_keeps_committed_samples_and_resumes_bit_exact(tmp_path, monkeypatch):
+    monkeypatch.setattr(cache_module, "COMMIT_SECONDS", 0.0)  # commit every sample
+    manifest = make_manifest(tmp_path / "raw")
+    cache = tmp_path / "cache"
+    append = cache_module._Store._append
+    appended = []
+
+    def fills_up(store, text):
+        if len(appended) == 5:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        appended.append(text)
+        append(store, text)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(cache_module._Store, "_append", fills_up)
+        with pytest.raises(DiskFullError, match=rf"disk full at {cache}/progress\.jsonl: need \d"):
+            build(manifest, cache)
+    assert len((cache / "progress.jsonl").read_text().splitlines()) == 5
+    log = tmp_path / "calls.log"
+    build(manifest, cache, CountingLoad(log))
+    assert len(calls(log)) == 12 - 5  # the committed samples are kept
+    assert_cache_matches_sources(cache)
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (dead, waiting to be reaped)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_workers_exit_when_the_build_process_is_killed(tmp_path):
+    manifest_csv = tmp_path / "manifest.csv"
+    make_manifest(tmp_path / "raw", n=6).to_csv(manifest_csv, index=False)
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    script = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+              "from test_cache import SleepyLoad, FINGERPRINT\n"
+              "from supremix_med.data import cache\n"
+              "from supremix_med.data.manifest import load_manifest\n"
+              f"cache.build_cache(load_manifest({str(manifest_csv)!r}), {str(tmp_path / 'cache')!r}, "
+              f"SleepyLoad(__import__('pathlib').Path({str(pids)!r})), FINGERPRINT, workers=2, progress=False)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while len(workers) < 2 and parent.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+            workers = [int(p.name) for p in pids.iterdir()]
+        assert len(workers) == 2 and all(map(_running, workers)), parent.stderr.read() if parent.poll() else workers
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while any(map(_running, workers)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(map(_running, workers))
+    finally:
+        parent.kill()
+        for pid in filter(_running, workers):  # only if the test failed: do not leave them behind
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_changed_fingerprint_or_manifest_is_refused(tmp_path):

@@ -76,7 +76,8 @@ def test_folder_gives_one_row_per_file_with_errors_for_bad_scans(folder_predicti
     table = folder_predictions.set_index("id")
     assert sorted(table.index) == ["corrupt", "good", "nan_voxel", "series", "slice"]
     assert list(table.columns) == ["path", "predicted_age", "registered", "register_decision",
-                                   "registration_similarity", "qc_flag", "error"]  # no ages known: no gaps
+                                   "registration_similarity", "brain_masked", "non_brain_fraction", "qc_flag",
+                                   "error"]  # no ages known: no gaps
     good = table.loc["good"]
     assert good["path"] == str(scan_dir / "good.nii.gz")
     assert np.isfinite(good["predicted_age"]) and abs(good["predicted_age"] - MEAN_AGE) < 20

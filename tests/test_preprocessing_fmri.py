@@ -18,6 +18,7 @@ from preprocessing.fmri import (
     assign_subject_splits,
     fingerprint,
     main,
+    minimum_frames,
     parcel_timeseries,
     preprocess,
 )
@@ -222,6 +223,60 @@ def test_bad_nifti_input_names_the_file(files, tmp_path):
         parcel_timeseries(text)
     with pytest.raises(FileNotFoundError, match="missing.nii.gz"):
         parcel_timeseries(tmp_path / "missing.nii.gz", files["atlas"])
+
+
+def _short_run(path: Path, frames: int = 20, t_r: float = 3.0) -> Path:
+    """A real-length short run: ``frames`` frames at TR ``t_r``, four noisy blocks."""
+    data = 100.0 + np.random.default_rng(5).standard_normal((10, 10, 10, frames))
+    image = nib.Nifti1Image(data.astype(np.float32), AFFINE_2MM)
+    image.header.set_zooms((2.0, 2.0, 2.0, t_r))
+    image.header.set_xyzt_units("mm", "sec")
+    return _save(image, path)
+
+
+def test_short_run_is_refused_in_frames_and_seconds_before_filtering(files, tmp_path):
+    """20 frames at TR 3 s: the default band-pass needs 34 frames (102 s); said before scipy's padlen error."""
+    path = _short_run(tmp_path / "short.nii.gz")
+    with pytest.raises(ValueError) as error:
+        parcel_timeseries(path, files["atlas"], n_parcels=4)
+    message = str(error.value)
+    assert message.startswith(f"{path}: the run has 20 frames (60 s at TR 3 s); the 0.008-0.08 Hz band-pass filter")
+    assert "needs at least 34 frames (102 s at this TR)" in message and "short_runs='skip_band_pass'" in message
+    assert "padlen" not in message
+    extracted = tmp_path / "short.npy"
+    np.save(extracted, np.random.default_rng(6).standard_normal((4, 20)))
+    with pytest.raises(ValueError, match=r"short\.npy: the run has 20 frames \(16 s at TR 0\.8 s\).*34 frames \(27\.2"):
+        parcel_timeseries(extracted, n_parcels=4, clean_extracted=True, t_r=0.8)
+
+
+def test_short_run_kept_unfiltered_with_a_warning_on_request(files, tmp_path):
+    path = _short_run(tmp_path / "short.nii.gz")
+    with pytest.warns(UserWarning, match=r"short\.nii\.gz: the run has 20 frames.*not filtered"):
+        series = preprocess(path, files["atlas"], n_parcels=4, frames=20, short_runs="skip_band_pass")
+    expected = parcel_timeseries(path, files["atlas"], n_parcels=4, high_pass=None, low_pass=None)
+    np.testing.assert_allclose(series, expected, atol=1e-5)  # detrended and z-scored, not filtered
+    with pytest.raises(ValueError, match="short_runs must be one of"):
+        FmriParams(short_runs="pad")
+
+
+@pytest.mark.parametrize(("high_pass", "low_pass", "needed"), [(0.008, 0.08, 34), (0.008, None, 19), (None, 0.08, 19),
+                                                               (None, None, 1)])
+def test_minimum_frames_is_exactly_what_the_filter_needs(high_pass, low_pass, needed):
+    assert minimum_frames(3.0, high_pass, low_pass) == needed
+    if needed > 1:  # one frame fewer fails inside scipy, that many passes
+        signals = np.random.default_rng(7).standard_normal((needed, 3))
+        clean(signals, detrend=True, high_pass=high_pass, low_pass=low_pass, t_r=3.0)
+        with pytest.raises(ValueError, match="padlen"):
+            clean(signals[:-1], detrend=True, high_pass=high_pass, low_pass=low_pass, t_r=3.0)
+
+
+def test_header_declaring_a_huge_run_is_refused_before_reading(files, tmp_path):
+    image = nib.Nifti1Image(np.zeros((4, 4, 4, 4), np.float32), AFFINE_2MM)
+    image.header.set_data_shape((3000, 3000, 3000, 500))
+    huge = tmp_path / "huge.nii"
+    huge.write_bytes(image.header.binaryblock + bytes(4) + bytes(1024))
+    with pytest.raises(ValueError, match=r"huge\.nii: the header declares shape 3000 x 3000 x 3000 x 500"):
+        parcel_timeseries(huge, files["atlas"], n_parcels=4)
 
 
 def test_preprocess_keeps_the_first_frames(files):

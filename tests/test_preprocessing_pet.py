@@ -144,6 +144,50 @@ def test_slices_with_another_pixel_grid_are_refused(tmp_path: Path) -> None:
         pet.read_dicom_series(tmp_path)
 
 
+@pytest.mark.parametrize("keyword", pet.RESCALE_TAGS)
+@pytest.mark.parametrize("slices", ["all", "one"])
+def test_missing_rescale_tag_is_named(tmp_path: Path, keyword: str, slices: str) -> None:
+    """Without its slope/intercept a slice's stored integers are not activity: refused, naming file and tag."""
+    paths = demo_pet.write_pet_series(tmp_path, _volume(np.random.default_rng(11)), _affine(), _header(), "1.2.3")
+    for path in paths if slices == "all" else paths[3:4]:
+        ds = pydicom.dcmread(path)
+        delattr(ds, keyword)
+        ds.save_as(path)
+    with pytest.raises(ValueError, match=f"no DICOM tag {keyword}") as error:
+        pet.preprocess(tmp_path, grid="scan", shape=(8, 8, 8))
+    count = SHAPE[2] if slices == "all" else 1
+    assert f"{count} of {SHAPE[2]} slices" in str(error.value)
+    assert str(paths[0] if slices == "all" else paths[3]) in str(error.value)
+    with pytest.raises(ValueError, match=f"{paths[3]}: missing DICOM tag {keyword}"):
+        pet.rescale_slice(pydicom.dcmread(paths[3]))
+
+
+@pytest.mark.parametrize("keep", ["pixels", "header"])
+def test_truncated_slice_is_named(tmp_path: Path, keep: str) -> None:
+    """A slice cut short in its pixel data, or before it, is refused with the path (not pydicom's bare message)."""
+    paths = demo_pet.write_pet_series(tmp_path, _volume(np.random.default_rng(12)), _affine(), _header(), "1.2.3")
+    data = paths[5].read_bytes()
+    paths[5].write_bytes(data[:-100] if keep == "pixels" else data[: len(data) // 2 - 300])
+    expected = "cannot decode the pixel data" if keep == "pixels" else "truncated or damaged"
+    with pytest.raises(ValueError, match=expected) as error:
+        pet.preprocess(tmp_path, grid="scan", shape=(8, 8, 8))
+    assert str(paths[5]) in str(error.value)
+
+
+def test_two_acquisitions_in_one_series_are_named(tmp_path: Path) -> None:
+    volume = _volume(np.random.default_rng(13))
+    _write(tmp_path, volume, _affine(), uid="1.2.3.4")
+    later = demo_pet.pet_header(weight_kg=70.0, dose_bq=370e6, injection=INJECTION,
+                                series_start=datetime(2024, 3, 1, 10, 30, 0))
+    names = [f"late_{k:02d}.dcm" for k in range(SHAPE[2])]
+    demo_pet.write_pet_series(tmp_path, 0.8 * volume, _affine(), later, "1.2.3.4", file_names=names)
+    with pytest.raises(ValueError) as error:
+        pet.read_dicom_series(tmp_path)
+    message = str(error.value)
+    assert message.startswith(f"{tmp_path}: duplicate slice positions: likely two scans in one series")
+    assert "16 slices at 8 distinct positions, 2 slices per position, 2 different AcquisitionTime values" in message
+
+
 # --------------------------------------------------------------------------------------------------- SUV
 def test_suv_factor_by_hand() -> None:
     # 60 min after injecting 370 MBq of F-18 (half-life 6586.2 s) the dose has decayed to
@@ -262,6 +306,13 @@ def test_suvr_divides_by_the_reference_region_mean(tmp_path: Path) -> None:
         pet.preprocess(scan, suvr_mask=mask, suvr_label=5)
     with pytest.raises(ValueError, match="no SUV factor"):
         pet.preprocess(scan, nifti_units="BQML")
+    header = nib.Nifti1Header()
+    header.set_data_shape((30000, 30000, 30000))
+    huge = tmp_path / "huge.nii"
+    huge.write_bytes(header.binaryblock + bytes(4) + bytes(4096))
+    for arguments in ({"path": huge}, {"path": scan, "suvr_mask": huge}):  # the scan, and the reference mask
+        with pytest.raises(ValueError, match=f"{huge}: the header declares shape 30000 x 30000 x 30000"):
+            pet.preprocess(**arguments)
 
 
 def test_params_and_fingerprint() -> None:

@@ -59,9 +59,19 @@ def test_mni_template_is_not_registered_and_centred(mni_result):
     assert lows.min() >= 2 and highs.max() <= 97  # no brain voxel on (or next to) the border
 
 
-def test_normalisation_is_a_robust_z_score_in_the_foreground(mni_result):
-    foreground = mni_result[0][0][mni_result[0][0] != 0]
-    assert abs(foreground.mean()) < 1e-4 and foreground.std() == pytest.approx(1.0, abs=1e-4)
+def test_normalisation_is_a_robust_z_score_with_statistics_from_the_brain_core(mni_result):
+    """A float64 reference: threshold, clip and moments from the core's foreground, applied in the brain mask."""
+    template = t1._template_on_grid(t1.T1Params())  # the template file resamples to exactly template.array
+    volume = template.array.astype(np.float64)
+    assert template.core.sum() > 0.3 * template.brain.sum() and not (template.core & ~template.brain).any()
+    threshold = 0.05 * np.percentile(volume[template.core], 99.5)
+    foreground = volume[template.core & (volume > threshold)]
+    low, high = np.percentile(foreground, (0.5, 99.5))
+    clipped = np.clip(foreground, low, high)
+    kept = template.brain & (volume > threshold)
+    expected = np.where(kept, (np.minimum(volume, high) - clipped.mean()) / clipped.std(), 0.0)
+    np.testing.assert_allclose(mni_result[0][0], expected, atol=1e-4)
+    assert not mni_result[0][0][~template.brain].any()
 
 
 def test_whole_mni_brain_fits_in_the_output_field_of_view():
@@ -115,6 +125,9 @@ def test_scanner_space_scan_is_registered(tmp_path, mni_result, brain):
     assert np.asarray(qc["transform_mni_to_scan"]).shape == (4, 4)
     assert registered.shape == (1, 100, 100, 100) and registered.dtype == np.float32 and np.isfinite(registered).all()
     assert normalised_cross_correlation(registered[0], mni_result[0][0], brain) > 0.9
+    # registered or not, the same brain mask: its fake skull is outside the output, and named in the QC
+    assert qc["brain_masked"] and not registered[0][~brain].any()
+    assert qc["non_brain_fraction"] > t1.NON_BRAIN_LIMIT > mni_result[1]["non_brain_fraction"] == 0.0
 
     unregistered, never = t1.preprocess_with_qc(path, register="never")
     assert never["registered"] is False and never["space"] == "scanner"
@@ -133,6 +146,66 @@ def test_mni_header_with_misaligned_content_fails_the_similarity_check(tmp_path)
     assert qc["registration_similarity"] < t1.T1Params().mni_similarity_threshold
 
 
+def _with_skull(path: Path, data: np.ndarray, affine: np.ndarray, brain: np.ndarray, gap_mm: float) -> Path:
+    """``data`` with a synthetic skull and scalp: a shell from ``gap_mm`` to ``gap_mm`` + 10 mm outside ``brain``
+    (the CSF and inner table stay dark), 1.5 times as bright as the brain's 99th percentile (fat and marrow)."""
+    distance = ndi.distance_transform_edt(~brain, sampling=np.linalg.norm(affine[:3, :3], axis=0))
+    shell = (distance > gap_mm) & (distance < gap_mm + 10.0)
+    return _save(path, (data + 1.5 * np.percentile(data[brain], 99) * shell).astype(np.float32), affine)
+
+
+def test_skull_on_and_skull_off_give_one_brain(tmp_path, mni_result, brain):
+    """The MNI152 head with a skull 2-12 mm outside its brain: ``auto`` keeps it unregistered (MNI-like) and it
+    gets the same mask and normalisation as the skull-stripped template; the QC names the skull."""
+    data, mask, affine = mni152_template()
+    skull_on, qc = t1.preprocess_with_qc(_with_skull(tmp_path / "head.nii.gz", data, affine, mask, 2.0))
+    skull_off, qc_off = mni_result
+    assert not qc["registered"] and qc["brain_masked"] and qc_off["brain_masked"]
+    assert normalised_cross_correlation(skull_on[0], skull_off[0], brain) >= 0.99
+    np.testing.assert_array_equal(skull_on != 0, skull_off != 0)  # the same voxels: the skull is not in the input
+    assert not skull_on[0][~brain].any()
+    assert qc_off["non_brain_fraction"] == 0.0 and qc["non_brain_fraction"] > 0.3 > t1.NON_BRAIN_LIMIT
+    # the former 4 mm dilated mask let the skull in: 3 % more non-zero voxels, as reported for a real head
+    dilated = t1.preprocess(tmp_path / "head.nii.gz", brain_mask_dilation_mm=4.0)
+    assert np.mean(dilated != 0) > np.mean(skull_off != 0) + 0.02
+
+
+def _pooled(image: np.ndarray) -> np.ndarray:
+    """(1, 100, 100, 100) -> the 1000 means of its 10^3-voxel blocks, float64."""
+    return np.asarray(image, np.float64).reshape(10, 10, 10, 10, 10, 10).mean(axis=(1, 3, 5)).ravel()
+
+
+def test_skull_does_not_move_the_prediction_of_a_fitted_model(tiny_cohort, tiny_cache, tmp_path):
+    """A tiny brain-age model (ridge regression on 10^3-voxel block means, fitted to the 10 train/val scans of
+    the cached demo cohort) predicts a held-out subject within a year whether or not its head has a skull
+    (4-14 mm outside its own brain: the CSF and inner table of the skull stay dark)."""
+    cached = pd.read_csv(tiny_cache / "manifest.csv", dtype={"id": str})
+    features, ages = [], []
+    for split in ("train", "val"):
+        array = np.load(tiny_cache / f"{split}.npy", mmap_mode="r")
+        rows = cached[cached["split"] == split]
+        features += [_pooled(array[i]) for i in rows["index"]]
+        ages += rows["age"].tolist()
+    features, ages = np.asarray(features), np.asarray(ages)
+    centre = features.mean(axis=0)
+    centred = features - centre
+    weights = centred.T @ np.linalg.solve(centred @ centred.T + np.eye(len(ages)), ages - ages.mean())
+
+    def predict(path: Path, **params) -> float:
+        return float(ages.mean() + (_pooled(t1.preprocess(path, register="never", **params)) - centre) @ weights)
+
+    subject = cached[cached["split"] == "test"].iloc[0]
+    image = nib.load(tiny_cohort / subject["path"])
+    data = image.get_fdata(dtype=np.float32)
+    head = _with_skull(tmp_path / "head.nii.gz", data, image.affine, data > 0, 4.0)
+    stripped = predict(tiny_cohort / subject["path"])
+    assert abs(stripped - subject["age"]) < 10  # the model is a brain-age model, not noise
+    assert abs(predict(head) - stripped) < 1.0
+    # with the former 4 mm dilated mask the skull moved the prediction by years
+    assert abs(predict(head, brain_mask_dilation_mm=4.0) - predict(tiny_cohort / subject["path"],
+                                                                   brain_mask_dilation_mm=4.0)) > 1.0
+
+
 def _small_scan(path: Path, rng: np.random.Generator, spacing: float = 8.0) -> Path:
     data = ndi.gaussian_filter(rng.normal(size=(24, 24, 24)), 2).astype(np.float32)
     data[6:18, 6:18, 6:18] += 3.0
@@ -143,6 +216,9 @@ def test_small_non_mni_scan_under_never_is_scan_centred(tmp_path):
     path = _small_scan(tmp_path / "small.nii", np.random.default_rng(0))
     image, qc = t1.preprocess_with_qc(path, register="never")
     assert qc["space"] == "scanner" and "scan-centred grid" in qc["register_decision"]
+    # no brain mask can be placed outside MNI space: named, not silent
+    assert qc["brain_masked"] is False and qc["register_decision"].endswith("; no brain mask (not in MNI space)")
+    assert qc["non_brain_fraction"] is None
     assert image.shape == (1, 100, 100, 100) and np.isfinite(image).all()
     # the 192 mm field of view is centred in the 200 mm grid
     foreground = np.argwhere(image[0] != 0)
@@ -166,7 +242,17 @@ def _truncated(path: Path) -> Path:
     return path
 
 
+def _huge_header(path: Path) -> Path:
+    """A header claiming 30000^3 voxels (108 TB as float32) over a few bytes of data."""
+    header = nib.Nifti1Header()
+    header.set_data_shape((30000, 30000, 30000))
+    header.set_data_dtype(np.float32)
+    path.write_bytes(gzip.compress(header.binaryblock + bytes(4) + bytes(4096)))
+    return path
+
+
 BAD_INPUTS = {
+    "huge header": (_huge_header, "the header declares shape 30000 x 30000 x 30000 = 2.7e+13 voxels, more than"),
     "corrupt": (_corrupt, "cannot be read as a NIfTI image"),
     "truncated": (_truncated, "cannot be read as a NIfTI image"),
     "2-D": (lambda p: _save(p, np.ones((30, 30), np.float32), np.eye(4)), "expected a 3-D image"),

@@ -293,7 +293,7 @@ def test_demo_bone_age_is_visible():
     assert spearmanr(boneage, bone_area).statistic > 0.8
 
 
-def test_cli_caches_the_demo_cohort_by_bone_age(cohort, tmp_path):
+def test_cli_caches_the_demo_cohort_by_bone_age(cohort, tmp_path, capsys):
     xray.main(["--manifest", str(cohort / "manifest.csv"), "--output", str(tmp_path / "cache"), "--size", "64",
                "--target", "boneage"])
     info = read_cache_info(tmp_path / "cache")
@@ -304,8 +304,10 @@ def test_cli_caches_the_demo_cohort_by_bone_age(cohort, tmp_path):
     row = cached.iloc[0]
     stored = np.load(tmp_path / "cache" / f"{row['split']}.npy", mmap_mode="r")[row["index"]]
     np.testing.assert_allclose(stored, xray.preprocess(cohort / f"{row['id']}.png", size=64), atol=2e-2)
-    with pytest.raises(ValueError, match="no target column 'age'"):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as refused:  # a refusal: one line, exit status 2
         xray.main(["--manifest", str(cohort / "manifest.csv"), "--output", str(tmp_path / "other")])
+    assert refused.value.code == 2 and "no target column 'age'" in capsys.readouterr().err
 
 
 def test_rsna_layout(cohort, tmp_path):

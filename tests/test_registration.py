@@ -67,7 +67,7 @@ def test_register_affine_recovers_a_known_transform():
         (-90.0, -125.0, -85.0), (1.2, 1.2, 1.2), np.eye(3).ravel().tolist(), 0.0, sitk.sitkFloat32,
     )
     template = t1._template_on_grid(t1.T1Params())
-    result = register_affine(template.image, moving, template.region_image)
+    result = register_affine(template.image, moving, template.metric_mask)
 
     brain_points = nib.affines.apply_affine(np.diag([2.0, 2.0, 2.0, 1.0]), np.argwhere(template.brain)[::50])
     brain_points += template.origin
@@ -75,5 +75,5 @@ def test_register_affine_recovers_a_known_transform():
              for p in brain_points]
     assert np.max(error) < 1.0  # mm, half an output voxel
     assert result.mutual_information > 0 and len(result.stop_conditions) == 2
-    again = register_affine(template.image, moving, template.region_image)  # seeded sampling: same transform
+    again = register_affine(template.image, moving, template.metric_mask)  # seeded sampling: same transform
     assert again.transform.GetParameters() == result.transform.GetParameters()

@@ -35,14 +35,28 @@ and a re-run with the same fingerprint and manifest processes only the samples m
 ``os.replace``). A changed fingerprint, dtype or manifest layout (ids, paths, splits) is refused; with
 ``overwrite=True`` the new cache is built in a hidden sibling folder and swapped in only once complete, so a
 failed rebuild leaves the old cache intact.
+
+Resources. Before the arrays are allocated the free space of the output folder is checked against their size
+(``shutil.disk_usage``), then their blocks are reserved (``os.posix_fallocate``, see :func:`_preallocate`), so a
+full disk is a :class:`DiskFullError` ("disk full at <path>: need X GB, have Y GB") before any sample is
+written, never a SIGBUS in the middle of a memory-mapped write; ENOSPC while journalling or writing the
+bookkeeping files becomes the same error. Committed samples are kept: free space and re-run to continue. With
+``workers > 1`` each worker process ends when the build process dies, even by ``kill -9``
+(:func:`_exit_with_parent`), so no orphaned worker keeps its memory.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import errno
 import json
 import os
 import pickle
 import shutil
+import signal
+import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -64,7 +78,8 @@ from supremix_med.io import atomic_write
 from .manifest import read_manifest_csv, validate_manifest
 from .splits import assign_splits
 
-__all__ = ["CacheInfo", "DTYPES", "array_path", "build_cache", "read_cache_info", "read_cache_qc", "read_fingerprint"]
+__all__ = ["CacheInfo", "DTYPES", "DiskFullError", "array_path", "build_cache", "read_cache_info", "read_cache_qc",
+           "read_fingerprint"]
 
 DTYPES: tuple[str, ...] = ("float16", "float32")
 FORMAT = "supremix-med-cache/1"
@@ -80,6 +95,95 @@ _SHOWN = 5  # examples listed in messages
 #: written samples are committed (arrays flushed, then journalled) at most this often: an interrupted build
 #: redoes at most this many seconds of work, and fast builds do not wait on a disk sync per sample.
 COMMIT_SECONDS = 1.0
+#: free space kept beyond the arrays, for the journal, manifest, failures and info files
+BOOKKEEPING_BYTES = 16 * 2**20
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+_PARENT_POLL_SECONDS = 0.5
+
+
+class DiskFullError(OSError):
+    """Not enough disk space for the cache: "disk full at <path>: need X GB, have Y GB".
+
+    An ``OSError`` with ``errno.ENOSPC``; the samples committed before it are kept, so freeing space (or
+    choosing another output folder) and re-running continues the build.
+
+    Args:
+        path: the file or folder that did not fit.
+        need: bytes it needed.
+        free: bytes free on its file system.
+    """
+
+    def __init__(self, path: str | os.PathLike, need: int, free: int) -> None:
+        super().__init__(f"disk full at {path}: need {_size(need)}, have {_size(free)}; free some space (or choose "
+                         "another output folder) and run again: the build continues where it stopped.")
+        self.errno = errno.ENOSPC
+
+
+def _size(n_bytes: float) -> str:
+    """A byte count for messages: GB, or MB below 1 GB."""
+    return f"{n_bytes / 1e9:.2f} GB" if n_bytes >= 1e9 else f"{n_bytes / 1e6:.2f} MB"
+
+
+def _free_bytes(path: Path) -> int:
+    """Free bytes on the file system holding ``path`` (an existing file or folder)."""
+    return shutil.disk_usage(path).free
+
+
+@contextlib.contextmanager
+def _enospc_as_disk_full(path: Path, need: int) -> Iterator[None]:
+    """Turn an ENOSPC ``OSError`` raised inside the block into a :class:`DiskFullError` for ``path``."""
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        folder = path if path.is_dir() else path.parent
+        raise DiskFullError(path, need, _free_bytes(folder)) from err
+
+
+def _check_free_space(folder: Path, need: int) -> None:
+    """Raise :class:`DiskFullError` unless ``folder``'s disk has ``need`` bytes plus ``BOOKKEEPING_BYTES`` free."""
+    free = _free_bytes(folder)
+    if need + BOOKKEEPING_BYTES > free:
+        raise DiskFullError(folder, need + BOOKKEEPING_BYTES, free)
+
+
+def _unallocated_bytes(path: Path) -> int:
+    """Bytes of ``path`` without disk blocks yet (a sparse file's holes); its whole size if unknown."""
+    status = os.stat(path)
+    blocks = getattr(status, "st_blocks", None)
+    return status.st_size if blocks is None else max(status.st_size - 512 * blocks, 0)
+
+
+def _preallocate(path: Path) -> None:
+    """Give every byte of the file ``path`` a real disk block now, or raise :class:`DiskFullError`.
+
+    ``numpy.lib.format.open_memmap`` creates a sparse file: its blocks are taken when a page is first written
+    through the memory map. On a full disk that write cannot fail with an exception: the kernel sends SIGBUS,
+    which Python cannot catch, and the process dies without a message. ``os.posix_fallocate`` reserves the
+    blocks up front, so a full disk shows here as ENOSPC (turned into :class:`DiskFullError`) before any
+    sample is written, and later writes into the map need no new block. Where ``posix_fallocate`` is not
+    available (macOS, Windows) or the file system refuses it, the free-space check made before allocating
+    (:func:`_check_free_space`) is the only guard: a disk filled by another program during the build can
+    still end it with SIGBUS there, and so it can on copy-on-write file systems (btrfs, ZFS), where an
+    overwrite takes a new block. Already allocated blocks are kept, so calling this on a resumed cache costs
+    nothing.
+    """
+    if not hasattr(os, "posix_fallocate"):
+        return
+    size = os.path.getsize(path)
+    descriptor = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(descriptor, 0, size)
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise DiskFullError(path, _unallocated_bytes(path), _free_bytes(path.parent)) from err
+        if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+    finally:
+        os.close(descriptor)
 
 
 @dataclass(frozen=True)
@@ -151,8 +255,9 @@ def _now() -> str:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` by ``text`` atomically and durably (fsync before the rename)."""
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), durable=True)
+    """Replace ``path`` by ``text`` atomically and durably (fsync before the rename); ENOSPC -> DiskFullError."""
+    with _enospc_as_disk_full(path, len(text.encode("utf-8"))):
+        atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), durable=True)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -313,19 +418,43 @@ def _attempt(preprocess: Callable[[str], Any], path: str, dtype: str) -> _Prepar
         return _describe(err)
 
 
+def _exit_with_parent(parent_pid: int) -> None:
+    """Worker initializer: end this worker process when the build process ``parent_pid`` dies, even by ``kill -9``.
+
+    A pool worker whose parent is killed would otherwise wait on its task queue for ever, holding its memory.
+    On Linux the kernel kills the worker (SIGKILL) when its parent dies: ``prctl(PR_SET_PDEATHSIG)``, called
+    through ctypes. The signal follows the parent *thread* that started the worker; the pool starts its spawn
+    workers from the thread calling ``submit``, i.e. the thread running the build, which outlives the pool.
+    Everywhere, a daemon thread also polls the parent pid every ``_PARENT_POLL_SECONDS`` and calls
+    ``os._exit`` once the worker has been re-parented (macOS; a parent that died before the prctl call).
+    """
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):  # no libc or no prctl: the watchdog still works
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    threading.Thread(target=_watch_parent, args=(parent_pid,), name="parent-watchdog", daemon=True).start()
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """Poll until this process's parent is no longer ``parent_pid``, then end the process at once."""
+    while os.getppid() == parent_pid:
+        time.sleep(_PARENT_POLL_SECONDS)
+    os._exit(1)
+
+
 def _samples(tasks: list[tuple[str, str]], preprocess: Callable[[str], Any], dtype: str,
              workers: int) -> Iterator[tuple[str, _Prepared | str]]:
     """Yield ``(id, sample)`` or ``(id, error message)`` for every ``(id, path)`` task, in completion order.
 
     With ``workers > 1`` a spawn-context process pool runs at most ``2 * workers`` tasks at a time, so memory
-    stays bounded however long the manifest is.
+    stays bounded however long the manifest is; its workers end with this process (:func:`_exit_with_parent`).
     """
     if workers == 1:
         for sample_id, path in tasks:
             yield sample_id, _attempt(preprocess, path, dtype)
         return
     queue = iter(tasks)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=_exit_with_parent,
+                             initargs=(os.getpid(),)) as pool:
         running: dict[Future, str] = {}
 
         def submit(n: int) -> None:
@@ -390,9 +519,10 @@ class _Store:
         text = journal.read_text(encoding="utf-8") if journal.exists() else ""
         self.qc = _read_journal(text, self.plan)  # QC record of every journalled sample, then of the new ones
         self.done = set(self.qc)
-        self.journal = open(journal, "a", encoding="utf-8")
+        # unbuffered: a failed append leaves nothing pending that closing the file would try to write again
+        self.journal = open(journal, "ab", buffering=0)
         if text and not text.endswith("\n"):
-            self.journal.write("\n")  # end a torn line so the next entry parses
+            self._append("\n")  # end a torn line so the next entry parses
         self.uncommitted: list[str] = []
         self.last_commit = time.monotonic()
 
@@ -407,18 +537,33 @@ class _Store:
         _write_atomic(self.folder / INFO_FILE, json.dumps(self.info, indent=2) + "\n")
 
     def _open_arrays(self, shape: tuple[int, ...]) -> None:
-        """Open the split arrays, creating them (then recording the shape) on the first sample."""
+        """Open the split arrays, creating them (then recording the shape) on the first sample.
+
+        The disk must hold them: free space is checked first and their blocks are reserved (:func:`_preallocate`),
+        for new arrays and for those of a resumed build alike.
+
+        Raises:
+            DiskFullError: not enough free space; nothing is recorded, so a re-run allocates them again.
+        """
         create = self.info["sample_shape"] is None
         dtype = np.dtype(self.info["dtype"])
-        for split, n in self.plan["split"].value_counts(sort=False).items():
-            path = array_path(self.folder, split)
+        counts = self.plan["split"].value_counts(sort=False)
+        paths = {split: array_path(self.folder, split) for split in counts.index}
+        if create:
+            _check_free_space(self.folder, sum(int(n) * int(np.prod(shape)) * dtype.itemsize for n in counts))
+        else:
+            _check_free_space(self.folder, sum(_unallocated_bytes(path) for path in paths.values() if path.exists()))
+        for split, n in counts.items():
+            path = paths[split]
             if create:
                 self.arrays[split] = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(n, *shape))
+                _preallocate(path)
                 continue
             array = np.load(path, mmap_mode="r+")
             if array.shape != (n, *shape) or array.dtype != dtype:
                 raise ValueError(f"{path}: holds {array.dtype} {array.shape}, expected {dtype} {(n, *shape)}; the "
                                  f"cache is damaged: delete {self.folder} and build it again.")
+            _preallocate(path)
             self.arrays[split] = array
         if create:
             for array in self.arrays.values():
@@ -450,19 +595,29 @@ class _Store:
         """Flush the written samples to disk, then journal them (fsync'ed): from then on they are trusted."""
         if not self.uncommitted:
             return
-        for array in self.arrays.values():
-            array.flush()
-        for sample_id in self.uncommitted:
-            split, index = self.slots[sample_id]
-            entry = {"id": sample_id, "split": split, "index": index}
-            if self.qc[sample_id]:
-                entry["qc"] = self.qc[sample_id]
-            self.journal.write(json.dumps(entry) + "\n")
-        self.journal.flush()
-        os.fsync(self.journal.fileno())
+        entries = "".join(json.dumps(self._journal_entry(i)) + "\n" for i in self.uncommitted)
+        with _enospc_as_disk_full(self.folder / JOURNAL_FILE, len(entries)):
+            for array in self.arrays.values():
+                array.flush()
+            self._append(entries)
+            os.fsync(self.journal.fileno())
         self.done.update(self.uncommitted)
         self.uncommitted.clear()
         self.last_commit = time.monotonic()
+
+    def _journal_entry(self, sample_id: str) -> dict[str, Any]:
+        """The journal line of a written sample: its slot and, when it has one, its QC record."""
+        split, index = self.slots[sample_id]
+        entry = {"id": sample_id, "split": split, "index": index}
+        if self.qc[sample_id]:
+            entry["qc"] = self.qc[sample_id]
+        return entry
+
+    def _append(self, text: str) -> None:
+        """Append ``text`` to the journal (unbuffered: loop over short writes)."""
+        data = memoryview(text.encode("utf-8"))
+        while data:
+            data = data[self.journal.write(data):]
 
     def finalise(self, table: pd.DataFrame, errors: dict[str, str]) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Write ``failures.csv``, ``manifest.csv``, ``qc.csv``, ``preprocessing.json`` and the ``complete`` marker.
@@ -588,6 +743,8 @@ def build_cache(
         ValueError: bad arguments or manifest; ``output_dir`` holds a cache built otherwise (the message names
             every difference) and ``overwrite`` is False; or no sample at all could be preprocessed.
         RuntimeError: a worker process died; the samples already written are kept.
+        DiskFullError: the output folder's disk cannot hold the arrays or the bookkeeping files (an ``OSError``
+            with ``errno.ENOSPC``); the samples committed so far are kept and a re-run continues.
 
     Warns:
         UserWarning: some samples failed (missing file, exception in ``preprocess``, wrong shape, non-finite

@@ -11,9 +11,9 @@ also declare
 
 The pieces, used by every bundle's ``inference.json``:
 
-- :func:`list_scans` turns the bundle's ``dataset_dir`` (a folder of scans, or a CSV ``id,path[,<target>]``)
-  into MONAI dataset items ``{"id", "path", "label"}`` (``label`` is the known target, NaN if unknown), plus the
-  model's covariate columns (e.g. ``sex``) from the CSV when the model takes covariates.
+- :func:`list_scans` turns the bundle's ``dataset_dir`` (a folder of scans, one scan, or a CSV
+  ``id,path[,<target>]``) into MONAI dataset items ``{"id", "path", "label"}`` (``label`` is the known target,
+  NaN if unknown), plus the model's covariate columns (e.g. ``sex``) from the CSV when the model takes covariates.
 - :func:`check_fingerprint` refuses a model whose stored ``preprocessing.json`` differs from what this code's
   pipeline does: a scan preprocessed differently from the training data gets a confidently wrong prediction.
 - :class:`PreprocessScan` is the bundle's ``preprocessing``: it runs the training pipeline on one item and
@@ -50,6 +50,7 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 #: ``"series"`` (each folder directly holding DICOM files is a scan).
 DICOM_LAYOUTS = ("files", "series")
 _DICOM_SUFFIXES = (".dcm", ".dicom")
+_TABLE_SUFFIXES = (".csv", ".txt")  # scan suffixes that a CSV list of scans may also have
 _NOT_SCANS = ("DICOMDIR",)  # DICOM media index files
 #: Fingerprint entries never compared: library versions differ between machines and are logged as a warning.
 FINGERPRINT_IGNORED = ("libraries",)
@@ -91,10 +92,58 @@ def _scans_in_folder(folder: Path, suffixes: Sequence[str], dicom: str | None) -
         scans.update({p: p.relative_to(folder).as_posix() if p != folder else folder.name for p in series})
     if not scans:
         kinds = " or ".join(suffixes) + " files"
+        dicom_file = next((p for p in files if _is_dicom_file(p)), None) if dicom is None else None
+        if dicom_file is not None:
+            raise ValueError(f"list_scans: folder {str(folder)!r} holds DICOM files (e.g. "
+                             f"{dicom_file.relative_to(folder).as_posix()!r}) but no {kinds}, and this pipeline does "
+                             f"not read DICOM: convert the scans first{_conversion_hint(suffixes)}.")
         kinds += {None: "", "files": " or DICOM files", "series": " or DICOM series folders"}[dicom]
         raise ValueError(f"list_scans: no {kinds} under folder {str(folder)!r}.")
     ordered = sorted(scans.items(), key=lambda item: item[0].as_posix())
     return pd.DataFrame({"id": [i for _, i in ordered], "path": [str(p) for p, _ in ordered], "label": math.nan})
+
+
+def _conversion_hint(suffixes: Sequence[str]) -> str:
+    """How to turn DICOM into what a pipeline reads, when there is a standard tool."""
+    return " to NIfTI (e.g. with dcm2niix)" if set(suffixes) <= set(NIFTI_SUFFIXES) else ""
+
+
+def _one_scan(path: Path, suffixes: Sequence[str], dicom: str | None) -> pd.DataFrame | None:
+    """``path`` as the only scan to predict, or None if it is a CSV list of scans.
+
+    A file is a scan when its name ends with one of ``suffixes`` (a ``.csv``/``.txt`` name only when its first
+    line is not a header naming ``id`` and ``path``: extracted fMRI series are such files) or, with
+    ``dicom="files"``, when it is a DICOM file; its id is its name without the suffix.
+
+    Raises:
+        ValueError: a DICOM file where the pipeline reads no DICOM, or one slice where it reads a series folder.
+    """
+    suffix = next((s for s in suffixes if path.name.lower().endswith(s)), None)
+    if suffix is not None:
+        if suffix in _TABLE_SUFFIXES and _has_list_header(path):
+            return None
+        scan_id = _strip_suffix(path.name, suffixes)
+    elif not _is_dicom_file(path):
+        return None
+    elif dicom == "files":
+        scan_id = _strip_suffix(path.name, _DICOM_SUFFIXES)
+    elif dicom == "series":
+        raise ValueError(f"list_scans: {str(path)!r} is one DICOM file, and this pipeline reads a DICOM series as the "
+                         f"folder holding its slices: give {str(path.parent)!r}.")
+    else:
+        raise ValueError(f"list_scans: {str(path)!r} is a DICOM file, and this pipeline reads {' or '.join(suffixes)} "
+                         f"files, not DICOM: convert it first{_conversion_hint(suffixes)}.")
+    return pd.DataFrame({"id": [scan_id], "path": [str(path)], "label": math.nan})
+
+
+def _has_list_header(path: Path) -> bool:
+    """Whether the first line of a text file is a CSV header with ``id`` and ``path`` columns."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            header = {field.strip().lower() for field in handle.readline().split(",")}
+    except (OSError, UnicodeDecodeError):
+        return False
+    return {"id", "path"} <= header
 
 
 def _scans_in_csv(csv: Path, target: str, covariates: Sequence[str]) -> pd.DataFrame:
@@ -104,7 +153,10 @@ def _scans_in_csv(csv: Path, target: str, covariates: Sequence[str]) -> pd.DataF
         # ids, paths and covariates verbatim (an id "NA" stays "NA"); empty or NA-like targets are unknown
         table = pd.read_csv(csv, dtype={"id": str, "path": str, **dict.fromkeys(covariates, str)},
                             keep_default_na=False, na_values={target: ["", "NA", "NaN", "nan"]})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+    except UnicodeDecodeError as err:
+        raise ValueError(f"list_scans: {str(csv)!r} is neither a scan this pipeline reads (see scan_suffixes) nor a "
+                         f"CSV list of scans (id,path[,{target}]): it is not text ({err.reason}).") from err
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise ValueError(f"list_scans: cannot read {str(csv)!r} as a CSV: {err}") from err
     required = ("id", "path", *covariates)
     missing = [c for c in required if c not in table.columns]
@@ -133,9 +185,11 @@ def list_scans(source: str | os.PathLike, suffixes: Sequence[str] = NIFTI_SUFFIX
     """List the scans to predict as MONAI dataset items.
 
     Args:
-        source: either a folder, searched recursively, or a CSV file with columns ``id,path`` and optionally
-            ``target`` (empty where unknown), whose relative paths are resolved against the CSV's folder. In
-            a folder, a scan is
+        source: a folder, searched recursively; a single scan (a file ending with one of ``suffixes``, or a
+            DICOM file with ``dicom="files"``; its id is its name without the suffix); or a CSV file with
+            columns ``id,path`` and optionally ``target`` (empty where unknown), whose relative paths are
+            resolved against the CSV's folder (a ``.csv`` that is also a scan suffix, as for extracted fMRI
+            series, is a list when its header names ``id`` and ``path``). In a folder, a scan is
 
             - a file whose name ends with one of ``suffixes`` (any case); its id is its path relative to the
               folder without that suffix (a flat folder gives plain file names; nested layouts such as
@@ -163,23 +217,26 @@ def list_scans(source: str | os.PathLike, suffixes: Sequence[str] = NIFTI_SUFFIX
 
     Raises:
         FileNotFoundError: ``source`` does not exist.
-        ValueError: an unknown ``dicom`` layout; a folder without scans or a folder given for a model with
-            covariates; a CSV that cannot be parsed, lacks ``id``/``path`` or a covariate column, has empty ids
-            or paths, non-numeric targets or duplicate ids (the message names the file and rows).
+        ValueError: an unknown ``dicom`` layout; a folder without scans (one holding only DICOM files when
+            ``dicom`` is None says so); a DICOM file where the pipeline reads none, or one DICOM slice where it
+            reads series folders; a folder or single scan given for a model with covariates; a CSV that cannot
+            be parsed (or a binary file that is not a scan), lacks ``id``/``path`` or a covariate column, has
+            empty ids or paths, non-numeric targets or duplicate ids (the message names the file and rows).
     """
     if dicom not in (None, *DICOM_LAYOUTS):
         raise ValueError(f"list_scans: dicom must be None or one of {DICOM_LAYOUTS}, got {dicom!r}.")
     source = Path(source).expanduser()
-    if source.is_dir() and covariates:
-        raise ValueError(f"list_scans: the model takes the covariate(s) {list(covariates)} per scan, which a folder "
+    suffixes = tuple(s.lower() for s in suffixes)
+    if not (source.is_dir() or source.is_file()):
+        raise FileNotFoundError(f"list_scans: {str(source)!r} is neither a folder of scans, a scan nor a CSV file.")
+    table = _scans_in_folder(source, suffixes, dicom) if source.is_dir() else _one_scan(source, suffixes, dicom)
+    if table is None:
+        table = _scans_in_csv(source, target, covariates)
+    elif covariates:
+        what = "a folder" if source.is_dir() else "a single scan file"
+        raise ValueError(f"list_scans: the model takes the covariate(s) {list(covariates)} per scan, which {what} "
                          f"({str(source)!r}) cannot give; list the scans in a CSV with columns "
                          f"id,path,{','.join(covariates)}.")
-    if source.is_dir():
-        table = _scans_in_folder(source, tuple(s.lower() for s in suffixes), dicom)
-    elif source.is_file():
-        table = _scans_in_csv(source, target, covariates)
-    else:
-        raise FileNotFoundError(f"list_scans: {str(source)!r} is neither a folder of scans nor a CSV file.")
     duplicated = table["id"][table["id"].duplicated()].unique().tolist()
     if duplicated:
         raise ValueError(f"list_scans: ids must be unique in {str(source)!r}; repeated: {duplicated}.")
