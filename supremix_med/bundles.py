@@ -8,8 +8,15 @@ bundles/<name>/train.json`` runs from the folder that holds ``bundles/`` (the re
 working directory). :func:`load_config` resolves the same macros relative to :func:`bundles_dir`'s parent for use
 from anywhere (the comparison tool, tests, exports).
 
-The bundles folder is found, in order, from the ``SUPREMIX_MED_BUNDLES`` environment variable or the ``bundles``
-folder of the source checkout this package runs from.
+The bundles folder is found, in order (:func:`bundles_dir`):
+
+1. ``$SUPREMIX_MED_BUNDLES``, when set (an edited copy, or the container's ``/opt/supremix-med/bundles``);
+2. the ``bundles`` folder of the source checkout this package runs from (``pip install -e .``, ``PYTHONPATH``);
+3. the copy installed with the package (``supremix_med/resources/bundles``: a wheel or ``pip install .`` maps the
+   repository's ``bundles/`` there, see ``setup.py``).
+
+From an installed wheel, ``python -m supremix_med.zoo export <name> --output DIR`` writes a self-contained bundle
+(macros filled in, paths relative to the bundle) that MONAI runs from any working directory.
 """
 
 from __future__ import annotations
@@ -20,10 +27,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BASE", "ENV_VAR", "MACRO", "bundle_names", "bundles_dir", "load_config", "resolve_macros"]
+__all__ = ["BASE", "ENV_VAR", "INSTALLED", "MACRO", "bundle_names", "bundles_dir", "load_config", "resolve_macros"]
 
 #: Environment variable naming the bundles folder explicitly.
 ENV_VAR = "SUPREMIX_MED_BUNDLES"
+#: Where a wheel or a plain ``pip install .`` puts the bundles folder (``setup.py`` maps ``bundles/`` there).
+INSTALLED = Path(__file__).resolve().parent / "resources" / "bundles"
 #: The folder of the shared recipe inside the bundles folder (not a bundle itself).
 BASE = "_base"
 #: MONAI's macro sigil: ``"%<file>#<id>"`` is replaced by that part of another config file.
@@ -31,19 +40,27 @@ MACRO = "%"
 
 
 def bundles_dir() -> Path:
-    """The folder holding the bundle folders and the shared recipe (``_base``).
+    """The folder holding the bundle folders and the shared recipe (``_base``): ``$SUPREMIX_MED_BUNDLES`` when set,
+    else the source checkout's ``bundles``, else the copy installed with the package (module docstring).
 
     Raises:
-        FileNotFoundError: neither ``$SUPREMIX_MED_BUNDLES`` nor the source checkout has one (the message says how to
-            point at it).
+        FileNotFoundError: the folder named by ``$SUPREMIX_MED_BUNDLES``, or else both the checkout's and the
+            installed one, lack ``_base/`` (the message says how to point at one).
     """
     explicit = os.environ.get(ENV_VAR)
-    folder = Path(explicit).expanduser() if explicit else Path(__file__).resolve().parents[1] / "bundles"
-    if not (folder / BASE).is_dir():
-        where = f"${ENV_VAR}={explicit}" if explicit else f"the source checkout ({folder})"
-        raise FileNotFoundError(f"no bundles folder with {BASE}/ at {where}; set {ENV_VAR} to the folder that holds "
-                                f"the bundle folders (bundles/ of a supremix-med checkout).")
-    return folder
+    if explicit:
+        folder = Path(explicit).expanduser()
+        if not (folder / BASE).is_dir():
+            raise FileNotFoundError(f"no bundles folder with {BASE}/ at ${ENV_VAR}={explicit}; point it at the "
+                                    f"folder that holds the bundle folders, or unset it.")
+        return folder
+    checkout = Path(__file__).resolve().parents[1] / "bundles"
+    for folder in (checkout, INSTALLED):
+        if (folder / BASE).is_dir():
+            return folder
+    raise FileNotFoundError(f"no bundles folder with {BASE}/ in the source checkout ({checkout}) nor installed with "
+                            f"the package ({INSTALLED}); reinstall supremix-med, or set {ENV_VAR} to the folder that "
+                            f"holds the bundle folders (bundles/ of a supremix-med checkout).")
 
 
 def bundle_names(folder: str | os.PathLike | None = None) -> list[str]:

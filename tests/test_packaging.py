@@ -8,6 +8,7 @@ a folder outside the checkout with no PYTHONPATH, so nothing can be imported fro
 from __future__ import annotations
 
 import email
+import json
 import re
 import shlex
 import zipfile
@@ -17,6 +18,8 @@ import pytest
 from packaging.requirements import Requirement
 
 from _shipping import ROOT, WheelEnv, build_wheel, pin_constraints, wheel_files
+from supremix_med.bundles import INSTALLED
+from supremix_med.demo.table import generate_table
 
 README = ROOT / "README.md"
 MAKEFILE = ROOT / "Makefile"
@@ -148,7 +151,17 @@ def test_packages_import_from_the_installed_wheel(wheel_env: WheelEnv, elsewhere
     assert [file.parent.parent for file in files] == [wheel_env.site_packages] * len(PACKAGES)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15 part 2: the bundle configs are not shipped with the wheel yet")
+def test_wheel_ships_every_bundle_file_and_the_data_licences(wheel: Path) -> None:
+    shipped = wheel_files(wheel)
+    bundle_files = [path.relative_to(ROOT / "bundles").as_posix() for path in (ROOT / "bundles").rglob("*")
+                    if path.is_file() and "__pycache__" not in path.parts]
+    assert len(bundle_files) > 80
+    installed = INSTALLED.relative_to(INSTALLED.parents[2]).as_posix()  # supremix_med/resources/bundles
+    assert sorted(f"{installed}/{path}" for path in bundle_files if f"{installed}/{path}" not in shipped) == []
+    assert sorted(f"{DIST_INFO}/licenses/{path}" for path in data_licences()) == sorted(
+        path for path in shipped if path.startswith(f"{DIST_INFO}/licenses/bundles/"))
+
+
 def test_demo_configs_are_found_from_the_installed_wheel(wheel_env: WheelEnv, elsewhere: Path) -> None:
     result = wheel_env.run("-m", "supremix_med.demo", "airfoil", "--dry_run", "--output", "out", cwd=elsewhere)
     assert result.returncode == 0, result.stderr
@@ -156,3 +169,30 @@ def test_demo_configs_are_found_from_the_installed_wheel(wheel_env: WheelEnv, el
     configs = re.findall(r"'([^']+\.json)'", bundle_run)
     assert configs, bundle_run
     assert [config for config in configs if not (elsewhere / config).is_file()] == []
+    installed = wheel_env.site_packages / "supremix_med" / "resources" / "bundles"
+    assert [Path(config).parent.parent for config in configs] == [installed] * len(configs)
+    assert f"--output_dir {elsewhere / 'out'}" in bundle_run
+
+
+def package_files(wheel_env: WheelEnv) -> set[Path]:
+    """Files of the installed packages, bytecode caches aside."""
+    return {path for package in PACKAGES for path in (wheel_env.site_packages / package).rglob("*")
+            if "__pycache__" not in path.parts}
+
+
+def test_a_tiny_bundle_runs_from_the_installed_wheel(wheel_env: WheelEnv, elsewhere: Path) -> None:
+    """README "Install": export a bundle from the wheel, then run it with MONAI from the bundle's own folder."""
+    before = package_files(wheel_env)
+    generate_table(elsewhere / "data", n_rows=150, seed=0)  # demo_table.csv: 120/15/15 rows per split
+    steps = [
+        (["-m", "supremix_med.zoo", "export", "airfoil", "--output", "airfoil"], elsewhere),
+        (["-m", "monai.bundle", "run", "--config_file", "configs/train.json", "--data_file", "../data/demo_table.csv",
+          "--pretrain_epochs", "1", "--finetune_epochs", "1", "--batch_size", "16"], elsewhere / "airfoil"),
+    ]
+    for args, cwd in steps:
+        result = wheel_env.run(*args, cwd=cwd)
+        assert result.returncode == 0, f"{args}: {result.stderr[-3000:]}"
+    metrics = json.loads((elsewhere / "airfoil" / "eval" / "metrics.json").read_text())
+    assert metrics["n"] == 15 and metrics["method"] == "supremix"
+    assert (elsewhere / "airfoil" / "models" / "model.pt").is_file()
+    assert package_files(wheel_env) == before, "the run wrote into the installed package"

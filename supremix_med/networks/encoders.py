@@ -242,7 +242,7 @@ class BiLSTMPairEncoder(nn.Module):
         real = tokens != 0
         lengths = real.sum(dim=1)
         if bool((lengths == 0).any()):
-            empty = torch.nonzero(lengths == 0).flatten().tolist()
+            empty: list[int] = torch.nonzero(lengths == 0).flatten().tolist()
             raise ValueError(f"BiLSTMPairEncoder: sentence rows {empty} contain only padding (token id 0).")
         positions = torch.arange(tokens.shape[1], device=tokens.device)
         if not torch.equal(real, positions < lengths[:, None]):
@@ -254,7 +254,7 @@ class BiLSTMPairEncoder(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens [B, 2, L] int64 -> pair features [B, 8 * hidden_size]."""
         if tokens.dim() != 3 or tokens.shape[1] != 2:
-            raise ValueError(f"BiLSTMPairEncoder: tokens must be [B, 2, L], got {tuple(tokens.shape)}.")
+            raise ValueError(f"BiLSTMPairEncoder: tokens must be [B, 2, L], got {list(tokens.shape)}.")
         batch = tokens.shape[0]
         u, v = self.encode_sentences(tokens.reshape(2 * batch, -1).long()).reshape(batch, 2, -1).unbind(dim=1)
         return torch.cat([u, v, (u - v).abs(), u * v], dim=1)
