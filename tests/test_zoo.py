@@ -25,22 +25,11 @@ from supremix_med.zoo import CONFIGS, URL_PLACEHOLDER, ZOO_PATHS, export_bundle,
 NAMES = bundle_names(BUNDLES)
 TINY = {"pretrain_epochs": 1, "finetune_epochs": 1, "batch_size": 16}
 
-# Checks that cannot pass yet, by reason. WAIT_*: the configs open only with data or a trained model; the change
-# that makes every train.json / inference.json open without them is under way: remove a bundle from these sets
-# when its check passes (the marks are strict, so an unexpected pass fails and says so). TOKENS is what
-# model-zoo's own exclude lists are for: a check a bundle's network cannot take.
-WAIT_DATA = ("train.json reads the data when it is initialised (its dataset, or the network's size or label "
-             "range from the data)")
-WAIT_MODEL = ("inference.json reads the trained model's files (models/model_config.json, preprocessing.json) "
-              "when it is initialised")
+# Checks a bundle's network cannot take (what model-zoo's own exclude lists are for), by reason; the marks are strict,
+# so a check that starts passing fails and says so.
 TOKENS = ("verify_net_in_out draws its input with torch.rand, which cannot make int64 token ids "
           "(model-zoo's exclude_verify_shape_list)")
-XFAIL = {
-    "train_properties": {name: WAIT_DATA for name in NAMES if name != "stsb"},  # stsb ships its data split
-    "infer_properties": {name: WAIT_MODEL for name in NAMES},
-    "data_shape": {**{name: WAIT_MODEL for name in NAMES}, "stsb": TOKENS},
-    "torchscript": {"agedb": WAIT_DATA, "airfoil": WAIT_DATA, "imdb_wiki": WAIT_DATA},
-}
+XFAIL = {"train_properties": {}, "infer_properties": {}, "data_shape": {"stsb": TOKENS}, "torchscript": {}}
 
 
 def bundles_for(check: str) -> list:
