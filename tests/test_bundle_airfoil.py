@@ -119,3 +119,15 @@ def test_missing_target_column_names_the_file_and_columns(table_dir, tmp_path):
         workflow.run()
     cause = str(error.value.__cause__)
     assert f"{table_dir / TABLE_FILE}: no target column 'noise'; the columns are ['frequency'," in cause
+
+
+def test_conr_as_a_regulariser_trains_end_to_end_and_says_so(table_dir, tmp_path):
+    out = tmp_path / "conr_regularizer"
+    run_workflow(_configs("train", "demo"), dataset_dir=str(table_dir), output_dir=str(out), method="conr_regularizer",
+                 pretrain_epochs=3, finetune_epochs=1, batch_size=16, num_workers=0)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["protocol"] == "end to end + conr regulariser" and metrics["pretrain_epochs"] == 0
+    assert metrics["linear_probe"] is False and not (out / "models" / "pretrained_encoder.pt").exists()
+    assert metrics["ordinality"]["pretrained"] is None  # no pre-training phase to measure
+    assert -1.0 <= metrics["ordinality"]["finetuned"]["spearman"] <= 1.0
+    assert (out / "ordinality_finetuned.png").stat().st_size > 0

@@ -109,6 +109,40 @@ def test_every_method_pretrains_a_step(method):
     assert any(not torch.equal(a, b) for a, b in zip(before, model.encoder.parameters()))
 
 
+def test_the_setup_owns_what_each_method_means():
+    model = build_model("mlp", in_features=5, projection_dim=8)
+    vanilla = pretraining_setup("vanilla", model, epochs=5, linear_probe=True)
+    assert (vanilla.epochs, vanilla.frozen_encoder, vanilla.protocol) == (0, False, "end to end")
+    probe = pretraining_setup("supremix", model, {}, epochs=5, linear_probe=True)
+    assert (probe.epochs, probe.frozen_encoder, probe.protocol) == (5, True, "pre-train, then linear probe")
+    assert probe.finetune_network is model and probe.finetune_loss(torch.nn.L1Loss()).__class__ is torch.nn.L1Loss
+    conr = pretraining_setup("conr", model, {}, epochs=2)
+    assert conr.protocol == "joint pre-train (L1 + ConR), then fine-tune"
+    regularised = pretraining_setup("conr_regularizer", model, {"conr": {"temperature": 0.3}}, epochs=5,
+                                    linear_probe=True)
+    assert (regularised.epochs, regularised.frozen_encoder) == (0, False)
+    assert regularised.protocol == "end to end + conr regulariser" and regularised.regulariser.temperature == 0.3
+
+
+def test_regularised_fine_tuning_adds_the_weighted_contrastive_term():
+    """L1 + weight * ConR on the projections of the very forward pass that made the predictions."""
+    torch.manual_seed(0)
+    model = build_model("mlp", in_features=5, projection_dim=8).train()
+    setup = pretraining_setup("conr_regularizer", model, {"conr": {"window": 0.5}}, conr_weight=0.5)
+    loss = setup.finetune_loss(torch.nn.L1Loss())
+    x, y = torch.randn(6, 5), torch.tensor([[1.0], [1.2], [2.0], [2.1], [3.0], [3.3]])
+    pred = setup.finetune_network(x)
+    torch.testing.assert_close(pred, model(x))
+    projections = model.project_features(model.encode(x))
+    expected = torch.nn.L1Loss()(pred, y) + 0.5 * setup.regulariser(projections[:, None], y.reshape(-1), pred.reshape(-1))
+    torch.testing.assert_close(loss(pred, y), expected)
+    loss(pred, y).backward()
+    assert all(p.grad is not None for p in model.projector.parameters())  # the regulariser trains the head too
+    setup.finetune_network.eval()(x)
+    with pytest.raises(RuntimeError, match="kept no projections"):
+        loss(pred, y)
+
+
 def test_vanilla_has_no_pretraining_loss_and_unknown_method_fails():
     assert "vanilla" in METHODS
     model = build_model("mlp", in_features=5, projection_dim=8)

@@ -35,8 +35,9 @@ logger = logging.getLogger(__name__)
 #: The method every other one is compared with.
 REFERENCE = "vanilla"
 #: Names used in the tables' rows.
-DISPLAY_NAMES = {"vanilla": "Vanilla", "supcon": "SupCon", "rnc": "RnC", "conr": "ConR", "mixsupcon": "MixSupCon",
-                 "supremix": "SupReMix", "simcse": "SimCSE"}
+DISPLAY_NAMES = {"vanilla": "Vanilla", "supcon": "SupCon", "rnc": "RnC", "conr": "ConR",
+                 "conr_regularizer": "ConR (regulariser)", "mixsupcon": "MixSupCon", "supremix": "SupReMix",
+                 "simcse": "SimCSE"}
 #: Whole-test-set columns: metrics.json key -> column label.
 OVERALL_COLUMNS = {"mae": "MAE", "mse": "MSE", "gm": "GM", "pearson_r": "Pearson", "spearman_rho": "Spearman"}
 #: The metrics.json entry of the ordinality scores: ``{phase: {"spearman": float, ...}}`` (see

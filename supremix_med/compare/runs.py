@@ -22,7 +22,7 @@ from typing import Any, TextIO
 from monai.bundle import ConfigParser
 
 from supremix_med.bundles import bundles_dir
-from supremix_med.engines import METHODS
+from supremix_med.engines import METHODS, loss_entry
 
 __all__ = ["CellRun", "BUNDLE_LAUNCHER", "RESERVED_OVERRIDES", "bundle_methods", "override_pairs", "bundle_command",
            "cell_dir", "run_bundle", "run_cell", "compare_methods"]
@@ -72,7 +72,8 @@ class CellRun:
 
 
 def bundle_methods(config_files: Sequence[str | os.PathLike]) -> tuple[str, ...]:
-    """The methods a bundle supports: ``vanilla`` and every method its ``loss_kwargs`` configures.
+    """The methods a bundle supports: ``vanilla`` and every method whose loss (:func:`~supremix_med.engines.loss_entry`)
+    its ``loss_kwargs`` configures.
 
     Args:
         config_files: the bundle's config files (later ones override earlier ones, as in MONAI).
@@ -86,7 +87,8 @@ def bundle_methods(config_files: Sequence[str | os.PathLike]) -> tuple[str, ...]
         raise ValueError(f"bundle config file(s) not found: {missing}.")
     config = ConfigParser(ConfigParser.load_config_files([str(f) for f in config_files]))
     loss_kwargs = config.get("loss_kwargs", {})
-    supported = [m for m in METHODS if not isinstance(loss_kwargs, dict) or m == "vanilla" or m in loss_kwargs]
+    supported = [m for m in METHODS
+                 if not isinstance(loss_kwargs, dict) or m == "vanilla" or loss_entry(m) in loss_kwargs]
     return tuple(sorted(supported, key=lambda method: method == "supremix"))
 
 

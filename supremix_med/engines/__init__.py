@@ -10,10 +10,13 @@ from supremix_med.engines.distributed import (
 )
 from supremix_med.engines.handlers import FDSUpdateHandler, FineTuningStart, SelectedModelLoader
 from supremix_med.engines.metrics import (
-    RegressionEpochMetric, as_prediction_pair, lower_is_better, from_engine_regression, regression_ignite_metric, regression_ignite_metrics,
+    RegressionEpochMetric, as_prediction_pair, from_engine_regression, lower_is_better, regression_ignite_metric,
+    regression_ignite_metrics,
 )
+from supremix_med.engines.ordinality import OrdinalityHandler
 from supremix_med.engines.pretraining import (
-    METHODS, PRETRAINING_METHODS, SENTENCE_PAIR_METHODS, ConRObjective, Pretraining, SentenceEmbedder, pretraining_setup,
+    METHODS, PRETRAINING_METHODS, REGULARISED_METHODS, SENTENCE_PAIR_METHODS, ConRObjective, Pretraining,
+    RegularisedLoss, SentenceEmbedder, loss_entry, pretraining_setup,
 )
 from supremix_med.engines.reporting import (
     BiasCorrectionHandler, PredictionCollector, TestReport, plot_predictions, write_report,
@@ -26,11 +29,11 @@ __all__ = [
     "ContrastiveBatch", "multi_view_transform",
     "EpochSampler", "barrier", "distributed", "distributed_module", "epoch_sampler", "rank", "rank_handlers",
     "world_size", "writes_files",
-    "FDSUpdateHandler", "FineTuningStart", "SelectedModelLoader",
+    "FDSUpdateHandler", "FineTuningStart", "SelectedModelLoader", "OrdinalityHandler",
     "RegressionEpochMetric", "as_prediction_pair", "lower_is_better", "from_engine_regression", "regression_ignite_metric",
     "regression_ignite_metrics",
-    "METHODS", "PRETRAINING_METHODS", "SENTENCE_PAIR_METHODS", "ConRObjective", "Pretraining", "SentenceEmbedder",
-    "pretraining_setup",
+    "METHODS", "PRETRAINING_METHODS", "REGULARISED_METHODS", "SENTENCE_PAIR_METHODS", "ConRObjective", "Pretraining",
+    "RegularisedLoss", "SentenceEmbedder", "loss_entry", "pretraining_setup",
     "BiasCorrectionHandler", "PredictionCollector", "TestReport", "plot_predictions", "write_report",
     "MLflowLogger", "MLflowRun", "sqlite_tracking_uri", "tensorboard_report",
     "load_weights", "save_run_config",

@@ -9,7 +9,10 @@ fine-tuning continues on the very same module:
 - ``supremix``, ``supcon``, ``rnc``: projections [B, V, P] of V views -> the contrastive loss with labels [B].
 - ``mixsupcon``: the same on input-level mixup (mixed inputs and labels, ``ContrastiveBatch(mixup_alpha=...)``).
 - ``conr``: ConR regularises a regression, so the network also predicts and the objective is
-  ``L1(prediction, y) + conr_weight * ConR(projections, y, prediction)``.
+  ``L1(prediction, y) + conr_weight * ConR(projections, y, prediction)`` during pre-training.
+- ``conr_regularizer``: ConR as published, the regulariser of an end-to-end regression: no pre-training, and the
+  fine-tuning loss is ``L1 (or LDS) + conr_weight * ConR`` on the projections of the same encoder pass
+  (:class:`RegularisedLoss`); its settings are ``loss_kwargs["conr"]``.
 - ``simcse`` (:data:`SENTENCE_PAIR_METHODS`, encoders with ``encode_sentences`` such as ``BiLSTMPairEncoder``):
   the two sentences of each pair are encoded separately (:class:`SentenceEmbedder`) and the supervised SimCSE
   loss pulls together the sentences of pairs scoring above its threshold.
@@ -26,15 +29,23 @@ from torch import nn
 
 from supremix_med.engines.batches import ContrastiveBatch
 from supremix_med.losses import ConRLoss, get_loss
-from supremix_med.networks import ContrastiveRegressor, JointProjectorRegressor, MultiViewProjector
+from supremix_med.networks import ContrastiveRegressor, JointProjectorRegressor, MultiViewProjector, ProjectingRegressor
 
-__all__ = ["PRETRAINING_METHODS", "SENTENCE_PAIR_METHODS", "METHODS", "ConRObjective", "SentenceEmbedder",
-           "Pretraining", "pretraining_setup"]
+__all__ = ["PRETRAINING_METHODS", "SENTENCE_PAIR_METHODS", "REGULARISED_METHODS", "METHODS", "ConRObjective",
+           "RegularisedLoss", "SentenceEmbedder", "Pretraining", "loss_entry", "pretraining_setup"]
 
 PRETRAINING_METHODS = ("supremix", "supcon", "rnc", "conr", "mixsupcon")
 #: Methods for sentence-pair encoders only (they need ``encoder.encode_sentences``).
 SENTENCE_PAIR_METHODS = ("simcse",)
-METHODS = ("vanilla", *PRETRAINING_METHODS, *SENTENCE_PAIR_METHODS)
+#: Methods that train end to end with a contrastive regulariser instead of pre-training: method -> its loss.
+REGULARISED_METHODS = {"conr_regularizer": "conr"}
+METHODS = ("vanilla", *PRETRAINING_METHODS, *REGULARISED_METHODS, *SENTENCE_PAIR_METHODS)
+
+
+def loss_entry(method: str) -> str | None:
+    """The ``loss_kwargs`` entry (loss name) a method uses; ``None`` for ``vanilla``."""
+    method = method.lower()
+    return None if method == "vanilla" else REGULARISED_METHODS.get(method, method)
 
 
 class ConRObjective(nn.Module):
@@ -89,19 +100,52 @@ class SentenceEmbedder(nn.Module):
         return F.normalize(sentences, dim=1).reshape(batch, 2, -1)
 
 
+class RegularisedLoss(nn.Module):
+    """``base(pred, y) + weight * regulariser(projections, y, pred)``: a regression loss plus a contrastive term on
+    the projections of the same forward pass (:class:`~supremix_med.networks.ProjectingRegressor` keeps them).
+
+    Args:
+        base: the regression loss (L1, or LDS-weighted L1).
+        regulariser: e.g. :class:`~supremix_med.losses.ConRLoss`, called with projections [B, 1, P], labels [B]
+            and predictions [B].
+        network: the :class:`~supremix_med.networks.ProjectingRegressor` the trainer runs.
+        weight: the regulariser's weight (ConR's alpha).
+    """
+
+    def __init__(self, base: nn.Module, regulariser: nn.Module, network: ProjectingRegressor,
+                 weight: float = 1.0) -> None:
+        super().__init__()
+        self.base, self.regulariser, self.weight = base, regulariser, weight
+        self.network = [network]  # a reference, not a submodule: the trainer owns the network's parameters
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Predictions and targets [B, 1] (label units) -> the 0-dim loss."""
+        projections = self.network[0].projections
+        if projections is None:
+            raise RuntimeError("RegularisedLoss: the network kept no projections (is it in training mode?).")
+        labels = target.reshape(-1)
+        return self.base(pred, target) + self.weight * self.regulariser(projections.unsqueeze(1), labels,
+                                                                        pred.reshape(-1))
+
+
 @dataclass
 class Pretraining:
-    """What a bundle's pre-training phase is for one ``method``: the one place that decides it.
+    """What the recipe's phases are for one ``method``: the one place that decides it.
 
     Attributes:
         network: the module the pre-training ``SupervisedTrainer`` trains (a view of the model).
-        loss_function: the objective; ``None`` for ``vanilla``.
+        loss_function: the pre-training objective; ``None`` when there is no pre-training.
         prepare_batch: turns a batch into views (and labels) for ``network``.
-        epochs: pre-training epochs: the requested number, or 0 for ``vanilla`` (no pre-training: bundles run
-            the pre-training trainer only when ``epochs > 0``).
+        epochs: pre-training epochs: the requested number, or 0 for ``vanilla`` and the end-to-end regularised
+            methods (no pre-training: bundles run the pre-training trainer only when ``epochs > 0``).
         frozen_encoder: whether fine-tuning keeps the encoder frozen (a linear probe): the requested
-            ``linear_probe``, except for ``vanilla``, whose encoder has nothing to probe and always trains end to
-            end.
+            ``linear_probe``, except for the methods that train end to end (``vanilla``, ``conr_regularizer``),
+            whose encoder always trains.
+        finetune_network: the module the fine-tuning trainer runs: the model, or for a regularised method a
+            :class:`~supremix_med.networks.ProjectingRegressor` around it.
+        regulariser: the contrastive term added to the fine-tuning loss (:meth:`finetune_loss`), or ``None``.
+        regulariser_weight: its weight.
+        protocol: how the method trains, in words (reported in ``metrics.json`` and comparisons).
     """
 
     network: nn.Module
@@ -109,23 +153,34 @@ class Pretraining:
     prepare_batch: ContrastiveBatch
     epochs: int = 0
     frozen_encoder: bool = False
+    finetune_network: nn.Module | None = None
+    regulariser: nn.Module | None = None
+    regulariser_weight: float = 1.0
+    protocol: str = "end to end"
+
+    def finetune_loss(self, base: nn.Module) -> nn.Module:
+        """The fine-tuning loss: ``base`` itself, or ``base`` plus the method's regulariser."""
+        if self.regulariser is None:
+            return base
+        return RegularisedLoss(base, self.regulariser, self.finetune_network, self.regulariser_weight)
 
 
 def pretraining_setup(method: str, model: ContrastiveRegressor, loss_kwargs: Mapping[str, Mapping] | None = None,
                       view_keys: Sequence[str] = ("image",), epochs: int = 0, linear_probe: bool = False,
                       conr_weight: float = 1.0) -> Pretraining:
-    """Decide what pre-training ``method`` means: network view, loss, batch preparation, epochs and probe.
+    """Decide what ``method`` means: pre-training network view, loss, batches and epochs, fine-tuning network and
+    loss, frozen encoder, and the protocol in words.
 
     Args:
         method: one of :data:`METHODS`; ``vanilla`` gives a set-up without a loss, with 0 epochs and an encoder
-            trained end to end.
+            trained end to end; ``conr_regularizer`` trains end to end with ConR added to the fine-tuning loss.
         model: the model whose encoder (and projection head) pre-training trains.
-        loss_kwargs: per-method keyword arguments of the loss, e.g. ``{"supremix": {"temperature": 0.5}}``;
-            only ``loss_kwargs[method]`` is used.
+        loss_kwargs: per-loss keyword arguments, e.g. ``{"supremix": {"temperature": 0.5}}``; only the entry of
+            the method's loss (:func:`loss_entry`) is used.
         view_keys: batch keys of the V views (see :class:`ContrastiveBatch`).
         epochs: requested pre-training epochs (>= 0).
         linear_probe: requested linear probe (frozen encoder during fine-tuning).
-        conr_weight: weight of the ConR term against the L1 regression term (``conr`` only).
+        conr_weight: weight of the ConR term against the L1 regression term (``conr``, ``conr_regularizer``).
     """
     method = method.lower()
     if method not in METHODS:
@@ -133,9 +188,15 @@ def pretraining_setup(method: str, model: ContrastiveRegressor, loss_kwargs: Map
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"pretraining_setup: epochs must be an integer >= 0, got {epochs!r}.")
     if method == "vanilla":
-        return Pretraining(MultiViewProjector(model), None, ContrastiveBatch(view_keys))
-    loss = get_loss(method, **dict((loss_kwargs or {}).get(method, {})))
-    phase = {"epochs": epochs, "frozen_encoder": bool(linear_probe)}
+        return Pretraining(MultiViewProjector(model), None, ContrastiveBatch(view_keys), finetune_network=model)
+    loss = get_loss(loss_entry(method), **dict((loss_kwargs or {}).get(loss_entry(method), {})))
+    if method in REGULARISED_METHODS:
+        return Pretraining(MultiViewProjector(model), None, ContrastiveBatch(view_keys),
+                           finetune_network=ProjectingRegressor(model), regulariser=loss,
+                           regulariser_weight=conr_weight, protocol=f"end to end + {loss_entry(method)} regulariser")
+    phase = {"epochs": epochs, "frozen_encoder": bool(linear_probe), "finetune_network": model,
+             "protocol": ("joint pre-train (L1 + ConR), then " if method == "conr" else "pre-train, then ")
+             + ("linear probe" if linear_probe else "fine-tune")}
     if method == "conr":
         return Pretraining(JointProjectorRegressor(model), ConRObjective(loss, conr_weight),
                            ContrastiveBatch(view_keys), **phase)

@@ -203,6 +203,8 @@ class TestReport:
         target: the target column's name.
         shots: shot-group rule (see :func:`write_report`), or ``None``.
         run_info: entries describing the run for ``metrics.json`` (method, epochs, ...); ``world_size`` is added.
+        ordinality: ``{phase: handler}`` of the run's :class:`~supremix_med.engines.OrdinalityHandler` s; their
+            results (``None`` for a phase that did not run) go to ``metrics["ordinality"]``.
 
     Attributes:
         metrics: what was written (empty on ranks other than 0, or before completion).
@@ -210,10 +212,12 @@ class TestReport:
 
     def __init__(self, collector: PredictionCollector, output_dir: str | os.PathLike, train_dataset,
                  bias_correction: BiasCorrectionHandler | None = None, target: str = "age",
-                 shots: Mapping | None = None, run_info: Mapping[str, Any] | None = None) -> None:
+                 shots: Mapping | None = None, run_info: Mapping[str, Any] | None = None,
+                 ordinality: Mapping[str, Any] | None = None) -> None:
         self.collector, self.output_dir, self.train_dataset = collector, output_dir, train_dataset
         self.bias_correction, self.target, self.shots = bias_correction, target, shots
         self.run_info = dict(run_info or {})
+        self.ordinality = dict(ordinality or {})
         self.metrics: dict = {}
 
     def attach(self, engine: Engine) -> None:
@@ -225,5 +229,8 @@ class TestReport:
         if not writes_files():
             return
         correction = self.bias_correction.correction if self.bias_correction is not None else None
-        self.metrics = write_report(test, self.output_dir, self.train_dataset.labels, correction, self.target,
-                                    {**self.run_info, "world_size": world_size()}, self.shots)
+        extra = {**self.run_info, "world_size": world_size()}
+        if self.ordinality:
+            extra["ordinality"] = {phase: handler.result for phase, handler in self.ordinality.items()}
+        self.metrics = write_report(test, self.output_dir, self.train_dataset.labels, correction, self.target, extra,
+                                    self.shots)

@@ -3,7 +3,9 @@
 from .builders import ENCODERS, MODEL_CONFIG, build_encoder, build_model, stored_model_config
 from .encoders import BiLSTMPairEncoder, MLPEncoder, ResNetEncoder, resnet18_1d, resnet18_3d, resnet50_2d
 from .heads import ProjectionHead, Regressor
-from .model import CHECKPOINT_KEYS, ContrastiveRegressor, JointProjectorRegressor, MultiViewProjector
+from .model import (
+    CHECKPOINT_KEYS, ContrastiveRegressor, JointProjectorRegressor, MultiViewProjector, ProjectingRegressor,
+)
 
 __all__ = [
     "ResNetEncoder",
@@ -17,6 +19,7 @@ __all__ = [
     "ContrastiveRegressor",
     "MultiViewProjector",
     "JointProjectorRegressor",
+    "ProjectingRegressor",
     "CHECKPOINT_KEYS",
     "ENCODERS",
     "build_encoder",

@@ -213,11 +213,16 @@ class ContrastiveRegressor(nn.Module):
         Raises:
             ValueError: the model takes covariates and ``covariates`` is None or not [B, C].
         """
+        return self.predict_features(self.training_features(x, labels), covariates)
+
+    def training_features(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Encoder features [B, F] as :meth:`forward` feeds them to the regressor: FDS-calibrated in training mode
+        when the model has an FDS layer and ``labels`` are given (see :meth:`forward`)."""
         features = self.encode(x)
         if not torch.jit.is_scripting() and self.training and self.fds is not None and labels is not None:
             self.fds.collect(features, labels)
             features = self.fds.smooth(features, labels, self.fds.current_epoch)
-        return self.predict_features(features, covariates)
+        return features
 
     def freeze_encoder(self, frozen: bool = True) -> ContrastiveRegressor:
         """Freeze (or unfreeze) the encoder for the linear-probe protocol.
@@ -336,3 +341,24 @@ class JointProjectorRegressor(nn.Module):
             "features": self.model.project_features(features).reshape(batch, views, -1),
             "predictions": self.model.predict_features(features).reshape(batch, views, -1),
         }
+
+
+class ProjectingRegressor(nn.Module):
+    """A :class:`ContrastiveRegressor` that also keeps the projections of its last training batch, for a regression
+    regularised by a contrastive term (ConR during end-to-end training).
+
+    ``forward`` is the model's: predictions [B, n_targets] from inputs, ``labels`` (FDS) and ``covariates``; in
+    training mode it also sets :attr:`projections` to the unit-norm projections [B, P] of the same encoder pass,
+    which the regularised loss reads (see ``supremix_med.engines.RegularisedLoss``).
+    """
+
+    def __init__(self, model: ContrastiveRegressor) -> None:
+        super().__init__()
+        self.model = model
+        self.projections: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None,
+                covariates: torch.Tensor | None = None) -> torch.Tensor:
+        features = self.model.training_features(x, labels)
+        self.projections = self.model.project_features(features) if self.training else None
+        return self.model.predict_features(features, covariates)
