@@ -10,7 +10,7 @@ import torch
 
 from _loss_references import make_batch, reference_supremix
 from supremix_med.losses import SupConLoss, SupReMixLoss
-from supremix_med.losses import supremix as supremix_module
+from supremix_med.losses import _mix_pos
 
 FLAG_NAMES = ("mix_neg", "mix_pos", "distance_weight", "normalize_mixtures", "detach_mixtures")
 ALL_FLAGS = [dict(zip(FLAG_NAMES, values)) for values in itertools.product((False, True), repeat=5)]
@@ -80,8 +80,8 @@ def test_recomputed_mix_pos_blocks_match_one_block(monkeypatch):
     features, labels, lam = make_batch("continuous", 2, batch=10)
     loss = SupReMixLoss(window=3.0)
     expected = value_and_grad(loss(features, labels, lam), features)
-    monkeypatch.setattr(supremix_module, "MIX_POS_BLOCK_PAIRS", 20)
-    monkeypatch.setattr(supremix_module, "MIX_POS_RECOMPUTE_PAIRS", 0)
+    monkeypatch.setattr(_mix_pos, "MIX_POS_BLOCK_PAIRS", 20)
+    monkeypatch.setattr(_mix_pos, "MIX_POS_RECOMPUTE_PAIRS", 0)
     blocked = value_and_grad(loss(features, labels, lam), features)
     torch.testing.assert_close(blocked, expected, rtol=1e-12, atol=1e-12)
 
