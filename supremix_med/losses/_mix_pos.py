@@ -347,8 +347,10 @@ def _exact_terms(plan: MixPosPlan, windows: _Windows, group_first: torch.Tensor,
         args = (sim_low[:, :, :wb], sim_high[:, :, :wa], norm_z, rows_low[g0:g1, :wb], rows_high[g0:g1, :wa],
                 chunk_group[c0:c1] - g0, labels[g0:g1], sorted_labels[low[g0:g1, :wb]],
                 sorted_labels[high[g0:g1, :wa]], low_pad[g0:g1, :wb], high_pad[g0:g1, :wa], temperature)
-        parts.append(checkpoint(_mix_pos_block, *args, use_reentrant=False) if recompute
-                     else _mix_pos_block(*args))
+        if recompute:  # the block draws nothing random: no RNG state to keep
+            parts.append(checkpoint(_mix_pos_block, *args, use_reentrant=False, preserve_rng_state=False))
+        else:
+            parts.append(_mix_pos_block(*args))
     return [torch.cat(p) for p in zip(*parts)]
 
 

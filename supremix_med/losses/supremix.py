@@ -136,9 +136,9 @@ class SupReMixLoss(nn.Module):
 
     def _mix_neg_lambda(self, given: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
         """Check the given Mix-neg coefficients [N, M] or draw them from Beta(beta), shaped like ``like``."""
-        if given is None:
-            concentration = torch.tensor(self.beta, dtype=like.dtype, device=like.device)
-            return torch.distributions.Beta(concentration[0], concentration[1]).sample(like.shape)
+        if given is None:  # fills, not a host-to-device copy; beta was checked in __init__: no host sync
+            first, second = (like.new_full((), value) for value in self.beta)
+            return torch.distributions.Beta(first, second, validate_args=False).sample(like.shape)
         if not isinstance(given, torch.Tensor) or tuple(given.shape) != tuple(like.shape):
             shape = tuple(given.shape) if isinstance(given, torch.Tensor) else type(given).__name__
             raise ValueError(f"{type(self).__name__}: mix_neg_lambda must be a tensor of shape "
