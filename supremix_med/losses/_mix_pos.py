@@ -133,7 +133,7 @@ def _blocks(chunk_group: np.ndarray, chunk_anchors: np.ndarray, below: np.ndarra
         new_below, new_above = max(widest_below, below[group]), max(widest_above, above[group])
         terms = count * below[group] * above[group]
         padded = (chunk - start + 1) * chunk_size * new_below * new_above
-        slack = MIX_POS_MAX_PADDING * (real + terms) + block_terms / 4
+        slack = MIX_POS_MAX_PADDING * (real + terms) + block_terms / 16
         if chunk > start and (padded > block_terms or padded > slack):
             blocks.append(Block((start, chunk), (groups[start], groups[chunk - 1] + 1), widest_below, widest_above))
             start, new_below, new_above, real = chunk, below[group], above[group], 0
