@@ -5,7 +5,10 @@ Prints one JSON object per line:
 - ``{"kind": "loss", "loss", "n", "device", "seconds", "peak_mb", ...}`` for every loss in
   ``supremix_med.losses.LOSSES`` x batch size x device: median forward+backward time over ``--repeats``
   runs after warm-up, and the peak memory of the run (peak RSS growth of a fresh process on CPU,
-  ``torch.cuda.max_memory_allocated`` on CUDA).
+  ``torch.cuda.max_memory_allocated`` on CUDA). One more forward+backward, profiled, counts what makes a
+  loss launch- or sync-bound (see :func:`count_launches_and_syncs`): ``aten_ops`` (operators that compute,
+  i.e. launch a kernel), ``host_reads`` and ``dynamic_shape_ops`` (each a host sync on CUDA) and
+  ``syncs``; on CUDA also ``kernels``, ``copies`` and ``syncs`` as the CUDA trace records them.
 - ``{"kind": "materialising", ...}`` for SupReMix computed by building every mixture vector
   ([N, N, D] Mix-neg and [N, N, N, D] Mix-pos tensors, the way the paper's code does), with the speed-up of
   the Gram-matrix implementation and the largest difference between the two losses.
@@ -32,6 +35,9 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.autograd import DeviceType
+from torch.overrides import TorchFunctionMode
+from torch.profiler import ProfilerActivity, profile
 
 from supremix_med.losses import LOSSES, SupReMixLoss
 
@@ -39,6 +45,23 @@ DIM = 128
 LABEL_RANGE = (0.0, 100.0)
 #: Constructor arguments per loss name (defaults otherwise).
 LOSS_KWARGS = {"supremix": dict(window=5.0, label_range=LABEL_RANGE)}
+#: Tensor methods that hand tensor values to Python: each waits for the device on CUDA.
+HOST_READS = frozenset({"item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__"})
+#: Operators whose output size depends on tensor values: each waits for the device on CUDA.
+DYNAMIC_SHAPE_OPS = frozenset({"aten::nonzero", "aten::argwhere", "aten::masked_select", "aten::unique_consecutive",
+                               "aten::_unique", "aten::_unique2", "aten::unique_dim", "aten::repeat_interleave"})
+#: Operators that compute nothing (views, allocation, metadata): not counted as kernel launches.
+NO_KERNEL_OPS = frozenset({
+    "aten::empty", "aten::empty_strided", "aten::empty_like", "aten::as_strided", "aten::view", "aten::reshape",
+    "aten::_reshape_alias", "aten::_unsafe_view", "aten::expand", "aten::expand_as", "aten::unsqueeze",
+    "aten::squeeze", "aten::transpose", "aten::t", "aten::permute", "aten::select", "aten::slice", "aten::narrow",
+    "aten::split", "aten::split_with_sizes", "aten::unbind", "aten::detach", "aten::alias", "aten::resolve_conj",
+    "aten::resolve_neg", "aten::real", "aten::result_type", "aten::lift_fresh", "aten::resize_", "aten::set_",
+    "aten::to", "aten::contiguous", "aten::flatten", "aten::view_as", "aten::scalar_tensor", "aten::item",
+    "aten::_local_scalar_dense"})
+#: CUDA runtime calls that block the host until the device is done.
+CUDA_SYNC_CALLS = frozenset({"cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize",
+                             "cudaMemcpy"})
 
 
 def make_inputs(n: int, device: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,6 +144,67 @@ def measure(fn: Callable[[], torch.Tensor], features: torch.Tensor, repeats: int
     return {"seconds": statistics.median(seconds), "peak_mb": round(peak_mb, 1)}
 
 
+class HostReadCounter(TorchFunctionMode):
+    """Counts, while active, Python-level reads of tensor values (:data:`HOST_READS`) and copies of device
+    tensors to the CPU; on CUDA each one waits for the device (the autograd engine's own C++ calls are not
+    seen, but checkpoint recomputation runs in Python and is)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        name = getattr(func, "__name__", "")
+        source = args[0] if args else None
+        if name in HOST_READS or (name in ("cpu", "to") and isinstance(source, torch.Tensor)
+                                  and source.device.type != "cpu" and isinstance(result, torch.Tensor)
+                                  and result.device.type == "cpu"):
+            self.count += 1
+        return result
+
+
+def _outermost(events: list, names: frozenset) -> list:
+    """The events named in ``names`` that are not nested inside another one of them."""
+    def nested(event) -> bool:
+        parent = event.cpu_parent
+        while parent is not None:
+            if parent.name in names:
+                return True
+            parent = parent.cpu_parent
+        return False
+    return [e for e in events if e.name in names and not nested(e)]
+
+
+def count_launches_and_syncs(fn: Callable[[], torch.Tensor], device: str) -> dict[str, int]:
+    """Profile one forward+backward of ``fn`` and count its kernel launches and host syncs.
+
+    - ``aten_ops``: leaf operators that compute (not views, allocations or metadata, :data:`NO_KERNEL_OPS`):
+      the CPU's proxy for kernel launches.
+    - ``host_reads``: Python-level reads of tensor values and device-to-CPU copies (:class:`HostReadCounter`).
+    - ``dynamic_shape_ops``: outermost operators whose output size depends on values (:data:`DYNAMIC_SHAPE_OPS`).
+    - ``syncs``: on CUDA the blocking runtime calls of the trace (:data:`CUDA_SYNC_CALLS`); on the CPU the proxy
+      ``host_reads + dynamic_shape_ops`` (what would wait for a GPU).
+    - CUDA only: ``kernels`` (device kernels) and ``copies`` (device memcpy events).
+    """
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=activities) as prof, HostReadCounter() as reads:
+        fn().backward()
+        if device == "cuda":
+            torch.cuda.synchronize()
+    events = prof.events()
+    aten = [e for e in events if e.name.startswith("aten::") and e.device_type == DeviceType.CPU]
+    leaves = [e for e in aten if not any(c.name.startswith("aten::") for c in e.cpu_children)]
+    counts = {"aten_ops": sum(e.name not in NO_KERNEL_OPS for e in leaves), "host_reads": reads.count,
+              "dynamic_shape_ops": len(_outermost(aten, DYNAMIC_SHAPE_OPS))}
+    if device != "cuda":
+        return counts | {"syncs": counts["host_reads"] + counts["dynamic_shape_ops"]}
+    on_device = [e for e in events if e.device_type == DeviceType.CUDA]
+    copies = sum(e.name.startswith("Memcpy") for e in on_device)
+    return counts | {"kernels": sum(not e.name.startswith(("Memcpy", "Memset")) for e in on_device),
+                     "copies": copies, "syncs": sum(e.name in CUDA_SYNC_CALLS for e in events)}
+
+
 def run_case(spec: dict) -> dict:
     """Measure one case in this process (called in a fresh subprocess)."""
     if spec["threads"]:
@@ -129,7 +213,9 @@ def run_case(spec: dict) -> dict:
     result = {"kind": spec["kind"], "loss": spec["loss"], "n": spec["n"], "d": DIM, "device": spec["device"],
               "threads": torch.get_num_threads()}
     if spec["kind"] == "loss":
-        return result | measure(loss_call(spec["loss"], features, labels), features, spec["repeats"])
+        call = loss_call(spec["loss"], features, labels)
+        result |= measure(call, features, spec["repeats"])
+        return result | count_launches_and_syncs(call, spec["device"])
     lam = torch.distributions.Beta(2.0, 8.0).sample((spec["n"], spec["n"])).to(features)
     fast = SupReMixLoss(**LOSS_KWARGS["supremix"])
     result |= measure(lambda: materialising_supremix(features, labels, lam), features, spec["repeats"])

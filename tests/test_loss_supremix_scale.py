@@ -3,7 +3,9 @@ memory budget, and the sampled Mix-pos pairs (``max_mix_pos``)."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -160,3 +162,32 @@ def test_sampled_terms_are_unbiased():
     rebuilt = _mix_pos.mix_pos_terms(sim, z, None, labels, labels, max_pairs=3, **options)
     torch.testing.assert_close(rebuilt, (lse, total, count), rtol=1e-12, atol=1e-12)
 
+
+def load_loss_benchmark():
+    """benchmarks/loss_speed.py as a module (its launch and sync counters are what this test relies on)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "loss_speed.py"
+    spec = importlib.util.spec_from_file_location("loss_speed", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_host_syncs_do_not_grow_with_the_number_of_blocks(monkeypatch):
+    """One device-to-host read for the Mix-pos plan (plus the input check's), however many blocks; the
+    implementation before the rewrite read once per block (the counter sees that)."""
+    counters = load_loss_benchmark()
+    features, labels, lam = make_batch("integer", 2, batch=40, seed=1)
+
+    def syncs(loss_class) -> dict[str, int]:
+        loss = loss_class(window=2.0, label_range=(0.0, 4.0))
+        return counters.count_launches_and_syncs(lambda: loss(features, labels, lam), "cpu")
+
+    new, old = syncs(SupReMixLoss), syncs(OracleSupReMixLoss)
+    monkeypatch.setattr(_mix_pos, "MIX_POS_BLOCK_PAIRS", 50)
+    monkeypatch.setattr("_supremix_oracle.MIX_POS_BLOCK_PAIRS", 50)
+    new_blocked, old_blocked = syncs(SupReMixLoss), syncs(OracleSupReMixLoss)
+    # the given mix_neg_lambda is checked on the host (1), the features and labels (1), the Mix-pos plan (1)
+    assert new["host_reads"] == new_blocked["host_reads"] == 3
+    assert new["dynamic_shape_ops"] == new_blocked["dynamic_shape_ops"] == 0
+    assert old_blocked["syncs"] > old["syncs"] + 10
+    assert new_blocked["aten_ops"] > new["aten_ops"] > 0
