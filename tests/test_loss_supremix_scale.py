@@ -111,14 +111,15 @@ def test_max_mix_pos_at_least_every_pair_is_exact(views):
 
 
 @pytest.mark.parametrize("max_mix_pos", [1, 3])
-@pytest.mark.parametrize("detach", [False, True])
-def test_max_mix_pos_below_pairs_is_finite(max_mix_pos, detach):
+@pytest.mark.parametrize("detach,reduction", [(False, "anchor_mean"), (True, "anchor_mean"),
+                                              (False, "label_balanced")])
+def test_max_mix_pos_below_pairs_is_finite(max_mix_pos, detach, reduction):
     features, labels, lam = make_batch("integer", 2, batch=12, seed=2)
     torch.manual_seed(0)
-    loss = SupReMixLoss(window=2.0, max_mix_pos=max_mix_pos, detach_mixtures=detach)
-    value, grad = value_and_grad(loss(features, labels, lam), features)
+    options = dict(window=2.0, detach_mixtures=detach, reduction=reduction)
+    value, grad = value_and_grad(SupReMixLoss(max_mix_pos=max_mix_pos, **options)(features, labels, lam), features)
     assert torch.isfinite(value) and grad.shape == features.shape and torch.isfinite(grad).all()
-    assert value != SupReMixLoss(window=2.0, detach_mixtures=detach)(features, labels, lam)
+    assert value != SupReMixLoss(**options)(features, labels, lam)
 
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5, True, "8"])

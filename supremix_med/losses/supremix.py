@@ -15,7 +15,29 @@ Notation: N anchors (B samples x V views, flattened view-major, see ``_utils``),
     L_i = -1/|P_i| * sum_{p in P_i} [ s_ip / tau - log sum_{c in C_i} w(y_i, y_c) exp(s_ic / tau) ]
 
 with P_i the real positives and the Mix-pos mixtures, C_i every real row but ``i``, the Mix-neg and the
-Mix-pos mixtures. The loss is the mean of L_i over anchors with |P_i| > 0.
+Mix-pos mixtures. Anchors with |P_i| = 0 are skipped. Two reductions of the L_i:
+
+- ``anchor_mean`` (default): ``sum_i L_i / #{i : |P_i| > 0}``, SupCon's mean over anchors, in which every
+  anchor counts once whatever its number of positives.
+- ``label_balanced``: the paper's Eq. 6. With k_m the rows of label group m (its anchors, themselves
+  included; with ``label_tolerance`` the rows within the tolerance of the anchor's label), Eq. 6 is
+  ``sum_m 1/k_m sum_{i in m} sum_{p in P_i} l_ip = sum_i (|P_i| / k_m) L_i`` for the per-positive terms
+  ``l_ip = log sum_c w exp(s_ic / tau) - s_ip / tau``. That sum grows with the batch (|P_i| grows with N,
+  and the number of Mix-pos pairs as N^2 within a window), so the loss divides it by the sum of the same
+  weights, ``sum_i |P_i| / k_m``: a weighted mean of the L_i, on the scale of ``anchor_mean``. The divisor
+  depends on the labels only, so the gradient is Eq. 6's times a positive constant of the batch. Anchors
+  with many positives (crowded labels, many Mix-pos pairs) weigh more than under ``anchor_mean``; anchors
+  without positives weigh 0; a batch without any positive gives 0.
+
+``anchor_mean`` stays the default: with every extension off it is exactly SupCon (the paper's ablation
+baseline; ``label_balanced`` then weighs anchors by (k_m - 1) / k_m), it is what the project's results were
+obtained with, and the paper does not argue for its weighting: Theorem 1's gradient ratio does not involve
+an anchor's weight, and Lemma 1's lower bound is obtained anchor by anchor, so both hold for any positive
+anchor weights.
+
+Distributed (each rank's anchors against the rows gathered from all ranks): k_m and |P_i| count the
+gathered rows, and the divisor (the number of anchors, or the sum of the weights) is summed over ranks, so
+the mean of the ranks' values is the loss of the whole batch with either reduction (see ``_utils``).
 
 Mixtures are never built. Inner products are bilinear, so for ``m = a z_j + (1 - a) z_k``
 ``<z_i, m> = a s_ij + (1 - a) s_ik`` and ``||m||^2 = a^2 + (1 - a)^2 + 2 a (1 - a) s_jk``: every mixture logit
@@ -49,7 +71,10 @@ from ._mix_pos import mix_pos_terms, mixture_inverse_norm
 from ._utils import anchor_mean, prepare_contrast_batch
 from .supcon import check_label_range, check_positive, masked_logsumexp, pair_masks, similarities
 
-__all__ = ["SupReMixLoss"]
+__all__ = ["SupReMixLoss", "REDUCTIONS"]
+
+#: How the per-anchor losses become the loss (see :class:`SupReMixLoss`).
+REDUCTIONS = ("anchor_mean", "label_balanced")
 
 def _pair(value: Sequence[float], name: str, owner: str) -> tuple[float, float]:
     """``value`` as two finite floats, else ValueError."""
@@ -86,11 +111,18 @@ class SupReMixLoss(nn.Module):
             each mixture logit keeps its gradient).
         label_tolerance: labels that differ by at most this much count as equal (0: exact equality); the
             Mix-pos and Mix-neg rows are those farther away.
+        reduction: how the per-anchor losses L_i become the loss (module docstring):
+
+            - ``"anchor_mean"`` (default): the mean of L_i over anchors with a positive (SupCon's form).
+            - ``"label_balanced"``: the paper's Eq. 6, sum over label groups m of ``1 / k_m`` times the sum
+              over the group's anchors of ``|P_i| L_i`` (the sum of the anchor's per-positive terms), divided
+              by ``sum_m 1/k_m sum_{i in m} |P_i|`` so that it does not grow with the batch.
         max_mix_pos: K >= 1, estimate the Mix-pos terms of an anchor with more than K Mix-pos pairs from K
             pairs drawn uniformly (with replacement, torch's global RNG) among them (module docstring);
             None (default): every pair. Anchors with at most K pairs are computed exactly.
 
-    With ``mix_neg=mix_pos=distance_weight=False`` the loss equals :class:`SupConLoss`.
+    With ``mix_neg=mix_pos=distance_weight=False`` and ``reduction="anchor_mean"`` the loss equals
+    :class:`SupConLoss`.
 
     Raises:
         ValueError: on invalid arguments.
@@ -104,7 +136,8 @@ class SupReMixLoss(nn.Module):
     def __init__(self, temperature: float = 0.5, window: float = 5.0, beta: Sequence[float] = (2.0, 8.0),
                  label_range: Sequence[float] | None = None, mix_neg: bool = True, mix_pos: bool = True,
                  distance_weight: bool = True, normalize_mixtures: bool = True, detach_mixtures: bool = False,
-                 label_tolerance: float = 0.0, max_mix_pos: int | None = None) -> None:
+                 label_tolerance: float = 0.0, reduction: str = "anchor_mean",
+                 max_mix_pos: int | None = None) -> None:
         super().__init__()
         name = type(self).__name__
         self.temperature = check_positive(temperature, "temperature", name)
@@ -123,6 +156,9 @@ class SupReMixLoss(nn.Module):
         self.distance_weight = distance_weight
         self.normalize_mixtures = normalize_mixtures
         self.detach_mixtures = detach_mixtures
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"{name}: reduction must be one of {REDUCTIONS}, got {reduction!r}.")
+        self.reduction = reduction
         if max_mix_pos is not None and (isinstance(max_mix_pos, bool) or not isinstance(max_mix_pos, int)
                                         or max_mix_pos < 1):
             raise ValueError(f"{name}: max_mix_pos must be None or an integer >= 1, got {max_mix_pos!r}.")
@@ -176,8 +212,9 @@ class SupReMixLoss(nn.Module):
                 with torch's global RNG.
 
         Returns:
-            0-dim float32 (float64 for float64 features) mean of the per-anchor losses over anchors with a
-            positive (real or Mix-pos); 0 (attached to the graph) when none has.
+            0-dim float32 (float64 for float64 features): the per-anchor losses of the anchors with a
+            positive (real or Mix-pos) reduced as ``reduction`` says; 0 (attached to the graph) when none
+            has one.
 
         Raises:
             ValueError: on malformed or non-finite input or a malformed ``mix_neg_lambda``.
@@ -216,4 +253,8 @@ class SupReMixLoss(nn.Module):
                 num_positives = num_positives + mix_count
             lse = masked_logsumexp(torch.stack(lse_parts, dim=1), torch.stack(nonempty, dim=1))
             anchor_losses = lse - positive_total / num_positives.clamp_min(1)
-            return anchor_mean(anchor_losses, num_positives > 0)
+            if self.reduction == "anchor_mean":
+                return anchor_mean(anchor_losses, num_positives > 0)
+            # Eq. 6: anchor i weighs |P_i| / k_m, k_m = the rows (all ranks) with its label, itself included
+            group_size = positive.sum(dim=1) + 1
+            return anchor_mean(anchor_losses, num_positives.to(lse.dtype) / group_size)
