@@ -61,7 +61,7 @@ def random_windows(seed: int, num: int = 300) -> tuple[np.ndarray, np.ndarray, n
 @pytest.mark.parametrize("max_pairs", [None, 200])
 def test_plan_covers_every_anchor_once(block_terms, max_pairs):
     new_label, below, above = random_windows(seed=block_terms % 7)
-    plan = _mix_pos.plan_mix_pos(new_label, below, above, block_terms, max_pairs)
+    plan = _mix_pos.plan_mix_pos(new_label, below, above, block_terms, 2000, max_pairs)
     pairs = below * above
     exact = (pairs > 0) & (pairs <= (max_pairs or pairs.max()))
     slot_values, sampled_values = plan.slots.size, plan.sampled.size

@@ -59,8 +59,10 @@ MIX_POS_CUDA_MEMORY_FRACTION = 0.5
 MIX_POS_CUDA_MEMORY_CAP = 8 << 30
 #: Term-sized tensors alive at once at a block's peak (its logits, their gradient, two temporaries).
 MIX_POS_BLOCK_TENSORS = 4
-#: A block is closed before its padded terms exceed this multiple of the real ones (plus a quarter block).
-MIX_POS_MAX_PADDING = 1.5
+#: What one more block costs, in padded terms' worth of work: its ~60 more operators take about 0.5 ms of a
+#: CPU core (~30 k terms at ~16 ns each) and about 0.3 ms of kernel launches on a GPU (~10 M terms at the
+#: memory bandwidth of an H100). A block grows while that is cheaper than starting a new one.
+MIX_POS_BLOCK_OVERHEAD = {"cpu": 1 << 15, "cuda": 1 << 23}
 #: Cost of copying a chunk's coefficients (forward and backward), in anchors' worth of terms.
 MIX_POS_CHUNK_COST = 0.5
 
@@ -111,46 +113,46 @@ def _chunk_size(sizes: np.ndarray, pairs: np.ndarray, block_terms: int) -> int:
     if sizes.size == 0:
         return 1
     limit = max(1, min(int(sizes.max()), block_terms // int(pairs.max())))
-    candidates = np.unique(np.geomspace(1, limit, num=min(limit, 32)).round().astype(np.int64))
+    candidates = np.unique(np.minimum(limit, 1 << np.arange(limit.bit_length() + 1)))  # 1, 2, 4, ..., limit
     chunks = -(-sizes[None, :] // candidates[:, None])  # [candidates, G]
     cost = (chunks * (candidates[:, None] + MIX_POS_CHUNK_COST) * pairs[None, :]).sum(1)
     return int(candidates[np.argmin(cost)])
 
 
-def _blocks(chunk_group: np.ndarray, chunk_anchors: np.ndarray, below: np.ndarray, above: np.ndarray,
-            chunk_size: int, block_terms: int) -> list[Block]:
-    """Greedy runs of chunks within ``block_terms`` padded terms, closed early when the padding grows beyond
-    MIX_POS_MAX_PADDING x the real terms plus a quarter of a block (small blocks cost more than padding).
+def _blocks(chunk_group: np.ndarray, below: np.ndarray, above: np.ndarray, chunk_size: int, block_terms: int,
+            block_overhead: int) -> list[Block]:
+    """Greedy runs of chunks within ``block_terms`` padded terms. A chunk joins the current block unless the
+    block's padded terms would grow by more than the chunk alone plus ``block_overhead`` would cost.
 
     Args:
-        chunk_group: [C] group of each chunk; chunk_anchors: [C] real anchors per chunk.
+        chunk_group: [C] group of each chunk.
         below, above: [G] window lengths of each group.
     """
-    groups, anchors = chunk_group.tolist(), chunk_anchors.tolist()
-    below, above = below.tolist(), above.tolist()
-    blocks, start, widest_below, widest_above, real = [], 0, 0, 0, 0
-    for chunk, (group, count) in enumerate(zip(groups, anchors)):
+    groups, below, above = chunk_group.tolist(), below.tolist(), above.tolist()
+    blocks, start, widest_below, widest_above = [], 0, 0, 0
+    for chunk, group in enumerate(groups):
         new_below, new_above = max(widest_below, below[group]), max(widest_above, above[group])
-        terms = count * below[group] * above[group]
         padded = (chunk - start + 1) * chunk_size * new_below * new_above
-        slack = MIX_POS_MAX_PADDING * (real + terms) + block_terms / 16
-        if chunk > start and (padded > block_terms or padded > slack):
+        growth = padded - (chunk - start) * chunk_size * widest_below * widest_above
+        alone = chunk_size * below[group] * above[group] + block_overhead
+        if chunk > start and (padded > block_terms or growth > alone):
             blocks.append(Block((start, chunk), (groups[start], groups[chunk - 1] + 1), widest_below, widest_above))
-            start, new_below, new_above, real = chunk, below[group], above[group], 0
-        widest_below, widest_above, real = new_below, new_above, real + terms
+            start, new_below, new_above = chunk, below[group], above[group]
+        widest_below, widest_above = new_below, new_above
     if groups:
         blocks.append(Block((start, len(groups)), (groups[start], groups[-1] + 1), widest_below, widest_above))
     return blocks
 
 
 def plan_mix_pos(new_label: np.ndarray, num_below: np.ndarray, num_above: np.ndarray, block_terms: int,
-                 max_pairs: int | None = None) -> MixPosPlan:
+                 block_overhead: int = 0, max_pairs: int | None = None) -> MixPosPlan:
     """Plan chunks, blocks and sampled anchors from the label-sorted anchors' windows.
 
     Args:
         new_label: [N] bool, the anchor's label differs from the previous anchor's (True for the first).
         num_below, num_above: [N] lengths of each anchor's windows (pairs = their product).
         block_terms: padded (anchor, pair) terms per block.
+        block_overhead: the cost of one more block, in padded terms (see :func:`_blocks`).
         max_pairs: anchors with more pairs than this are sampled (None: none is).
     """
     num = new_label.shape[0]
@@ -173,7 +175,7 @@ def plan_mix_pos(new_label: np.ndarray, num_below: np.ndarray, num_above: np.nda
     source = np.full(num, slots.size + sampled.size)
     source[slots[real_slot.ravel()]] = np.flatnonzero(real_slot.ravel())
     source[sampled] = slots.size + np.arange(sampled.size)
-    blocks = _blocks(chunk_group, real_slot.sum(1), below, above, chunk_size, block_terms)
+    blocks = _blocks(chunk_group, below, above, chunk_size, block_terms, block_overhead)
     padded = sum((b.chunks[1] - b.chunks[0]) * chunk_size * b.below * b.above for b in blocks)
     return MixPosPlan(chunk_size, first, chunk_group, slots, sampled, source, blocks, padded)
 
@@ -250,8 +252,10 @@ def _mix_pos_block(sim_low: torch.Tensor, sim_high: torch.Tensor, norm_z: torch.
     """
     valid = (low_pad == 0)[:, :, None] & (high_pad == 0)[:, None, :]
     cross_sim = None
-    if norm_z is not None:
-        cross_sim = torch.bmm(norm_z[rows_low], norm_z[rows_high].transpose(1, 2))
+    if norm_z is not None:  # index_select: its backward is an index_add (no sort, unlike indexing's)
+        z_low = norm_z.index_select(0, rows_low.flatten()).view(*rows_low.shape, -1)
+        z_high = norm_z.index_select(0, rows_high.flatten()).view(*rows_high.shape, -1)
+        cross_sim = torch.bmm(z_low, z_high.transpose(1, 2))
     coef_low, coef_high = mix_pos_coefficients(labels[:, None, None], label_low[:, :, None],
                                                label_high[:, None, :], cross_sim, valid, temperature)
     total = (torch.bmm(sim_low, coef_low.sum(2).index_select(0, chunk_group)[:, :, None])
@@ -401,7 +405,8 @@ def mix_pos_terms(mix_sim: torch.Tensor, norm_z: torch.Tensor, norm_gram: torch.
     new_label[1:] = windows.labels[1:] != windows.labels[:-1]
     host = torch.stack((new_label.long(), windows.num_below, windows.num_above)).cpu().numpy()  # the one sync
     block_terms, keep_terms = _memory_budget(mix_sim.device, mix_sim.element_size())
-    plan = plan_mix_pos(host[0].astype(bool), host[1], host[2], block_terms, max_pairs)
+    overhead = MIX_POS_BLOCK_OVERHEAD["cuda" if mix_sim.device.type == "cuda" else "cpu"]
+    plan = plan_mix_pos(host[0].astype(bool), host[1], host[2], block_terms, overhead, max_pairs)
     group_first, chunk_group, slots, sampled, source = _to_device(
         mix_sim.device, plan.group_first, plan.chunk_group, plan.slots, plan.sampled, plan.source)
     recompute = torch.is_grad_enabled() and plan.padded_terms > keep_terms
