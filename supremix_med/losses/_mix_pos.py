@@ -12,7 +12,9 @@ anchors go in *chunks* of ``g`` anchors (the last chunk padded by repeating an a
 [g, Wb, Wa] are a broadcast product of its anchors' similarities [g, Wb] and [g, Wa] with the group's
 coefficients [Wb, Wa], so coefficients are computed once per group and copied once per chunk, never per
 anchor. Chunks, in label order, go in *blocks* padded to the block's widest windows; padded entries get a
-huge negative logit (so ``exp`` of them is exactly 0) instead of a mask.
+huge negative logit (so ``exp`` of them is exactly 0) instead of a mask. A block grows while adding the
+next chunk pads less than a new block would cost (MIX_POS_BLOCK_OVERHEAD terms' worth of work per device).
+The mixtures' norms need ``<z_j, z_k>``: a batched product of the group's rows, O(U Wb Wa D) per block.
 
 Synchronisation. The sizes of everything come from one device-to-host transfer (three integers per
 anchor: does its label start a group, and its two window lengths). The host plans chunks and blocks with
@@ -36,7 +38,6 @@ the sum of exponentials (the Mix-pos part of the denominator), are unbiased esti
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
