@@ -2,9 +2,9 @@
 
 Prints one JSON object per line:
 
-- ``{"kind": "loss", "loss", "n", "device", "seconds", "peak_mb", ...}`` for every loss in
-  ``supremix_med.losses.LOSSES`` x batch size x device: median forward+backward time over ``--repeats``
-  runs after warm-up, and the peak memory of the run (peak RSS growth of a fresh process on CPU,
+- ``{"kind": "loss", "loss", "n", "device", "seconds", "cpu_seconds", "peak_mb", ...}`` for every loss in
+  ``supremix_med.losses.LOSSES`` x batch size x device: median forward+backward time (wall clock, and the
+  process's CPU time) over ``--repeats`` runs after warm-up, and the peak memory of the run (peak RSS growth of a fresh process on CPU,
   ``torch.cuda.max_memory_allocated`` on CUDA). One more forward+backward, profiled, counts what makes a
   loss launch- or sync-bound (see :func:`count_launches_and_syncs`): ``aten_ops`` (operators that compute,
   i.e. launch a kernel), ``host_reads`` and ``dynamic_shape_ops`` (each a host sync on CUDA) and
@@ -120,7 +120,11 @@ def materialising_supremix(features: torch.Tensor, labels: torch.Tensor, lam: to
 
 
 def measure(fn: Callable[[], torch.Tensor], features: torch.Tensor, repeats: int) -> dict[str, float]:
-    """Median forward+backward seconds over ``repeats`` runs after 2 warm-ups, and the peak memory in MB."""
+    """Median forward+backward seconds over ``repeats`` runs after 2 warm-ups, and the peak memory in MB.
+
+    ``seconds`` is wall-clock time; ``cpu_seconds`` the process's CPU time over the same runs, the steadier
+    figure on a CPU shared with other jobs (for a single-threaded run; it adds up all threads otherwise).
+    """
     cuda = features.device.type == "cuda"
     if cuda:
         torch.cuda.synchronize()
@@ -128,20 +132,22 @@ def measure(fn: Callable[[], torch.Tensor], features: torch.Tensor, repeats: int
         base = torch.cuda.memory_allocated()
     else:
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    seconds = []
+    seconds, cpu_seconds = [], []
     for run in range(repeats + 2):
         features.grad = None
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         fn().backward()
         if cuda:
             torch.cuda.synchronize()
         if run >= 2:
             seconds.append(time.perf_counter() - start)
+            cpu_seconds.append(time.process_time() - cpu_start)
     if cuda:
         peak_mb = (torch.cuda.max_memory_allocated() - base) / 2**20
     else:
         peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 2**10  # ru_maxrss is in KB
-    return {"seconds": statistics.median(seconds), "peak_mb": round(peak_mb, 1)}
+    return {"seconds": statistics.median(seconds), "cpu_seconds": statistics.median(cpu_seconds),
+            "peak_mb": round(peak_mb, 1)}
 
 
 class HostReadCounter(TorchFunctionMode):
