@@ -4,11 +4,12 @@ Prints one JSON object per line:
 
 - ``{"kind": "loss", "loss", "n", "device", "seconds", "cpu_seconds", "peak_mb", ...}`` for every loss in
   ``supremix_med.losses.LOSSES`` x batch size x device: median forward+backward time (wall clock, and the
-  process's CPU time) over ``--repeats`` runs after warm-up, and the peak memory of the run (peak RSS growth of a fresh process on CPU,
-  ``torch.cuda.max_memory_allocated`` on CUDA). One more forward+backward, profiled, counts what makes a
-  loss launch- or sync-bound (see :func:`count_launches_and_syncs`): ``aten_ops`` (operators that compute,
-  i.e. launch a kernel), ``host_reads`` and ``dynamic_shape_ops`` (each a host sync on CUDA) and
-  ``syncs``; on CUDA also ``kernels``, ``copies`` and ``syncs`` as the CUDA trace records them.
+  process's CPU time) over ``--repeats`` runs after warm-up, and the peak memory of the run (peak RSS
+  growth of a fresh process on CPU, ``torch.cuda.max_memory_allocated`` on CUDA). One more forward+backward,
+  profiled, counts what makes a loss launch- or sync-bound (see :func:`count_launches_and_syncs`):
+  ``aten_ops`` (operators that compute, i.e. launch a kernel), ``host_reads`` and ``dynamic_shape_ops``
+  (each a host sync on CUDA) and ``syncs``; on CUDA also ``kernels``, ``copies`` and ``syncs`` as the CUDA
+  trace records them. ``--cuda-plan-gib`` makes a CPU run plan SupReMix's blocks as a GPU would.
 - ``{"kind": "materialising", ...}`` for SupReMix computed by building every mixture vector
   ([N, N, D] Mix-neg and [N, N, N, D] Mix-pos tensors, the way the paper's code does), with the speed-up of
   the Gram-matrix implementation and the largest difference between the two losses.
@@ -19,7 +20,7 @@ labels (ages) uniform in 0..100, SupReMix window 5 and label range (0, 100).
 Usage::
 
     python benchmarks/loss_speed.py [--sizes 64 256 1024] [--losses supremix supcon] [--device cpu]
-                                    [--repeats 5] [--compare-sizes 64] [--threads 0]
+                                    [--repeats 5] [--compare-sizes 64] [--threads 0] [--cuda-plan-gib 0]
 """
 
 from __future__ import annotations
@@ -211,13 +212,28 @@ def count_launches_and_syncs(fn: Callable[[], torch.Tensor], device: str) -> dic
                      "copies": copies, "syncs": sum(e.name in CUDA_SYNC_CALLS for e in events)}
 
 
+def plan_mix_pos_as_cuda(gib: float) -> None:
+    """Make SupReMix plan its Mix-pos blocks on the CPU as a CUDA device whose budget is ``gib`` GiB would
+    (block size and per-block overhead), so that the CPU run's operator count stands for the kernels a GPU
+    would launch. Memory and time are then those of the big blocks, not the CPU's."""
+    from supremix_med.losses import _mix_pos
+
+    budget = int(gib * 2**30)
+    _mix_pos._memory_budget = lambda device, itemsize: (budget // (itemsize * _mix_pos.MIX_POS_BLOCK_TENSORS),
+                                                         budget // itemsize)
+    _mix_pos.MIX_POS_BLOCK_OVERHEAD["cpu"] = _mix_pos.MIX_POS_BLOCK_OVERHEAD["cuda"]
+
+
 def run_case(spec: dict) -> dict:
     """Measure one case in this process (called in a fresh subprocess)."""
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
+    if spec.get("cuda_plan_gib") and spec["device"] == "cpu":
+        plan_mix_pos_as_cuda(spec["cuda_plan_gib"])
     features, labels = make_inputs(spec["n"], spec["device"])
     result = {"kind": spec["kind"], "loss": spec["loss"], "n": spec["n"], "d": DIM, "device": spec["device"],
-              "threads": torch.get_num_threads()}
+              "threads": torch.get_num_threads()} | ({"cuda_plan_gib": spec["cuda_plan_gib"]}
+                                                      if spec.get("cuda_plan_gib") else {})
     if spec["kind"] == "loss":
         call = loss_call(spec["loss"], features, labels)
         result |= measure(call, features, spec["repeats"])
@@ -252,13 +268,16 @@ def main() -> None:
                         help="batch sizes of the SupReMix vs materialising comparison (none to skip; "
                              "the materialising loss needs about 0.8 GB at N=64 and 8x that per doubling)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads per case (0: torch's default)")
+    parser.add_argument("--cuda-plan-gib", type=float, default=0,
+                        help="on the CPU, plan SupReMix's Mix-pos blocks as a CUDA device with this many GiB of "
+                             "budget would (0: the CPU's own plan), to count the operators a GPU would run")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in this process
     args = parser.parse_args()
     if args.case:
         print(json.dumps(run_case(json.loads(args.case))))
         return
     for device in args.device:
-        common = dict(device=device, repeats=args.repeats, threads=args.threads)
+        common = dict(device=device, repeats=args.repeats, threads=args.threads, cuda_plan_gib=args.cuda_plan_gib)
         specs = [dict(kind="loss", loss=name, n=n, **common) for name in args.losses for n in args.sizes]
         specs += [dict(kind="materialising", loss="supremix", n=n, **common) for n in args.compare_sizes]
         for spec in specs:
