@@ -56,7 +56,7 @@ MIX_POS_BLOCK_PAIRS = 1 << 18
 MIX_POS_RECOMPUTE_PAIRS = 1 << 23
 #: CUDA: share of the available device memory (free + cached unused) the Mix-pos blocks may use.
 MIX_POS_CUDA_MEMORY_FRACTION = 0.5
-#: CUDA: upper bound of that budget, in bytes (keeps N = 16384 with window 5 on labels 0..100 near 30 GB).
+#: CUDA: upper bound of that budget, in bytes: on a large device the Mix-pos blocks' peak stays near it.
 MIX_POS_CUDA_MEMORY_CAP = 8 << 30
 #: Term-sized tensors alive at once at a block's peak (its logits, their gradient, two temporaries).
 MIX_POS_BLOCK_TENSORS = 4
