@@ -177,7 +177,7 @@ def test_host_syncs_do_not_grow_with_the_number_of_blocks(monkeypatch):
     """One device-to-host read for the Mix-pos plan (plus the input check's), however many blocks; the
     implementation before the rewrite read once per block (the counter sees that)."""
     counters = load_loss_benchmark()
-    features, labels, lam = make_batch("integer", 2, batch=40, seed=1)
+    features, labels, lam = make_batch("integer", 2, batch=12, seed=1)
 
     def syncs(loss_class) -> dict[str, int]:
         loss = loss_class(window=2.0, label_range=(0.0, 4.0))
