@@ -2,10 +2,14 @@
 
 Prints one JSON object per line:
 
-- ``{"kind": "loss", "loss", "n", "device", "seconds", "peak_mb", ...}`` for every loss in
-  ``supremix_med.losses.LOSSES`` x batch size x device: median forward+backward time over ``--repeats``
-  runs after warm-up, and the peak memory of the run (peak RSS growth of a fresh process on CPU,
-  ``torch.cuda.max_memory_allocated`` on CUDA).
+- ``{"kind": "loss", "loss", "n", "device", "seconds", "cpu_seconds", "peak_mb", ...}`` for every loss in
+  ``supremix_med.losses.LOSSES`` x batch size x device: median forward+backward time (wall clock, and the
+  process's CPU time) over ``--repeats`` runs after warm-up, and the peak memory of the run (peak RSS
+  growth of a fresh process on CPU, ``torch.cuda.max_memory_allocated`` on CUDA). One more forward+backward,
+  profiled, counts what makes a loss launch- or sync-bound (see :func:`count_launches_and_syncs`):
+  ``aten_ops`` (operators that compute, i.e. launch a kernel), ``host_reads`` and ``dynamic_shape_ops``
+  (each a host sync on CUDA) and ``syncs``; on CUDA also ``kernels``, ``copies`` and ``syncs`` as the CUDA
+  trace records them. ``--cuda-plan-gib`` makes a CPU run plan SupReMix's blocks as a GPU would.
 - ``{"kind": "materialising", ...}`` for SupReMix computed by building every mixture vector
   ([N, N, D] Mix-neg and [N, N, N, D] Mix-pos tensors, the way the paper's code does), with the speed-up of
   the Gram-matrix implementation and the largest difference between the two losses.
@@ -16,7 +20,7 @@ labels (ages) uniform in 0..100, SupReMix window 5 and label range (0, 100).
 Usage::
 
     python benchmarks/loss_speed.py [--sizes 64 256 1024] [--losses supremix supcon] [--device cpu]
-                                    [--repeats 5] [--compare-sizes 64] [--threads 0]
+                                    [--repeats 5] [--compare-sizes 64] [--threads 0] [--cuda-plan-gib 0]
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.autograd import DeviceType
+from torch.overrides import TorchFunctionMode
+from torch.profiler import ProfilerActivity, profile
 
 from supremix_med.losses import LOSSES, SupReMixLoss
 
@@ -39,6 +46,23 @@ DIM = 128
 LABEL_RANGE = (0.0, 100.0)
 #: Constructor arguments per loss name (defaults otherwise).
 LOSS_KWARGS = {"supremix": dict(window=5.0, label_range=LABEL_RANGE)}
+#: Tensor methods that hand tensor values to Python: each waits for the device on CUDA.
+HOST_READS = frozenset({"item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__"})
+#: Operators whose output size depends on tensor values: each waits for the device on CUDA.
+DYNAMIC_SHAPE_OPS = frozenset({"aten::nonzero", "aten::argwhere", "aten::masked_select", "aten::unique_consecutive",
+                               "aten::_unique", "aten::_unique2", "aten::unique_dim", "aten::repeat_interleave"})
+#: Operators that compute nothing (views, allocation, metadata): not counted as kernel launches.
+NO_KERNEL_OPS = frozenset({
+    "aten::empty", "aten::empty_strided", "aten::empty_like", "aten::as_strided", "aten::view", "aten::reshape",
+    "aten::_reshape_alias", "aten::_unsafe_view", "aten::expand", "aten::expand_as", "aten::unsqueeze",
+    "aten::squeeze", "aten::transpose", "aten::t", "aten::permute", "aten::select", "aten::slice", "aten::narrow",
+    "aten::split", "aten::split_with_sizes", "aten::unbind", "aten::detach", "aten::alias", "aten::resolve_conj",
+    "aten::resolve_neg", "aten::real", "aten::result_type", "aten::lift_fresh", "aten::resize_", "aten::set_",
+    "aten::to", "aten::contiguous", "aten::flatten", "aten::view_as", "aten::scalar_tensor", "aten::item",
+    "aten::_local_scalar_dense"})
+#: CUDA runtime calls that block the host until the device is done.
+CUDA_SYNC_CALLS = frozenset({"cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize",
+                             "cudaMemcpy"})
 
 
 def make_inputs(n: int, device: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,7 +121,11 @@ def materialising_supremix(features: torch.Tensor, labels: torch.Tensor, lam: to
 
 
 def measure(fn: Callable[[], torch.Tensor], features: torch.Tensor, repeats: int) -> dict[str, float]:
-    """Median forward+backward seconds over ``repeats`` runs after 2 warm-ups, and the peak memory in MB."""
+    """Median forward+backward seconds over ``repeats`` runs after 2 warm-ups, and the peak memory in MB.
+
+    ``seconds`` is wall-clock time; ``cpu_seconds`` the process's CPU time over the same runs, the steadier
+    figure on a CPU shared with other jobs (for a single-threaded run; it adds up all threads otherwise).
+    """
     cuda = features.device.type == "cuda"
     if cuda:
         torch.cuda.synchronize()
@@ -105,31 +133,111 @@ def measure(fn: Callable[[], torch.Tensor], features: torch.Tensor, repeats: int
         base = torch.cuda.memory_allocated()
     else:
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    seconds = []
+    seconds, cpu_seconds = [], []
     for run in range(repeats + 2):
         features.grad = None
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         fn().backward()
         if cuda:
             torch.cuda.synchronize()
         if run >= 2:
             seconds.append(time.perf_counter() - start)
+            cpu_seconds.append(time.process_time() - cpu_start)
     if cuda:
         peak_mb = (torch.cuda.max_memory_allocated() - base) / 2**20
     else:
         peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 2**10  # ru_maxrss is in KB
-    return {"seconds": statistics.median(seconds), "peak_mb": round(peak_mb, 1)}
+    return {"seconds": statistics.median(seconds), "cpu_seconds": statistics.median(cpu_seconds),
+            "peak_mb": round(peak_mb, 1)}
+
+
+class HostReadCounter(TorchFunctionMode):
+    """Counts, while active, Python-level reads of tensor values (:data:`HOST_READS`) and copies of device
+    tensors to the CPU; on CUDA each one waits for the device (the autograd engine's own C++ calls are not
+    seen, but checkpoint recomputation runs in Python and is)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        name = getattr(func, "__name__", "")
+        source = args[0] if args else None
+        if name in HOST_READS or (name in ("cpu", "to") and isinstance(source, torch.Tensor)
+                                  and source.device.type != "cpu" and isinstance(result, torch.Tensor)
+                                  and result.device.type == "cpu"):
+            self.count += 1
+        return result
+
+
+def _outermost(events: list, names: frozenset) -> list:
+    """The events named in ``names`` that are not nested inside another one of them."""
+    def nested(event) -> bool:
+        parent = event.cpu_parent
+        while parent is not None:
+            if parent.name in names:
+                return True
+            parent = parent.cpu_parent
+        return False
+    return [e for e in events if e.name in names and not nested(e)]
+
+
+def count_launches_and_syncs(fn: Callable[[], torch.Tensor], device: str) -> dict[str, int]:
+    """Profile one forward+backward of ``fn`` and count its kernel launches and host syncs.
+
+    - ``aten_ops``: leaf operators that compute (not views, allocations or metadata, :data:`NO_KERNEL_OPS`):
+      the CPU's proxy for kernel launches.
+    - ``host_reads``: Python-level reads of tensor values and device-to-CPU copies (:class:`HostReadCounter`).
+    - ``dynamic_shape_ops``: outermost operators whose output size depends on values (:data:`DYNAMIC_SHAPE_OPS`).
+    - ``syncs``: on CUDA the blocking runtime calls of the trace (:data:`CUDA_SYNC_CALLS`); on the CPU the proxy
+      ``host_reads + dynamic_shape_ops`` (what would wait for a GPU).
+    - CUDA only: ``kernels`` (device kernels) and ``copies`` (device memcpy events).
+    """
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=activities) as prof, HostReadCounter() as reads:
+        fn().backward()
+        if device == "cuda":
+            torch.cuda.synchronize()
+    events = prof.events()
+    aten = [e for e in events if e.name.startswith("aten::") and e.device_type == DeviceType.CPU]
+    leaves = [e for e in aten if not any(c.name.startswith("aten::") for c in e.cpu_children)]
+    counts = {"aten_ops": sum(e.name not in NO_KERNEL_OPS for e in leaves), "host_reads": reads.count,
+              "dynamic_shape_ops": len(_outermost(aten, DYNAMIC_SHAPE_OPS))}
+    if device != "cuda":
+        return counts | {"syncs": counts["host_reads"] + counts["dynamic_shape_ops"]}
+    on_device = [e for e in events if e.device_type == DeviceType.CUDA]
+    copies = sum(e.name.startswith("Memcpy") for e in on_device)
+    return counts | {"kernels": sum(not e.name.startswith(("Memcpy", "Memset")) for e in on_device),
+                     "copies": copies, "syncs": sum(e.name in CUDA_SYNC_CALLS for e in events)}
+
+
+def plan_mix_pos_as_cuda(gib: float) -> None:
+    """Make SupReMix plan its Mix-pos blocks on the CPU as a CUDA device whose budget is ``gib`` GiB would
+    (block size and per-block overhead), so that the CPU run's operator count stands for the kernels a GPU
+    would launch. Memory and time are then those of the big blocks, not the CPU's."""
+    from supremix_med.losses import _mix_pos
+
+    budget = int(gib * 2**30)
+    _mix_pos._memory_budget = lambda device, itemsize: (budget // (itemsize * _mix_pos.MIX_POS_BLOCK_TENSORS),
+                                                         budget // itemsize)
+    _mix_pos.MIX_POS_BLOCK_OVERHEAD["cpu"] = _mix_pos.MIX_POS_BLOCK_OVERHEAD["cuda"]
 
 
 def run_case(spec: dict) -> dict:
     """Measure one case in this process (called in a fresh subprocess)."""
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
+    if spec.get("cuda_plan_gib") and spec["device"] == "cpu":
+        plan_mix_pos_as_cuda(spec["cuda_plan_gib"])
     features, labels = make_inputs(spec["n"], spec["device"])
     result = {"kind": spec["kind"], "loss": spec["loss"], "n": spec["n"], "d": DIM, "device": spec["device"],
-              "threads": torch.get_num_threads()}
+              "threads": torch.get_num_threads()} | ({"cuda_plan_gib": spec["cuda_plan_gib"]}
+                                                      if spec.get("cuda_plan_gib") else {})
     if spec["kind"] == "loss":
-        return result | measure(loss_call(spec["loss"], features, labels), features, spec["repeats"])
+        call = loss_call(spec["loss"], features, labels)
+        result |= measure(call, features, spec["repeats"])
+        return result | count_launches_and_syncs(call, spec["device"])
     lam = torch.distributions.Beta(2.0, 8.0).sample((spec["n"], spec["n"])).to(features)
     fast = SupReMixLoss(**LOSS_KWARGS["supremix"])
     result |= measure(lambda: materialising_supremix(features, labels, lam), features, spec["repeats"])
@@ -160,13 +268,16 @@ def main() -> None:
                         help="batch sizes of the SupReMix vs materialising comparison (none to skip; "
                              "the materialising loss needs about 0.8 GB at N=64 and 8x that per doubling)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads per case (0: torch's default)")
+    parser.add_argument("--cuda-plan-gib", type=float, default=0,
+                        help="on the CPU, plan SupReMix's Mix-pos blocks as a CUDA device with this many GiB of "
+                             "budget would (0: the CPU's own plan), to count the operators a GPU would run")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in this process
     args = parser.parse_args()
     if args.case:
         print(json.dumps(run_case(json.loads(args.case))))
         return
     for device in args.device:
-        common = dict(device=device, repeats=args.repeats, threads=args.threads)
+        common = dict(device=device, repeats=args.repeats, threads=args.threads, cuda_plan_gib=args.cuda_plan_gib)
         specs = [dict(kind="loss", loss=name, n=n, **common) for name in args.losses for n in args.sizes]
         specs += [dict(kind="materialising", loss="supremix", n=n, **common) for n in args.compare_sizes]
         for spec in specs:

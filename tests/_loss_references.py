@@ -76,8 +76,15 @@ def reference_supremix(features: torch.Tensor, labels: torch.Tensor, mix_neg_lam
                        temperature: float = 0.5, window: float = 5.0,
                        label_range: tuple[float, float] | None = None, mix_neg: bool = True,
                        mix_pos: bool = True, distance_weight: bool = True, normalize_mixtures: bool = True,
-                       detach_mixtures: bool = False, label_tolerance: float = 0.0) -> torch.Tensor:
-    """SupReMix loss by materialising every contrast and positive of every anchor."""
+                       detach_mixtures: bool = False, label_tolerance: float = 0.0,
+                       reduction: str = "anchor_mean") -> torch.Tensor:
+    """SupReMix loss by materialising every contrast and positive of every anchor.
+
+    ``anchor_mean``: the mean over anchors with a positive of the mean of their per-positive terms
+    ``l_ip = -log(exp(z_i.p / tau) / denominator_i)``. ``label_balanced``: the paper's Eq. 6,
+    ``sum_m 1/k_m sum_{i in m} sum_{p in P_i} l_ip`` with k_m the rows labelled like anchor i (itself
+    included; within the tolerance), divided by ``sum_i |P_i| / k_m``.
+    """
     z, y = flatten_views(features, labels)
     n = len(y)
     scale = 1.0 if label_range is None else label_range[1] - label_range[0]
@@ -88,7 +95,7 @@ def reference_supremix(features: torch.Tensor, labels: torch.Tensor, mix_neg_lam
             return torch.ones(len(y_contrasts), dtype=z.dtype)
         return torch.tensor([(1 + abs(y_anchor - y_c)) / scale for y_c in y_contrasts], dtype=z.dtype)
 
-    anchor_losses = []
+    anchor_losses, eq6_terms, eq6_weights = [], [], []
     for i in range(n):
         real = [a for a in range(n) if a != i]
         real_positives = [a for a in real if abs(y[a] - y[i]) <= tol]
@@ -113,9 +120,15 @@ def reference_supremix(features: torch.Tensor, labels: torch.Tensor, mix_neg_lam
         contrasts = torch.cat([z[real], mix_neg_vectors, mix_pos_vectors])
         contrast_weights = weights(y[i], [y[a] for a in real] + neg_labels + [y[i]] * len(pos_pairs))
         denominator = (contrast_weights * torch.exp(contrasts @ z[i] / temperature)).sum()
-        anchor_losses.append(-(positives @ z[i] / temperature - torch.log(denominator)).mean())
+        positive_terms = -(positives @ z[i] / temperature - torch.log(denominator))  # l_ip, one per positive
+        anchor_losses.append(positive_terms.mean())
+        group_size = sum(1 for a in range(n) if abs(y[a] - y[i]) <= tol)  # k_m, anchor i included
+        eq6_terms.append(positive_terms.sum() / group_size)
+        eq6_weights.append(len(positives) / group_size)
     if not anchor_losses:
         return (features * 0).sum()
+    if reduction == "label_balanced":
+        return torch.stack(eq6_terms).sum() / sum(eq6_weights)
     return torch.stack(anchor_losses).mean()
 
 

@@ -2,7 +2,8 @@
 
 Rank ``r`` holds samples ``r * B/2 .. (r + 1) * B/2 - 1``; its anchors contrast against the rows gathered from
 both ranks (rank-major, view-major within a rank). A rank's value is ``W * (sum of its anchor losses) /
-(valid anchors on all ranks)`` (see ``supremix_med.losses._utils``), so
+(valid anchors on all ranks)``, or with anchor weights (SupReMix's ``label_balanced``) ``W * (weighted sum) /
+(sum of the weights on all ranks)`` (see ``supremix_med.losses._utils``), so
 
 - the mean of the ranks' values equals the loss of the whole batch on one process, and
 - once every rank has run backward, the gradient w.r.t. a rank's features is W times the one-process
@@ -57,6 +58,12 @@ def run_supremix(features: torch.Tensor, labels: torch.Tensor, lam: torch.Tensor
     return SupReMixLoss(temperature=0.3, window=2.0, label_range=(0.0, 4.0))(features, labels, lam)
 
 
+def run_supremix_balanced(features: torch.Tensor, labels: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """Eq. 6: k_m and |P_i| count the gathered rows, the sum of the weights is summed over ranks."""
+    return SupReMixLoss(temperature=0.3, window=2.0, label_range=(0.0, 4.0), reduction="label_balanced")(
+        features, labels, lam)
+
+
 def run_supcon(features: torch.Tensor, labels: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     return SupConLoss(temperature=0.3)(features, labels)
 
@@ -81,6 +88,7 @@ def run_simcse(features: torch.Tensor, labels: torch.Tensor, lam: torch.Tensor) 
 #: name -> function(features [b, V, D], labels [b], mix_neg_lambda [rows, gathered rows]) -> loss.
 LOSS_CASES: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "supremix": run_supremix,
+    "supremix_balanced": run_supremix_balanced,
     "supcon": run_supcon,
     "rnc": run_rnc,
     "conr": run_conr,

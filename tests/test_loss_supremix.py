@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from _loss_references import make_batch, reference_supremix
-from supremix_med.losses import SupConLoss, SupReMixLoss
-from supremix_med.losses import supremix as supremix_module
+from supremix_med.losses import SupConLoss, SupReMixLoss, get_loss
+from supremix_med.losses import _mix_pos
 
 FLAG_NAMES = ("mix_neg", "mix_pos", "distance_weight", "normalize_mixtures", "detach_mixtures")
 ALL_FLAGS = [dict(zip(FLAG_NAMES, values)) for values in itertools.product((False, True), repeat=5)]
@@ -36,6 +36,59 @@ def test_matches_materialising_reference(kind, views, flags, label_range):
     assert value != 0  # some anchor has a positive
     torch.testing.assert_close(value, ref_value, rtol=1e-8, atol=1e-8)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-8, atol=1e-8)
+
+
+@pytest.mark.parametrize("flags", ALL_FLAGS[::3], ids=flag_id)
+@pytest.mark.parametrize("kind,views", [("integer", 1), ("integer", 2), ("continuous", 1), ("continuous", 2)])
+def test_label_balanced_matches_materialising_reference(kind, views, flags):
+    """The paper's Eq. 6 (label-wise sums of per-positive terms, normalised by sum |P_i| / k_m)."""
+    features, labels, lam = make_batch(kind, views, seed=views + 2)
+    options = dict(temperature=0.3, window=1.5, label_range=(-1.0, 6.0), reduction="label_balanced", **flags)
+    value, grad = value_and_grad(SupReMixLoss(**options)(features, labels, lam), features)
+    ref_value, ref_grad = value_and_grad(reference_supremix(features, labels, lam, **options), features)
+    assert value != 0
+    torch.testing.assert_close(value, ref_value, rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-8, atol=1e-8)
+
+
+def test_label_balanced_with_tolerance_matches_reference():
+    """Continuous labels: k_m counts the rows within the tolerance of the anchor's label."""
+    features, labels, lam = make_batch("continuous", 2, seed=3)
+    options = dict(window=1.5, label_tolerance=0.4, label_range=(0.0, 4.0), reduction="label_balanced")
+    value, grad = value_and_grad(SupReMixLoss(**options)(features, labels, lam), features)
+    ref_value, ref_grad = value_and_grad(reference_supremix(features, labels, lam, **options), features)
+    assert torch.isfinite(grad).all()
+    torch.testing.assert_close(value, ref_value, rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-8, atol=1e-8)
+
+
+def test_label_balanced_single_group_is_anchor_mean():
+    """One label: every anchor has k_m - 1 positives and weight (k_m - 1) / k_m, so Eq. 6 normalised is the mean."""
+    features, _, lam = make_batch("integer", 2, batch=5)
+    labels = torch.full((5,), 3.0, dtype=torch.float64)
+    balanced = SupReMixLoss(reduction="label_balanced")(features, labels, lam)
+    torch.testing.assert_close(balanced, SupReMixLoss()(features, labels, lam), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("labels,any_positive", [([0.0, 1.5, 3.0, 7.0], False), ([0.0, 0.0, 20.0, 40.0], True),
+                                                 ([5.0, 5.0, 5.0, 5.0], True)],
+                         ids=["no-positive", "one-group-with-positives", "one-group"])
+def test_label_balanced_edge_cases_are_finite(labels, any_positive):
+    """Groups without positives weigh 0; a batch without any positive gives an attached 0."""
+    features = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor(labels, dtype=torch.float64)
+    options = dict(window=1.0, mix_neg=False, reduction="label_balanced")
+    value, grad = value_and_grad(SupReMixLoss(**options)(features, labels), features)
+    assert torch.isfinite(value) and torch.isfinite(grad).all()
+    if not any_positive:  # Mix-pos needs y_j < y_i < y_k within the window: none here
+        assert value == 0 and grad.abs().max() == 0
+    torch.testing.assert_close(value, reference_supremix(features, labels, None, **options).detach(),
+                               rtol=1e-10, atol=1e-12)
+
+
+def test_reduction_and_max_mix_pos_reach_get_loss():
+    loss = get_loss("supremix", window=2.0, reduction="label_balanced", max_mix_pos=64)
+    assert isinstance(loss, SupReMixLoss) and loss.reduction == "label_balanced" and loss.max_mix_pos == 64
 
 
 def test_label_tolerance_matches_reference():
@@ -66,12 +119,13 @@ def test_extensions_off_equals_supcon(views, dtype):
     torch.testing.assert_close(grad, supcon_grad)
 
 
+@pytest.mark.parametrize("reduction", ["anchor_mean", "label_balanced"])
 @pytest.mark.parametrize("flags", [ALL_FLAGS[-2], dict(ALL_FLAGS[-2], normalize_mixtures=False),
                                    dict(ALL_FLAGS[-2], mix_neg=False, distance_weight=False)], ids=flag_id)
-def test_gradcheck(flags):
+def test_gradcheck(flags, reduction):
     """Finite differences (detached mixtures are a stop-gradient, checked against the reference instead)."""
     features, labels, lam = make_batch("continuous", 2, batch=4, dim=3)
-    loss = SupReMixLoss(window=2.0, label_range=(0.0, 4.0), **flags)
+    loss = SupReMixLoss(window=2.0, label_range=(0.0, 4.0), reduction=reduction, **flags)
     assert torch.autograd.gradcheck(lambda f: loss(f, labels, lam), (features,))
 
 
@@ -80,8 +134,8 @@ def test_recomputed_mix_pos_blocks_match_one_block(monkeypatch):
     features, labels, lam = make_batch("continuous", 2, batch=10)
     loss = SupReMixLoss(window=3.0)
     expected = value_and_grad(loss(features, labels, lam), features)
-    monkeypatch.setattr(supremix_module, "MIX_POS_BLOCK_PAIRS", 20)
-    monkeypatch.setattr(supremix_module, "MIX_POS_RECOMPUTE_PAIRS", 0)
+    monkeypatch.setattr(_mix_pos, "MIX_POS_BLOCK_PAIRS", 20)
+    monkeypatch.setattr(_mix_pos, "MIX_POS_RECOMPUTE_PAIRS", 0)
     blocked = value_and_grad(loss(features, labels, lam), features)
     torch.testing.assert_close(blocked, expected, rtol=1e-12, atol=1e-12)
 
@@ -214,7 +268,7 @@ def test_autocast_bfloat16():
     (dict(window=-1.0), "window"), (dict(beta=(0.0, 8.0)), "beta"), (dict(beta=(2.0,)), "beta"),
     (dict(beta=2.0), "beta"), (dict(label_range=(5.0, 5.0)), "label_range"),
     (dict(label_range=(0.0, 1.0, 2.0)), "label_range"), (dict(label_range=(0.0, float("inf"))), "label_range"),
-    (dict(label_tolerance=-0.1), "label_tolerance"),
+    (dict(label_tolerance=-0.1), "label_tolerance"), (dict(reduction="mean"), "reduction"),
 ])
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -6,7 +6,8 @@ does) and labels are repeated per view, giving N = B * V anchors.
 
 When ``torch.distributed`` is initialised, each rank's anchors contrast against the rows (and labels)
 all-gathered from every rank, with gradient. A loss is then ``world_size * sum(local anchor losses) /
-(number of valid anchors on all ranks)``: the mean of the per-rank values equals the single-process loss on
+(number of valid anchors on all ranks)`` (or, for weighted anchors, the weighted sum over the sum of the
+weights on all ranks): the mean of the per-rank values equals the single-process loss on
 the concatenated batch, and DDP's gradient averaging gives exactly that loss's gradient.
 """
 
@@ -139,24 +140,26 @@ def prepare_contrast_batch(features: torch.Tensor, labels: torch.Tensor, name: s
     return ContrastBatch(anchors, anchor_labels, contrasts, contrast_labels, offset)
 
 
-def anchor_mean(anchor_losses: torch.Tensor, valid: torch.Tensor, distributed: bool | None = None
+def anchor_mean(anchor_losses: torch.Tensor, weights: torch.Tensor, distributed: bool | None = None
                 ) -> torch.Tensor:
-    """Mean of per-anchor losses over valid anchors; 0 (still attached to the graph) when none is valid.
+    """Weighted mean ``sum_i w_i L_i / sum_i w_i`` of per-anchor losses; 0 (attached) when every weight is 0.
 
     Args:
-        anchor_losses: [N] loss of each local anchor (any value where ``valid`` is False).
-        valid: [N] bool, anchors that count (e.g. those with at least one positive).
-        distributed: as in :func:`prepare_contrast_batch`. When True the count of valid anchors is summed
-            over ranks and the result is scaled by the world size (see the module docstring).
+        anchor_losses: [N] loss of each local anchor (any value where the weight is 0).
+        weights: [N] bool, the anchors that count (e.g. those with at least one positive; a plain mean over
+            them), or non-negative float weights (0: the anchor does not count).
+        distributed: as in :func:`prepare_contrast_batch`. When True the sum of the weights is summed over
+            ranks and the result is scaled by the world size (see the module docstring).
 
     Returns:
         A 0-dim tensor.
     """
     if distributed is None:
         distributed = is_distributed()
-    total = torch.where(valid, anchor_losses, torch.zeros_like(anchor_losses)).sum()
-    count = valid.sum().to(anchor_losses.dtype)  # a new tensor: safe to reduce in place
+    weights = weights.to(anchor_losses.dtype)  # a new tensor for bool weights, so the sum below is fresh
+    total = torch.where(weights > 0, weights * anchor_losses, torch.zeros_like(anchor_losses)).sum()
+    count = weights.sum()  # a new tensor: safe to reduce in place
     if distributed:
         dist.all_reduce(count)
         total = total * dist.get_world_size()
-    return total / count.clamp_min(1.0)
+    return total / count.clamp_min(torch.finfo(count.dtype).tiny)

@@ -15,12 +15,48 @@ Notation: N anchors (B samples x V views, flattened view-major, see ``_utils``),
     L_i = -1/|P_i| * sum_{p in P_i} [ s_ip / tau - log sum_{c in C_i} w(y_i, y_c) exp(s_ic / tau) ]
 
 with P_i the real positives and the Mix-pos mixtures, C_i every real row but ``i``, the Mix-neg and the
-Mix-pos mixtures. The loss is the mean of L_i over anchors with |P_i| > 0.
+Mix-pos mixtures. Anchors with |P_i| = 0 are skipped. Two reductions of the L_i:
+
+- ``anchor_mean`` (default): ``sum_i L_i / #{i : |P_i| > 0}``, SupCon's mean over anchors, in which every
+  anchor counts once whatever its number of positives.
+- ``label_balanced``: the paper's Eq. 6. With k_m the rows of label group m (its anchors, themselves
+  included; with ``label_tolerance`` the rows within the tolerance of the anchor's label), Eq. 6 is
+  ``sum_m 1/k_m sum_{i in m} sum_{p in P_i} l_ip = sum_i (|P_i| / k_m) L_i`` for the per-positive terms
+  ``l_ip = log sum_c w exp(s_ic / tau) - s_ip / tau``. That sum grows with the batch (|P_i| grows with N,
+  and the number of Mix-pos pairs as N^2 within a window), so the loss divides it by the sum of the same
+  weights, ``sum_i |P_i| / k_m``: a weighted mean of the L_i, on the scale of ``anchor_mean``. The divisor
+  depends on the labels only, so the gradient is Eq. 6's times a positive constant of the batch. Anchors
+  with many positives (crowded labels, many Mix-pos pairs) weigh more than under ``anchor_mean``; anchors
+  without positives weigh 0; a batch without any positive gives 0.
+
+``anchor_mean`` stays the default: with every extension off it is exactly SupCon (the paper's ablation
+baseline; ``label_balanced`` then weighs anchors by (k_m - 1) / k_m), it is what the project's results were
+obtained with, and the paper does not argue for its weighting: Theorem 1's gradient ratio does not involve
+an anchor's weight, and Lemma 1's lower bound is obtained anchor by anchor, so both hold for any positive
+anchor weights.
+
+Distributed (each rank's anchors against the rows gathered from all ranks): k_m and |P_i| count the
+gathered rows, and the divisor (the number of anchors, or the sum of the weights) is summed over ranks, so
+the mean of the ranks' values is the loss of the whole batch with either reduction (see ``_utils``).
 
 Mixtures are never built. Inner products are bilinear, so for ``m = a z_j + (1 - a) z_k``
 ``<z_i, m> = a s_ij + (1 - a) s_ik`` and ``||m||^2 = a^2 + (1 - a)^2 + 2 a (1 - a) s_jk``: every mixture logit
 comes from the Gram matrix. Mix-neg costs O(N M) for M contrast rows; Mix-pos visits, per anchor, only the
-pairs inside its label window (O(N W^2) for W rows per window), in blocks of bounded size.
+pairs inside its label window (O(N W^2) for W rows per window), in blocks sized from the memory available
+(``_mix_pos``: the CPU keeps fixed bounded blocks, CUDA sizes them from the free device memory), with one
+device-to-host transfer per call and none inside the loop over blocks.
+
+Bounded Mix-pos (``max_mix_pos=K``). In crowded label windows |Mix-pos_i| = Q_i grows as W^2. With K set, an
+anchor with Q_i > K uses K pairs drawn uniformly with replacement among its Q_i (others: all pairs, so
+K >= max Q_i gives exactly the full loss). Exactly what changes for such an anchor:
+
+- numerator: the Mix-pos sum of logits is replaced by Q_i/K times the sampled sum, an unbiased estimate;
+  |P_i| stays R_i + Q_i (R_i real positives), so the mean over positives is unbiased too and real and
+  Mix-pos positives keep their full-batch shares.
+- denominator: the Mix-pos part ``sum exp(logit)`` is replaced by Q_i/K times the sampled sum, unbiased;
+  but the loss takes its log, and E[log Z^] <= log E[Z^] = log Z (Jensen), so log-sum-exp, L_i and the loss
+  are biased low, by about Var(Z^) / (2 Z^2): O(1/K), and small when the Mix-pos part is a small share of
+  Z; so is the gradient. Every call draws afresh.
 """
 
 from __future__ import annotations
@@ -30,23 +66,15 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
+from ._mix_pos import mix_pos_terms, mixture_inverse_norm
 from ._utils import anchor_mean, prepare_contrast_batch
 from .supcon import check_label_range, check_positive, masked_logsumexp, pair_masks, similarities
 
-__all__ = ["SupReMixLoss"]
+__all__ = ["SupReMixLoss", "REDUCTIONS"]
 
-#: Smallest mixture norm a normalised mixture is divided by (the mixture of two opposite unit vectors
-#: with equal coefficients is the zero vector).
-MIXTURE_NORM_EPS = 1e-6
-#: Mix-pos (anchor, pair) terms per block. Anchors go in blocks of similar labels, so padding every window
-#: of a block to its largest stays cheap.
-MIX_POS_BLOCK_PAIRS = 1 << 18
-#: Beyond this many Mix-pos terms in all, blocks are recomputed in the backward pass (activation
-#: checkpointing), so peak memory stays O(N M + MIX_POS_BLOCK_PAIRS) instead of O(N W^2).
-MIX_POS_RECOMPUTE_PAIRS = 1 << 23
-
+#: How the per-anchor losses become the loss (see :class:`SupReMixLoss`).
+REDUCTIONS = ("anchor_mean", "label_balanced")
 
 def _pair(value: Sequence[float], name: str, owner: str) -> tuple[float, float]:
     """``value`` as two finite floats, else ValueError."""
@@ -57,59 +85,6 @@ def _pair(value: Sequence[float], name: str, owner: str) -> tuple[float, float]:
     if len(pair) != 2 or not all(math.isfinite(v) for v in pair):
         raise ValueError(f"{owner}: {name} must be a pair of finite numbers, got {value!r}.")
     return pair
-
-
-def _mixture_norm(coef: torch.Tensor, cross_sim: torch.Tensor) -> torch.Tensor:
-    """``||coef * u + (1 - coef) * v||`` for unit ``u, v`` with ``<u, v> = cross_sim``, clamped away from 0."""
-    squared = coef**2 + (1 - coef) ** 2 + 2 * coef * (1 - coef) * cross_sim
-    return squared.clamp_min(MIXTURE_NORM_EPS**2).sqrt()
-
-
-def _mix_pos_block(sim: torch.Tensor, gram: torch.Tensor, anchor_labels: torch.Tensor,
-                   contrast_labels: torch.Tensor, below_start: torch.Tensor, num_below: torch.Tensor,
-                   above_start: torch.Tensor, num_above: torch.Tensor, temperature: float,
-                   normalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mix-pos log-sum-exp and logit sum of a run of anchors sorted by label, each with at least one pair.
-
-    Contrasts come sorted by label, so the rows an anchor mixes are two runs of columns: below its label
-    ``below_start .. below_start + num_below - 1`` and above it ``above_start .. above_start + num_above - 1``.
-    Anchors with equal labels share their windows, so the coefficients and norms of the mixtures are
-    computed once per distinct label, on blocks padded to the largest window of the run.
-
-    Args:
-        sim: [n, M] similarities of the anchors to the label-sorted contrasts (the mixtures' side).
-        gram: [M, M] similarities among the label-sorted contrasts (for the mixtures' norms).
-        anchor_labels: [n] non-decreasing labels of the anchors.
-        contrast_labels: [M] non-decreasing labels of the contrasts.
-        below_start, num_below, above_start, num_above: [n] each anchor's two runs of columns.
-        temperature: tau.
-        normalize: divide each mixture by its norm.
-
-    Returns:
-        ``(lse, total)`` [n] each: log-sum-exp and sum of every anchor's Mix-pos logits.
-    """
-    labels, inverse, counts = torch.unique_consecutive(anchor_labels, return_inverse=True, return_counts=True)
-    first = torch.cumsum(counts, 0) - counts  # one anchor per distinct label
-    widest_low, widest_high = torch.stack((num_below.max(), num_above.max())).tolist()  # one sync
-    steps_low = torch.arange(widest_low, device=sim.device)
-    steps_high = torch.arange(widest_high, device=sim.device)
-    last = contrast_labels.shape[0] - 1
-    low = (below_start[first, None] + steps_low).clamp_max(last)  # [U, Wb] columns of the lower rows
-    high = (above_start[first, None] + steps_high).clamp_max(last)  # [U, Wa] columns of the upper rows
-    valid = (steps_low < num_below[first, None])[:, :, None] & (steps_high < num_above[first, None])[:, None, :]
-    label_low, label_high = contrast_labels[low][:, :, None], contrast_labels[high][:, None, :]
-    # m = a z_low + (1 - a) z_high with a = (y_high - y) / (y_high - y_low); padding gets a = 0.
-    coef = torch.where(valid, (label_high - labels[:, None, None]) / (label_high - label_low), 0.0)
-    scale = 1 / temperature
-    if normalize:
-        scale = scale / _mixture_norm(coef, gram[low[:, :, None], high[:, None, :]])
-    coef_low = torch.where(valid, coef * scale, 0.0)  # [U, Wb, Wa] logit = s_low c_low + s_high c_high
-    coef_high = torch.where(valid, (1 - coef) * scale, 0.0)
-    sim_low, sim_high = sim.gather(1, low[inverse]), sim.gather(1, high[inverse])
-    logits = sim_low[:, :, None] * coef_low[inverse] + sim_high[:, None, :] * coef_high[inverse]
-    lse = torch.logsumexp(logits.masked_fill(~valid[inverse], float("-inf")).flatten(1), dim=1)
-    total = (sim_low * coef_low.sum(2)[inverse]).sum(1) + (sim_high * coef_high.sum(1)[inverse]).sum(1)
-    return lse, total
 
 
 class SupReMixLoss(nn.Module):
@@ -136,8 +111,18 @@ class SupReMixLoss(nn.Module):
             each mixture logit keeps its gradient).
         label_tolerance: labels that differ by at most this much count as equal (0: exact equality); the
             Mix-pos and Mix-neg rows are those farther away.
+        reduction: how the per-anchor losses L_i become the loss (module docstring):
 
-    With ``mix_neg=mix_pos=distance_weight=False`` the loss equals :class:`SupConLoss`.
+            - ``"anchor_mean"`` (default): the mean of L_i over anchors with a positive (SupCon's form).
+            - ``"label_balanced"``: the paper's Eq. 6, sum over label groups m of ``1 / k_m`` times the sum
+              over the group's anchors of ``|P_i| L_i`` (the sum of the anchor's per-positive terms), divided
+              by ``sum_m 1/k_m sum_{i in m} |P_i|`` so that it does not grow with the batch.
+        max_mix_pos: K >= 1, estimate the Mix-pos terms of an anchor with more than K Mix-pos pairs from K
+            pairs drawn uniformly (with replacement, torch's global RNG) among them (module docstring);
+            None (default): every pair. Anchors with at most K pairs are computed exactly.
+
+    With ``mix_neg=mix_pos=distance_weight=False`` and ``reduction="anchor_mean"`` the loss equals
+    :class:`SupConLoss`.
 
     Raises:
         ValueError: on invalid arguments.
@@ -151,7 +136,8 @@ class SupReMixLoss(nn.Module):
     def __init__(self, temperature: float = 0.5, window: float = 5.0, beta: Sequence[float] = (2.0, 8.0),
                  label_range: Sequence[float] | None = None, mix_neg: bool = True, mix_pos: bool = True,
                  distance_weight: bool = True, normalize_mixtures: bool = True, detach_mixtures: bool = False,
-                 label_tolerance: float = 0.0) -> None:
+                 label_tolerance: float = 0.0, reduction: str = "anchor_mean",
+                 max_mix_pos: int | None = None) -> None:
         super().__init__()
         name = type(self).__name__
         self.temperature = check_positive(temperature, "temperature", name)
@@ -170,6 +156,13 @@ class SupReMixLoss(nn.Module):
         self.distance_weight = distance_weight
         self.normalize_mixtures = normalize_mixtures
         self.detach_mixtures = detach_mixtures
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"{name}: reduction must be one of {REDUCTIONS}, got {reduction!r}.")
+        self.reduction = reduction
+        if max_mix_pos is not None and (isinstance(max_mix_pos, bool) or not isinstance(max_mix_pos, int)
+                                        or max_mix_pos < 1):
+            raise ValueError(f"{name}: max_mix_pos must be None or an integer >= 1, got {max_mix_pos!r}.")
+        self.max_mix_pos = max_mix_pos
 
     def _log_weight(self, distance: torch.Tensor) -> torch.Tensor | float:
         """``log w`` for label distances ``|y_i - y_c|`` (0 without distance weighting)."""
@@ -179,9 +172,9 @@ class SupReMixLoss(nn.Module):
 
     def _mix_neg_lambda(self, given: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
         """Check the given Mix-neg coefficients [N, M] or draw them from Beta(beta), shaped like ``like``."""
-        if given is None:
-            concentration = torch.tensor(self.beta, dtype=like.dtype, device=like.device)
-            return torch.distributions.Beta(concentration[0], concentration[1]).sample(like.shape)
+        if given is None:  # fills, not a host-to-device copy; beta was checked in __init__: no host sync
+            first, second = (like.new_full((), value) for value in self.beta)
+            return torch.distributions.Beta(first, second, validate_args=False).sample(like.shape)
         if not isinstance(given, torch.Tensor) or tuple(given.shape) != tuple(like.shape):
             shape = tuple(given.shape) if isinstance(given, torch.Tensor) else type(given).__name__
             raise ValueError(f"{type(self).__name__}: mix_neg_lambda must be a tensor of shape "
@@ -203,44 +196,8 @@ class SupReMixLoss(nn.Module):
         """
         inner = lam + (1 - lam) * mix_sim
         if self.normalize_mixtures:
-            inner = inner / _mixture_norm(lam, norm_sim)
+            inner = inner * mixture_inverse_norm(lam, norm_sim)
         return masked_logsumexp(inner / self.temperature + self._log_weight((1 - lam) * distance), negative)
-
-    def _mix_pos_terms(self, sim: torch.Tensor, gram: torch.Tensor, anchor_labels: torch.Tensor,
-                       contrast_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-anchor log-sum-exp (unweighted), sum and count of the Mix-pos logits, each [N].
-
-        Args:
-            sim: [N, M] anchor-contrast similarities (the mixtures' side).
-            gram: [M, M] contrast-contrast similarities (for the mixtures' norms).
-            anchor_labels: [N]; contrast_labels: [M].
-        """
-        order = torch.argsort(contrast_labels, stable=True)
-        sorted_labels = contrast_labels[order]
-        offsets = sorted_labels[None, :] - anchor_labels[:, None]  # non-decreasing along each row
-        below_start = (offsets < -self.window).sum(1)
-        num_below = ((offsets < -self.label_tolerance).sum(1) - below_start).clamp_min(0)
-        above_start = (offsets <= self.label_tolerance).sum(1)
-        num_above = ((offsets <= self.window).sum(1) - above_start).clamp_min(0)
-        counts = num_below * num_above
-        lse = total = torch.zeros_like(anchor_labels)
-        anchors = torch.nonzero(counts).squeeze(1)
-        if anchors.numel() == 0:
-            return lse, total, counts
-        anchors = anchors[torch.argsort(anchor_labels[anchors], stable=True)]
-        pairs_before = torch.cumsum(counts[anchors], 0) - counts[anchors]
-        sizes = torch.unique_consecutive(pairs_before // MIX_POS_BLOCK_PAIRS, return_counts=True)[1].tolist()
-        recompute = torch.is_grad_enabled() and int(counts.sum()) > MIX_POS_RECOMPUTE_PAIRS
-        per_anchor = (sim[anchors][:, order], anchor_labels[anchors], below_start[anchors], num_below[anchors],
-                      above_start[anchors], num_above[anchors])
-        gram = gram[order][:, order]
-        parts = []
-        for rows, labels, *windows in zip(*(t.split(sizes) for t in per_anchor)):
-            args = (rows, gram, labels, sorted_labels, *windows, self.temperature, self.normalize_mixtures)
-            parts.append(checkpoint(_mix_pos_block, *args, use_reentrant=False) if recompute
-                         else _mix_pos_block(*args))
-        block_lse, block_total = (torch.cat(p) for p in zip(*parts))
-        return lse.index_put((anchors,), block_lse), total.index_put((anchors,), block_total), counts
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor,
                 mix_neg_lambda: torch.Tensor | None = None) -> torch.Tensor:
@@ -255,8 +212,9 @@ class SupReMixLoss(nn.Module):
                 with torch's global RNG.
 
         Returns:
-            0-dim float32 (float64 for float64 features) mean of the per-anchor losses over anchors with a
-            positive (real or Mix-pos); 0 (attached to the graph) when none has.
+            0-dim float32 (float64 for float64 features): the per-anchor losses of the anchors with a
+            positive (real or Mix-pos) reduced as ``reduction`` says; 0 (attached to the graph) when none
+            has one.
 
         Raises:
             ValueError: on malformed or non-finite input or a malformed ``mix_neg_lambda``.
@@ -283,14 +241,20 @@ class SupReMixLoss(nn.Module):
                 lse_parts.append(self._mix_neg_lse(lam, mix_sim, norm_sim, distance, negative))
                 nonempty.append(negative.any(dim=1))
             if self.mix_pos:
-                gram = z @ z.T if num_anchors != z.shape[0] else sim  # [M, M]: all ranks' rows
-                gram = gram.detach() if self.detach_mixtures else gram
-                mix_lse, mix_total, mix_count = self._mix_pos_terms(mix_sim, gram, batch.anchor_labels,
-                                                                    batch.contrast_labels)
+                mix_lse, mix_total, mix_count = mix_pos_terms(
+                    mix_sim, z.detach() if self.detach_mixtures else z,
+                    norm_sim if num_anchors == z.shape[0] else None,  # all rows' Gram matrix on one process
+                    batch.anchor_labels, batch.contrast_labels, window=self.window,
+                    label_tolerance=self.label_tolerance, temperature=self.temperature,
+                    normalize=self.normalize_mixtures, max_pairs=self.max_mix_pos)
                 lse_parts.append(mix_lse + self._log_weight(torch.zeros_like(mix_lse)))  # label y_i
                 nonempty.append(mix_count > 0)
                 positive_total = positive_total + mix_total
                 num_positives = num_positives + mix_count
             lse = masked_logsumexp(torch.stack(lse_parts, dim=1), torch.stack(nonempty, dim=1))
             anchor_losses = lse - positive_total / num_positives.clamp_min(1)
-            return anchor_mean(anchor_losses, num_positives > 0)
+            if self.reduction == "anchor_mean":
+                return anchor_mean(anchor_losses, num_positives > 0)
+            # Eq. 6: anchor i weighs |P_i| / k_m, k_m = the rows (all ranks) with its label, itself included
+            group_size = positive.sum(dim=1) + 1
+            return anchor_mean(anchor_losses, num_positives.to(lse.dtype) / group_size)
