@@ -85,7 +85,8 @@ def run(mask, model_dir, tmp_path_factory) -> Path:
         items.append({"id": f"sub-{i:02d}", "path": f"/data/sub-{i:02d}.nii.gz", "label": age,
                       "image": torch.zeros(1, *GRID) if failed else _volume(mask, seed=i, shift=12 if i == 3 else 0),
                       "registered": not failed, "register_decision": "auto", "error": "corrupt file" if failed else "",
-                      "registration_similarity": float("nan") if failed else (0.3 if i == 3 else 0.8)})
+                      "registration_similarity": float("nan") if failed else (0.3 if i == 3 else 0.8),
+                      "brain_masked": not failed, "non_brain_fraction": float("nan") if failed else 0.01})
     writer = PredictionWriter(out / "predictions.csv", BiasCorrection.load(model_dir / "bias_correction.json"),
                               gap_name="brain_age_gap")
     report = InferenceReport(writer, out / "report.html", model_dir, FINGERPRINT, gap_name="brain_age_gap",
