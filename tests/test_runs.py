@@ -197,13 +197,26 @@ def test_what_resume_and_overwrite_refuse(reference, table_dir, tmp_path):
         f"nothing to resume in {tmp_path / 'new'}: it holds no run.json")
     out = tmp_path / "run"
     shutil.copytree(reference, out)
-    differing = refusal(out, table_dir, resume=True, learning_rate=0.01, finetune_epochs=3)
-    assert "the config differs in ['learning_rate']" in differing, differing  # epoch counts may change
+    differing = refusal(out, table_dir, resume=True, learning_rate=0.01, finetune_epochs=3,
+                        **{"network_config#hidden#0": 21})
+    assert "the config differs in ['learning_rate', 'network_config#hidden#0']" in differing  # epochs may change
     newest = sorted((out / "checkpoints").glob("checkpoint-*.pt"))[-1]
     payload = torch.load(newest, weights_only=True)
     torch.save({**payload, "world_size": 2}, newest)
     assert "its checkpoint checkpoint-000004-finetune-epoch2-iteration16.pt was written by 2" in refusal(
         out, table_dir, resume=True)
+
+
+def test_a_finished_run_resumed_with_more_epochs_trains_them(reference, table_dir, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    record = train(out, table_dir, resume=True, finetune_epochs=3)
+    assert record["state"] == "finished" and "finetune epoch 2, iteration 16, phase complete" in \
+        record["sessions"][1]["resumed_from"]
+    assert sorted((out / "checkpoints").glob("checkpoint-*.pt"))[-1].name == \
+        "checkpoint-000005-finetune-epoch3-iteration24.pt"  # the last epoch: its completion
+    assert _json(out / "progress.json")["epoch"] == 3 and check_model_set(out / "models") == record["run_id"]
+    assert _json(out / "metrics.json")["finetune_epochs"] == 3
 
 
 def test_evaluation_and_inference_never_write_over_earlier_results(reference, table_dir, tmp_path):

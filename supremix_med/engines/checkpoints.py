@@ -297,14 +297,13 @@ class RunCheckpoints:
         max_epochs = engine.state.max_epochs
         self._phases[phase].load(point.payload)
         logger.info("resumed %s from %s", phase, point.describe())
-        if point.payload["complete"]:
-            return
         if engine.state.epoch > max_epochs:
             raise ValueError(f"cannot resume: the checkpoint {point.path} is at {phase} epoch {engine.state.epoch}, "
                              f"beyond the {max_epochs} epochs this run asks for.")
-        engine.state.max_epochs = max_epochs
-        if engine.state.iteration >= max_epochs * engine.state.epoch_length:
-            self._phases[phase].completed(engine)
+        engine.state.max_epochs = max_epochs  # the epochs asked for now: a finished phase may be extended
+        if engine.state.iteration >= max_epochs * engine.state.epoch_length:  # nothing left: ignite would restart
+            if not point.payload["complete"]:
+                self._phases[phase].completed(engine)
             return
         engine.run()
 
@@ -314,7 +313,9 @@ class PhaseCheckpoint:
 
     Every rank runs it (the random states of every rank are gathered; the pre-emption request is agreed on); rank 0
     writes. Attach it last among the trainer's handlers that change state at epoch end (FDS, validation, learning
-    rate), so a checkpoint holds the state after them.
+    rate), so a checkpoint holds the state after them. A trainer run while the run directory is not open (a script
+    running the recipe's engines by hand) writes nothing into a folder nobody checked: the handler stays idle,
+    with a warning.
 
     Args:
         run: the run's :class:`~supremix_med.engines.RunDirectory` (its ``checkpoints``, ``preemption``,
@@ -349,10 +350,21 @@ class PhaseCheckpoint:
             if isinstance(obj, Engine):
                 _track_best_metric(obj)
         self.run.checkpoints.register(self)
+        engine.add_event_handler(Events.STARTED, self._started)
         engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration_completed)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
         engine.add_event_handler(Events.COMPLETED, self.completed)
+
+    @property
+    def active(self) -> bool:
+        """Whether the run directory is open (``run_directory.start()`` ran), so the phase may write."""
+        return self.run.run_id is not None
+
+    def _started(self, engine: Engine) -> None:
+        if not self.active:
+            logger.warning("%s runs while the run directory %s is not open (run_directory.start() did not run): no "
+                           "checkpoints, final weights or progress are written", self.phase, self.run.output_dir)
 
     def checkpointed(self) -> dict[str, Any]:
         """Object name -> object of everything this phase's checkpoints hold (``loader`` aside)."""
@@ -388,6 +400,8 @@ class PhaseCheckpoint:
 
     def completed(self, engine: Engine) -> None:
         """Write the phase's final weights, then a checkpoint marking the phase complete."""
+        if not self.active:
+            return
         if writes_files():
             for name, module in self.final.items():
                 save_weights(module.state_dict(), self.run.model_files / name, self.run.run_id)
@@ -397,12 +411,16 @@ class PhaseCheckpoint:
         self._epoch_start, self._losses = time.monotonic(), []
 
     def _iteration_completed(self, engine: Engine) -> None:
+        if not self.active:
+            return
         self._losses.append(float(from_engine(["loss"], first=True)(engine.state.output)))
         at_epoch_end = engine.state.iteration % engine.state.epoch_length == 0
         if not at_epoch_end and self.run.preemption.requested():
             self._stop(engine)
 
     def _epoch_completed(self, engine: Engine) -> None:
+        if not self.active:
+            return
         epoch = engine.state.epoch
         if epoch < engine.state.max_epochs:  # the last epoch's checkpoint is written on completion
             stop = self.run.preemption.requested()
