@@ -65,24 +65,29 @@ _NAME = re.compile(r"^checkpoint-(\d{6})-([a-z]+)-epoch(\d+)-iteration(\d+)\.pt$
 _BEST_METRIC_KEYS = ("best_metric", "best_metric_epoch")
 
 
+def _cuda_in_use() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_initialized()
+
+
 def random_states() -> dict[str, Any]:
     """This process's Python, NumPy, torch and CUDA random states (tensors and plain values only, so a
-    checkpoint loads with ``weights_only=True``)."""
+    checkpoint loads with ``weights_only=True``). The CUDA state is the current device's (each rank's own GPU),
+    ``None`` when the process has not used CUDA."""
     return {
         "python": random.getstate(),
         "numpy": _numpy_state(np.random.get_state()),
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": torch.cuda.get_rng_state() if _cuda_in_use() else None,
     }
 
 
 def set_random_states(states: Mapping[str, Any]) -> None:
-    """Restore what :func:`random_states` returned (the CUDA states only on as many visible devices)."""
+    """Restore what :func:`random_states` returned (the CUDA state on the current device, when both use CUDA)."""
     random.setstate(_python_state(states["python"]))
     np.random.set_state(_numpy_tuple(states["numpy"]))
     torch.set_rng_state(states["torch"])
-    if torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(states["cuda"])
+    if states["cuda"] is not None and _cuda_in_use():
+        torch.cuda.set_rng_state(states["cuda"])
 
 
 def _numpy_state(state: tuple) -> tuple:

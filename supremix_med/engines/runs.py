@@ -19,7 +19,7 @@ the folder its predictions go to. Its :meth:`~RunDirectory.start` is the first s
 ``run.json`` records what the run is and how it went (rank 0 writes it; every rank reads the decision):
 
 ========================= =============================================================================
-``run_id``                ``<start time>-<6 hex digits>``; stamped on every file of the model set
+``run_id``                ``<UTC start time>-<6 hex digits>``; stamped on every file of the model set
 ``kind``, ``state``       ``train`` / ``evaluate`` / ``inference``; ``running``, ``finished``, ``failed``
                           (with ``error``) or ``interrupted`` (a pre-emption signal: resume it)
 ``config``                the resolved config: the bundle's files merged, macros filled in, every override
@@ -51,7 +51,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -294,7 +293,8 @@ class RunDirectory:
                 raise ValueError(self._refusal(existing, found))
             moved = self._move_aside(existing, found)
         now = _now()
-        record = {"run_id": f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}", "kind": self.kind,
+        run_id = f"{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+        record = {"run_id": run_id, "kind": self.kind,
                   "state": "running", "started": now, "updated": now, "output_dir": str(self.output_dir),
                   "ckpt_dir": None if self.ckpt_dir is None else str(self.ckpt_dir),
                   "models": None if self.models is None else str(self.models), "model_run_id": model_run_id,
@@ -376,7 +376,7 @@ class RunDirectory:
     def _move_aside(self, existing: dict | None, found: list[Path]) -> Path:
         """Move the found run's items to ``previous/<its start time>/`` (a numbered suffix if taken)."""
         started = (existing or {}).get("started")
-        stamp = (started[:19].replace("-", "").replace(":", "") if started else time.strftime("%Y%m%dT%H%M%S"))
+        stamp = (started or _now())[:19].replace("-", "").replace(":", "")
         target, n = self.output_dir / PREVIOUS / stamp, 1
         while target.exists():
             target, n = self.output_dir / PREVIOUS / f"{stamp}-{n}", n + 1
