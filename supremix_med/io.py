@@ -12,7 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "atomic_write_json", "check_generator_record"]
+__all__ = ["RUN_ID_KEY", "atomic_write", "atomic_write_json", "check_generator_record"]
+
+#: The entry naming the training run a file comes from, in every JSON file of a model set and in ``metrics.json``.
+RUN_ID_KEY = "run_id"
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], object], suffix: str = "",

@@ -16,12 +16,16 @@ def bundle_configs(bundle: Path, *names: str) -> list[str]:
 
 
 def run_workflow(configs: list[str], workflow_type: str = "train", **override) -> None:
-    """Initialise a MONAI ``ConfigWorkflow``, check its required properties are all there, run and finalise it."""
+    """Initialise a MONAI ``ConfigWorkflow``, run and finalise it, and check its required properties are all there.
+
+    The check comes last: it builds the engines, and a run opens its output folder (``run_directory.start()``, the
+    first step of ``run``) before anything is written there.
+    """
     workflow = ConfigWorkflow(config_file=configs, workflow_type=workflow_type, **override)
     workflow.initialize()
-    assert workflow.check_properties() == []
     workflow.run()
     workflow.finalize()
+    assert workflow.check_properties() == []
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny synthetic T1 cohort and its preprocessed cache, built once per test session."""
+"""Shared fixtures, built once per test session: a tiny synthetic T1 cohort and its preprocessed cache, a small table."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 from preprocessing import t1
 from supremix_med.data.cache import build_cache
 from supremix_med.demo.t1 import generate_cohort
+from supremix_med.demo.table import generate_table
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLES = REPO / "bundles"
@@ -35,4 +36,12 @@ def tiny_cache(tiny_cohort, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("cache") / "cache"
     build_cache(manifest, folder, preprocess=functools.partial(t1.preprocess, register="never"),
                 fingerprint=t1.fingerprint(register="never"), workers=2, progress=False)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def table_dir(tmp_path_factory) -> Path:
+    """A 150-row demo table for the airfoil bundle (120/15/15 rows per split)."""
+    folder = tmp_path_factory.mktemp("airfoil_table")
+    generate_table(folder, n_rows=150, seed=0)
     return folder

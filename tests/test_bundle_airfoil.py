@@ -12,7 +12,7 @@ from monai.bundle import ConfigWorkflow, ckpt_export, verify_metadata, verify_ne
 
 from _bundle_runs import bundle_configs, run_workflow
 from conftest import BUNDLES
-from supremix_med.demo.table import TABLE_FILE, generate_table
+from supremix_med.demo.table import TABLE_FILE
 from supremix_med.data.sources.tables import AIRFOIL_TARGET, TABLE_INFO_FILE, TableInfo, load_table
 
 BUNDLE = BUNDLES / "airfoil"
@@ -22,14 +22,6 @@ PREDICTED = f"predicted_{AIRFOIL_TARGET}"
 
 def _configs(*names: str) -> list[str]:
     return bundle_configs(BUNDLE, *names)
-
-
-@pytest.fixture(scope="module")
-def table_dir(tmp_path_factory) -> Path:
-    """A 150-row demo table (120/15/15 rows per split)."""
-    folder = tmp_path_factory.mktemp("airfoil_table")
-    generate_table(folder, n_rows=150, seed=0)
-    return folder
 
 
 @pytest.fixture(scope="module")

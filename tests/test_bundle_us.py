@@ -94,7 +94,8 @@ def test_inference_on_a_clip_folder_and_a_csv(trained, echonet, tmp_path):
 
     (tmp_path / "known.csv").write_text(f"id,path,ef\nknown,{echonet / 'Videos' / 'echo-3.avi'},36.7\n")
     run_workflow(INFERENCE, workflow_type="infer", dataset_dir=str(tmp_path / "known.csv"),
-                 ckpt_dir=str(trained / "models"), output_dir=str(out), preprocessing_params=US_PARAMS, num_workers=0)
+                 ckpt_dir=str(trained / "models"), output_dir=str(out), preprocessing_params=US_PARAMS, num_workers=0,
+                 overwrite=True)  # the first predictions move to out/previous/
     known = pd.read_csv(out / "predictions.csv").iloc[0]
     assert known["ef_error"] == pytest.approx(known["predicted_ef"] - 36.7)
 

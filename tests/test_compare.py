@@ -118,7 +118,7 @@ def _rows(table: list[list[str]]) -> dict[str, dict[str, str]]:
 
 
 def test_bundle_methods_follow_the_configured_losses(tmp_path):
-    assert bundle_methods(UKB) == ("vanilla", "supcon", "rnc", "conr", "mixsupcon", "supremix")
+    assert bundle_methods(UKB) == ("vanilla", "supcon", "rnc", "conr", "mixsupcon", "conr_regularizer", "supremix")
     overlay = tmp_path / "only_supremix.json"
     overlay.write_text(json.dumps({"loss_kwargs": {"supremix": {"temperature": 0.1}}}))
     assert bundle_methods([UKB[0], str(overlay)]) == ("vanilla", "supremix")
@@ -131,7 +131,7 @@ def test_bundle_command_passes_the_config_list_seed_and_overrides():
     assert command[:4] == [sys.executable, "-m", "monai.bundle", "run"]
     assert command[4:] == ["--config_file", repr([str(Path(f).resolve()) for f in UKB]), "--method", "rnc",
                            "--output_dir", str(Path("out/rnc/seed7").resolve()), "--seed", "7",
-                           "--pretrain_epochs", "2"]
+                           "--overwrite", "True", "--pretrain_epochs", "2"]
 
 
 def test_every_method_runs_with_every_seed_and_the_same_budget(fake_launcher, tmp_path):
@@ -403,8 +403,8 @@ def test_command_line(fake_launcher, tmp_path, monkeypatch, capsys):
             "--network_config#widen_factor=0.5"]
     assert compare.main(argv) == 0
     assert "training supremix seed 4" in capsys.readouterr().out  # the CLI streams the runs' output
-    assert json.loads((tmp_path / "supremix" / "seed4" / "argv.json").read_text())[-6:] == [
-        "--seed", "4", "--pretrain_epochs", "1", "--network_config#widen_factor", "0.5"]
+    assert json.loads((tmp_path / "supremix" / "seed4" / "argv.json").read_text())[-8:] == [
+        "--seed", "4", "--overwrite", "True", "--pretrain_epochs", "1", "--network_config#widen_factor", "0.5"]
     record = json.loads((tmp_path / "comparison.json").read_text())
     assert record["seeds"] == [3, 4] and record["bootstrap"]["resamples"] == 50
     assert compare.main([*argv[:6], "--methods", "conr"]) == 1

@@ -119,7 +119,7 @@ def with_qc(path: str) -> tuple[np.ndarray, dict]:
     """Fake T1 ``preprocess_with_qc``: the saved volume and a QC record whose similarity is set per id."""
     sample_id = Path(path).stem
     return np.load(path), {"registered": True, "register_decision": "registered",
-                           "registration_similarity": QC_SIMILARITY[sample_id]}
+                           "registration_similarity": QC_SIMILARITY[sample_id], "non_brain_fraction": 0.01}
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +172,7 @@ def test_cache_without_qc_keeps_every_row_and_says_so(qc_cache, tmp_path, caplog
     (old / "qc.csv").unlink()  # built before QC was stored
     with caplog.at_level(logging.WARNING):
         assert len(CachedDataset(old, split="train")) == 4
-    assert "['registration_similarity'] were not recorded" in caplog.text
+    assert "['registration_similarity', 'non_brain_fraction'] were not recorded" in caplog.text
     with pytest.raises(ValueError, match="were not recorded.*into a new folder with the pipeline.s preprocess_with_qc"):
         len(CachedDataset(old, split="train", qc_policy="fail"))
 

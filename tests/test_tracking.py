@@ -79,7 +79,7 @@ def test_one_mlflow_run_holds_the_whole_workflow(trained, tmp_path):
 
     assert {"metrics.json", "predictions.csv", "predictions.png"} <= artifacts("report")
     assert {"model.pt", "model_config.json"} <= artifacts("model")
-    assert artifacts("config") == {"config.json"}
+    assert artifacts("config") == {"run.json"}  # the resolved config, overrides and all, with the run record
     root = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="report/metrics.json",
                                                     tracking_uri=uri, dst_path=str(tmp_path / "download")))
     assert json.loads(root.read_text()) == metrics

@@ -1,10 +1,11 @@
 """Running the grid of a comparison: one bundle run per method and seed (a *cell*), resumable, failure-tolerant.
 
-A cell is ``python -m monai.bundle run --config_file "[...]" --method M --output_dir DIR/M/seed<S> --seed S``
-plus the comparison's overrides (:func:`bundle_command` builds it: the one place that knows how a cell is
+A cell is ``python -m monai.bundle run --config_file "[...]" --method M --output_dir DIR/M/seed<S> --seed S
+--overwrite True`` plus the comparison's overrides (:func:`bundle_command` builds it: the one place that knows how a cell is
 launched). Its output is streamed to ``DIR/M/seed<S>/run.log`` (and the console). A cell whose
 ``metrics.json`` is there already is reused, not run again, unless ``overwrite``; a failing cell is recorded
-with its log and the others still run.
+with its log and the others still run. A cell that runs again moves its earlier attempt to the cell's
+``previous/`` folder (the bundle's ``--overwrite True``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ logger = logging.getLogger(__name__)
 #: The command that runs a bundle; :func:`bundle_command` appends the config files and overrides.
 BUNDLE_LAUNCHER = (sys.executable, "-m", "monai.bundle", "run")
 #: Options that the comparison sets per cell and a bundle override may not set.
-RESERVED_OVERRIDES = frozenset({"method", "output_dir", "seed", "config_file"})
+RESERVED_OVERRIDES = frozenset({"method", "output_dir", "seed", "config_file", "overwrite", "resume"})
 
 
 @dataclass
@@ -119,12 +120,13 @@ def override_pairs(tokens: Sequence[str]) -> dict[str, str]:
 def bundle_command(config_files: Sequence[str | os.PathLike], method: str, output_dir: str | os.PathLike,
                    seed: int = 0, overrides: dict[str, str] | None = None,
                    launcher: Sequence[str] = BUNDLE_LAUNCHER) -> list[str]:
-    """The argument list that runs one cell: ``launcher --config_file "[...]" --method M --output_dir D --seed S``
-    followed by ``--key value`` for each override. Paths are absolute: the cell runs where the bundles' macros
-    resolve (:func:`run_bundle`)."""
+    """The argument list that runs one cell: ``launcher --config_file "[...]" --method M --output_dir D --seed S
+    --overwrite True`` followed by ``--key value`` for each override. Paths are absolute: the cell runs where the
+    bundles' macros resolve (:func:`run_bundle`). A cell only runs when its result is missing or to be replaced, so
+    an earlier attempt in its folder moves to ``previous/`` (a bundle refuses to mix two runs in one folder)."""
     files = repr([str(Path(f).resolve()) for f in config_files])
     command = [*launcher, "--config_file", files, "--method", method, "--output_dir", str(Path(output_dir).resolve()),
-               "--seed", str(seed)]
+               "--seed", str(seed), "--overwrite", "True"]
     for key, value in (overrides or {}).items():
         command += [f"--{key}", str(value)]
     return command

@@ -5,8 +5,8 @@ The only room of the library that imports ignite (with :mod:`supremix_med.infere
 
 from supremix_med.engines.batches import ContrastiveBatch, multi_view_transform
 from supremix_med.engines.distributed import (
-    EpochSampler, barrier, distributed, distributed_module, epoch_sampler, rank, rank_handlers, world_size,
-    writes_files,
+    EpochSampler, any_rank, barrier, broadcast_from_rank0, distributed, distributed_module, epoch_sampler, gather_to_all,
+    rank, rank_handlers, world_size, writes_files,
 )
 from supremix_med.engines.handlers import FDSUpdateHandler, FineTuningStart, SelectedModelLoader
 from supremix_med.engines.metrics import (
@@ -22,13 +22,18 @@ from supremix_med.engines.reporting import (
     BiasCorrectionHandler, PredictionCollector, TestReport, plot_predictions, write_report,
 )
 from supremix_med.engines.tracking import MLflowLogger, MLflowRun, sqlite_tracking_uri, tensorboard_report
-from supremix_med.engines.workflow import load_weights, save_run_config
+from supremix_med.engines.workflow import data_fingerprint, load_weights
+from supremix_med.engines.model_set import ModelSetPublisher, check_model_set, publish_model_set
+from supremix_med.engines.selection import SelectedModel
+from supremix_med.engines.preemption import EXIT_INTERRUPTED, Preempted, PreemptionSignals
+from supremix_med.engines.checkpoints import PHASES, PhaseCheckpoint, RunCheckpoints
+from supremix_med.engines.runs import RunDirectory
 from supremix_med.engines.windows import SubjectAveragingCollector, WindowAveragingInferer, sliding_windows
 
 __all__ = [
     "ContrastiveBatch", "multi_view_transform",
-    "EpochSampler", "barrier", "distributed", "distributed_module", "epoch_sampler", "rank", "rank_handlers",
-    "world_size", "writes_files",
+    "EpochSampler", "any_rank", "barrier", "broadcast_from_rank0", "distributed", "distributed_module", "epoch_sampler",
+    "gather_to_all", "rank", "rank_handlers", "world_size", "writes_files",
     "FDSUpdateHandler", "FineTuningStart", "SelectedModelLoader", "OrdinalityHandler",
     "RegressionEpochMetric", "as_prediction_pair", "lower_is_better", "from_engine_regression", "regression_ignite_metric",
     "regression_ignite_metrics",
@@ -36,6 +41,8 @@ __all__ = [
     "RegularisedLoss", "SentenceEmbedder", "loss_entry", "pretraining_setup",
     "BiasCorrectionHandler", "PredictionCollector", "TestReport", "plot_predictions", "write_report",
     "MLflowLogger", "MLflowRun", "sqlite_tracking_uri", "tensorboard_report",
-    "load_weights", "save_run_config",
+    "data_fingerprint", "load_weights",
+    "ModelSetPublisher", "check_model_set", "publish_model_set", "SelectedModel",
+    "EXIT_INTERRUPTED", "Preempted", "PreemptionSignals", "PHASES", "PhaseCheckpoint", "RunCheckpoints", "RunDirectory",
     "SubjectAveragingCollector", "WindowAveragingInferer", "sliding_windows",
 ]

@@ -16,8 +16,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
-__all__ = ["EpochSampler", "barrier", "distributed", "distributed_module", "epoch_sampler", "rank", "rank_handlers",
-           "world_size", "writes_files"]
+__all__ = ["EpochSampler", "any_rank", "barrier", "broadcast_from_rank0", "distributed", "distributed_module",
+           "epoch_sampler", "gather_to_all", "rank", "rank_handlers", "world_size", "writes_files"]
 
 
 def distributed() -> bool:
@@ -59,6 +59,8 @@ class EpochSampler(Sampler[int]):
 
     def __init__(self, dataset: Dataset, shuffle: bool = True, seed: int = 0) -> None:
         self.dataset, self.shuffle = dataset, shuffle
+        #: the order's generator; a bundle's DataLoader shares it (``generator``), so checkpoints that save the
+        #: loader's generator save the order too
         self.generator = torch.Generator().manual_seed(int(seed))
 
     def __iter__(self):
@@ -93,3 +95,43 @@ def rank_handlers(every_rank: Sequence[Any], rank0: Sequence[Any]) -> list[Any]:
     """An engine's handlers: ``every_rank`` (state every rank must keep in step, e.g. validation, schedules), then
     ``rank0`` (logging, checkpoints) on the process that writes files."""
     return [*every_rank, *(rank0 if writes_files() else ())]
+
+
+def broadcast_from_rank0(obj: Any) -> Any:
+    """``obj`` as rank 0 holds it, on every rank (``obj`` itself without ``torch.distributed``).
+
+    Every rank must call it; what the other ranks pass is ignored. ``obj`` must be picklable.
+    """
+    if not distributed():
+        return obj
+    box = [obj if rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0, device=_collective_device())
+    return box[0]
+
+
+def gather_to_all(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order, on every rank (``[obj]`` without ``torch.distributed``)."""
+    if not distributed():
+        return [obj]
+    gathered: list[Any] = [None] * world_size()
+    dist.all_gather_object(gathered, obj, group=None)
+    return gathered
+
+
+def any_rank(flag: bool) -> bool:
+    """Whether ``flag`` is true on at least one rank (``flag`` itself without ``torch.distributed``).
+
+    Every rank must call it at the same point: it is one all-reduce of a single number.
+    """
+    if not distributed():
+        return bool(flag)
+    value = torch.tensor([1.0 if flag else 0.0], device=_collective_device())
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item() > 0)
+
+
+def _collective_device() -> torch.device:
+    """The device of the tensors a collective exchanges: the rank's GPU under NCCL, else the CPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")

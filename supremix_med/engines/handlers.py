@@ -55,31 +55,46 @@ class FineTuningStart:
 
 
 class SelectedModelLoader:
-    """Before an evaluation runs, load the weights that validation selected (``model.pt``) into the network.
+    """Before an evaluation runs, load the weights that validation selected into the network.
 
-    Under ``torch.distributed`` every rank waits for the others first (rank 0 may still be writing the file)
-    and then loads it.
+    The test report of a training run evaluates what this run's validation selected (``selection``, kept in memory
+    and in the run's checkpoints), never a file another run left behind. An evaluation of a stored model reads
+    ``checkpoint`` (``model.pt``); under ``torch.distributed`` every rank waits for the others first and then
+    loads it.
 
     Args:
         network: the evaluated model (possibly wrapped in DistributedDataParallel).
-        checkpoint: the state-dict file, e.g. ``<ckpt_dir>/model.pt``.
-        required: a missing file is an error (evaluating a trained model); otherwise (no validation ran during
-            training) the network's current weights are evaluated, with a warning.
+        checkpoint: the state-dict file, e.g. ``<ckpt_dir>/model.pt`` (without ``selection``).
+        required: a missing file is an error (evaluating a trained model); otherwise the network's current
+            weights are evaluated, with a warning.
+        selection: the training run's :class:`~supremix_med.engines.SelectedModel`; before any validation ran
+            it holds nothing and the network's final weights are evaluated, with a warning.
 
     Raises:
         FileNotFoundError: ``required`` and no file at ``checkpoint`` (the message names it).
     """
 
-    def __init__(self, network: nn.Module, checkpoint: str | os.PathLike, required: bool = False) -> None:
+    def __init__(self, network: nn.Module, checkpoint: str | os.PathLike | None = None, required: bool = False,
+                 selection=None) -> None:
+        if (checkpoint is None) == (selection is None):
+            raise ValueError("SelectedModelLoader: give either the checkpoint file or the run's selection.")
         self.network = network
-        self.checkpoint = Path(checkpoint)
+        self.checkpoint = None if checkpoint is None else Path(checkpoint)
         self.required = required
+        self.selection = selection
 
     def attach(self, engine: Engine) -> None:
         """Run :meth:`__call__` when ``engine`` starts."""
         engine.add_event_handler(Events.STARTED, self)
 
     def __call__(self, engine: Engine | None = None) -> None:
+        if self.selection is not None:
+            if self.selection.weights is None:
+                logger.warning("validation never ran (val_interval > epochs?): evaluating the final weights")
+                return
+            target = self.network.module if hasattr(self.network, "module") else self.network
+            target.load_state_dict(self.selection.weights)
+            return
         barrier()
         device = next(self.network.parameters()).device
         if not load_weights(self.network, self.checkpoint, device=device):

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import random
@@ -16,12 +17,12 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import ignite.distributed as idist
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from torch import nn
 
+from supremix_med.engines.distributed import writes_files
 from supremix_med.io import atomic_write, atomic_write_json
 from supremix_med.metrics.ordinality import MAX_PAIRS, embed_2d, ordinality_pairs, ordinality_spearman
 
@@ -111,7 +112,7 @@ class OrdinalityHandler:
         self.image_key, self.label_key = image_key, label_key
         self.inferer = inferer
         self.max_pairs, self.seed, self.distance, self.embedding = max_pairs, seed, distance, embedding
-        self.result: dict[str, Any] | None = None
+        self._result: dict[str, Any] | None = None
 
     def _device(self) -> torch.device:
         return torch.device(self.device) if self.device is not None else next(self.encoder.parameters()).device
@@ -143,7 +144,7 @@ class OrdinalityHandler:
 
     def __call__(self, engine: Engine | None = None) -> dict[str, Any] | None:
         """Measure, write the two files and return :attr:`result` (None on ranks other than 0)."""
-        if idist.get_rank() != 0:
+        if not writes_files():  # rank 0 alone: ignite's idist.get_rank() would start a collective here
             return None
         with _random_state_kept(self._device()):
             features, labels = self.features()
@@ -153,10 +154,22 @@ class OrdinalityHandler:
         plot = self.output_dir / f"ordinality_{self.name}.png"
         title = f"{self.name}: ordinality {score:.3f} (n={n})"
         plot_embedding(coordinates, labels[:, 0], plot, title, method)
-        self.result = {"spearman": None if np.isnan(score) else float(score), "n_samples": n,
+        self._result = {"spearman": None if np.isnan(score) else float(score), "n_samples": n,
                        "n_pairs": ordinality_pairs(n, self.max_pairs),
                        "pairs": "all" if n * (n - 1) // 2 <= self.max_pairs else "sampled",
                        "distance": self.distance, "embedding": method, "plot": plot.name}
-        atomic_write_json(self.result, self.output_dir / f"ordinality_{self.name}.json")
-        logger.info("ordinality %s: %.4f over %d samples (%s pairs)", self.name, score, n, self.result["pairs"])
-        return self.result
+        atomic_write_json(self._result, self._file)
+        logger.info("ordinality %s: %.4f over %d samples (%s pairs)", self.name, score, n, self._result["pairs"])
+        return self._result
+
+    @property
+    def _file(self) -> Path:
+        return self.output_dir / f"ordinality_{self.name}.json"
+
+    @property
+    def result(self) -> dict[str, Any] | None:
+        """The measurement (see the class docstring): this process's, else the one a resumed run's earlier process
+        wrote under ``output_dir``; ``None`` when the phase was not measured."""
+        if self._result is None and self._file.is_file():
+            self._result = json.loads(self._file.read_text(encoding="utf-8"))
+        return self._result

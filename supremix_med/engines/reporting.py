@@ -144,9 +144,9 @@ def write_report(test: pd.DataFrame, output_dir: str | os.PathLike, train_target
         metrics["bias_correction"] = bias_correction.to_dict()
     metrics.update(extra or {})
     atomic_write(output_dir / "predictions.csv", lambda tmp: frame.to_csv(tmp, index=False))
-    atomic_write_json(metrics, output_dir / "metrics.json")
     plot_predictions(frame, output_dir / "predictions.png", target_name,
                      title=f"test MAE {metrics['mae']:.2f} (mean-baseline {metrics['baseline_mae']:.2f})")
+    atomic_write_json(metrics, output_dir / "metrics.json")  # last: a report with metrics.json is complete
     return metrics
 
 
@@ -154,12 +154,13 @@ class BiasCorrectionHandler:
     """At an evaluator's start: the brain-age bias correction, fitted on validation predictions or loaded.
 
     Fitting runs ``evaluator`` (the validation evaluator, with the selected model already loaded) and fits a
-    :class:`~supremix_med.metrics.BiasCorrection` on its collected predictions; rank 0 saves it to ``path``.
-    Without an evaluator the correction stored at ``path`` is loaded (a trained model's evaluation).
+    :class:`~supremix_med.metrics.BiasCorrection` on its collected predictions; rank 0 saves it to ``path`` when
+    one is given (a training run publishes it with its model set instead). Without an evaluator the correction
+    stored at ``path`` is loaded (a trained model's evaluation).
 
     Args:
         method: ``"beheshti"`` or ``"cole"``; ``None``: no correction (targets other than brain age).
-        path: where the fitted correction is saved, or read from.
+        path: where the fitted correction is saved (``None``: not saved), or read from.
         evaluator, collector: the validation evaluator and its :class:`PredictionCollector`; ``None`` to load.
         target: the target column's name.
 
@@ -167,11 +168,13 @@ class BiasCorrectionHandler:
         correction: the fitted or loaded correction (``None`` until the evaluator starts, or without a method).
     """
 
-    def __init__(self, method: str | None, path: str | os.PathLike, evaluator: Engine | None = None,
+    def __init__(self, method: str | None, path: str | os.PathLike | None, evaluator: Engine | None = None,
                  collector: PredictionCollector | None = None, target: str = "age") -> None:
         if (evaluator is None) != (collector is None):
             raise ValueError("BiasCorrectionHandler: give both the validation evaluator and its collector, or neither.")
-        self.method, self.path, self.target = method, Path(path), target
+        if evaluator is None and path is None:
+            raise ValueError("BiasCorrectionHandler: give the file to load the correction from.")
+        self.method, self.path, self.target = method, None if path is None else Path(path), target
         self.evaluator, self.collector = evaluator, collector
         self.correction: BiasCorrection | None = None
 
@@ -188,7 +191,7 @@ class BiasCorrectionHandler:
             self.evaluator.run()
             val = self.collector.frame(self.target)
             self.correction = BiasCorrection(self.method).fit(val[f"predicted_{self.target}"], val[self.target])
-            if writes_files():
+            if writes_files() and self.path is not None:
                 self.correction.save(self.path)
 
 

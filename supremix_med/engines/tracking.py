@@ -3,7 +3,7 @@
 Why not MONAI's ``--tracking mlflow`` alone (MONAI 1.6, MLflow 3.17):
 
 - it patches ``MLFlowHandler`` onto ``train#trainer``, ``validate#evaluator`` and ``evaluator`` only, so the
-  pre-training loss is never recorded, the test metrics (written by ``evaluate_and_report`` after the engines ran)
+  pre-training loss is never recorded, the test metrics (written by the test report after the engines ran)
   neither, and the only artifact is the executed config; every handler joins "the latest unfinished run" and the
   trainer's closes it when fine-tuning completes;
 - a ``file:`` tracking URI fails: MLflow >= 3.13 refuses its file store unless ``MLFLOW_ALLOW_FILE_STORE=true``,

@@ -15,12 +15,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FINGERPRINT_FILE", "MODEL_FILE", "check_model_folder", "stored_params"]
+from supremix_med.engines.workflow import FINGERPRINT as FINGERPRINT_FILE
+
+__all__ = ["MODEL_FILE", "check_model_folder", "stored_params"]
 
 #: The trained weights (the model validation selected).
 MODEL_FILE = "model.pt"
-#: The training data's preprocessing fingerprint.
-FINGERPRINT_FILE = "preprocessing.json"
 
 
 def stored_params(ckpt_dir: str | os.PathLike) -> dict[str, Any]:

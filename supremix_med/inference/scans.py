@@ -37,6 +37,7 @@ from monai.transforms import Transform
 from pydicom.misc import is_dicom
 
 from supremix_med.data.covariates import COVARIATES_KEY, EncodeCovariatesd
+from supremix_med.io import RUN_ID_KEY
 from supremix_med.pipelines import get_pipeline
 
 __all__ = ["DICOM_LAYOUTS", "FINGERPRINT_IGNORED", "NIFTI_SUFFIXES", "PreprocessScan", "check_fingerprint",
@@ -52,8 +53,9 @@ DICOM_LAYOUTS = ("files", "series")
 _DICOM_SUFFIXES = (".dcm", ".dicom")
 _TABLE_SUFFIXES = (".csv", ".txt")  # scan suffixes that a CSV list of scans may also have
 _NOT_SCANS = ("DICOMDIR",)  # DICOM media index files
-#: Fingerprint entries never compared: library versions differ between machines and are logged as a warning.
-FINGERPRINT_IGNORED = ("libraries",)
+#: Fingerprint entries never compared: library versions differ between machines and are logged as a warning; the
+#: run id names the training run that stored the file.
+FINGERPRINT_IGNORED = ("libraries", RUN_ID_KEY)
 
 
 

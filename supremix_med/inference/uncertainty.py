@@ -47,7 +47,8 @@ from monai.transforms import MapTransform
 from torch import nn
 
 from supremix_med.engines.reporting import PredictionCollector
-from supremix_med.engines.workflow import FINGERPRINT, MODEL_CONFIG, load_weights
+from supremix_med.engines.workflow import FINGERPRINT, load_weights
+from supremix_med.networks.builders import MODEL_CONFIG
 from supremix_med.io import atomic_write_json
 from supremix_med.networks import build_model
 

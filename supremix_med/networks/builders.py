@@ -24,6 +24,7 @@ from typing import Any
 from torch import nn
 
 from supremix_med.imbalance.training import build_fds
+from supremix_med.io import RUN_ID_KEY
 
 from .encoders import BiLSTMPairEncoder, MLPEncoder, ResNetEncoder, resnet18_1d, resnet18_3d, resnet50_2d
 from .model import ContrastiveRegressor
@@ -126,4 +127,5 @@ def stored_model_config(ckpt_dir: str | os.PathLike, declared: Mapping[str, Any]
         raise ValueError(f"{path}: cannot read the model config ({err}).") from err
     if not isinstance(stored, dict):
         raise ValueError(f"{path}: expected a JSON object of build_model arguments, got {type(stored).__name__}.")
+    stored.pop(RUN_ID_KEY, None)  # which training run wrote the file (supremix_med.engines.model_set), not an argument
     return stored
