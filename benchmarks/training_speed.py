@@ -17,16 +17,18 @@ with the bundle's ``RandAffined`` + ``RandScaleIntensityd``. Per case:
 
 Rates are ``volumes_per_s`` (encoder inputs, B x V per step) and ``samples_per_s`` (B per step).
 
-Why the input pipeline cannot be timed on a pre-filled queue: DataLoaders run with persistent workers, and
-every timed pass is a whole epoch started with a fresh ``iter()`` after a complete untimed epoch (the priming:
-workers started, memory maps opened, page cache warm). At the end of an epoch the workers hold no work (the
-sampler is exhausted and every batch was consumed), and the next epoch's indices reach them only when its
-iterator is created, after the timer has started; so the timer can only see batches produced while it runs.
-``loader`` times the epoch after the priming one; ``end_to_end`` the epoch after that, with the network
-already warm from ``compute`` (cuDNN autotuning and compilation done). An epoch is at least 4x the prefetch depth (workers x prefetch_factor batches), so
-filling the queue at the start of the timed epoch (a latency, not a rate) weighs at most a quarter; a smaller
-``--epoch_batches`` is refused, and so is a DataLoader without persistent workers. ``compute`` and the backbone
-time ``--steps`` steps after ``--warmup`` untimed ones; CUDA work is synchronised before every clock reading.
+Why the input pipeline cannot be timed on a pre-filled queue: DataLoaders run with persistent workers, and every
+timed pass is a whole epoch started with a fresh ``iter()`` after a complete untimed epoch (the priming: workers
+started, memory maps opened, page cache warm). At the end of an epoch the workers hold no work (the sampler is
+exhausted and every batch was consumed), and the next epoch's indices reach them only when its iterator is
+created, after the timer has started; so the timer can only see batches produced while it runs. ``loader`` times
+the epoch after the priming one; ``end_to_end`` the epoch after that, with the network already warm from
+``compute`` (cuDNN autotuning and compilation done). An epoch is at least 4x the prefetch depth (workers x
+prefetch_factor batches), so the start of the timed epoch, when the queue is still empty, is spread over at least
+four times as many batches as the queue holds; a smaller ``--epoch_batches`` is refused, and so is a DataLoader
+without persistent workers. ``compute`` and the backbone time ``--steps`` steps after ``--warmup`` untimed ones.
+CUDA work is synchronised before every clock reading. Besides the wall clock, every rate reports the CPU seconds
+of the benchmark's own process (a shared machine's other load disturbs them much less).
 
 Cases (``--cases``; each option is a documented bundle override, see README "Performance"):
 
@@ -90,6 +92,8 @@ AGE_RANGE = (45.0, 80.0)
 #: the timed epoch must hold at least this many times the DataLoader's prefetch depth
 PREFETCH_MARGIN = 4
 PROFILE_TOP = 8
+#: what run_case measures (end_to_end needs loader, which primes the loader it then uses)
+PARTS = ("backbone", "compute", "loader", "end_to_end")
 VIEW_KEYS = ("image", "image_1")
 #: loaders whose priming epoch has run and been drained (by time_loader)
 _PRIMED: weakref.WeakSet = weakref.WeakSet()
@@ -162,10 +166,14 @@ def check_primable(loader: Iterable) -> None:
 
 
 class _Clock:
-    """Wall-clock seconds between ``start`` and ``stop``, with the device's work finished at both readings."""
+    """Seconds between ``start`` and ``stop`` with the device's work finished at both readings: wall clock, and
+    CPU time of this process (all its threads; not its DataLoader workers), which a shared machine's other
+    load disturbs far less than the wall clock."""
 
     def __init__(self, device: torch.device) -> None:
-        self.device, self.seconds, self._start = device, None, None
+        self.device = device
+        self.seconds = self.cpu_seconds = 0.0
+        self._start = self._cpu_start = 0.0
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -173,11 +181,18 @@ class _Clock:
 
     def start(self, *_: Any) -> None:
         self._sync()
-        self._start = time.perf_counter()
+        self._start, self._cpu_start = time.perf_counter(), time.process_time()
 
     def stop(self, *_: Any) -> None:
         self._sync()
         self.seconds = time.perf_counter() - self._start
+        self.cpu_seconds = time.process_time() - self._cpu_start
+
+    def rates(self, samples: int) -> dict[str, float]:
+        """Samples and volumes (encoder inputs: samples x views) per wall second, and the seconds."""
+        return {"samples_per_s": round(samples / self.seconds, 2),
+                "volumes_per_s": round(samples * len(VIEW_KEYS) / self.seconds, 2),
+                "seconds": round(self.seconds, 3), "main_process_cpu_seconds": round(self.cpu_seconds, 3)}
 
 
 class _GpuActivity:
@@ -255,11 +270,6 @@ def _profiler(device: torch.device) -> torch.profiler.profile:
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
     return torch.profiler.profile(activities=activities)
-
-
-def _rates(samples: int, views: int, seconds: float) -> dict[str, float]:
-    return {"samples_per_s": round(samples / seconds, 2), "volumes_per_s": round(samples * views / seconds, 2),
-            "seconds": round(seconds, 3)}
 
 
 # ---------------------------------------------------------------------------------------------------- data
@@ -389,7 +399,7 @@ def time_compute(case: Case, step: _Step, args: argparse.Namespace, device: torc
     trainer.add_event_handler(Events.ITERATION_COMPLETED(once=args.warmup + args.steps), lambda _: profiler.start())
     trainer.run()
     profiler.stop()
-    return {**_rates(args.batch_size * args.steps, len(VIEW_KEYS), clock.seconds),
+    return {**clock.rates(args.batch_size * args.steps),
             "profile": profile_summary(profiler, args.profile_steps, device)}
 
 
@@ -422,7 +432,7 @@ def time_backbone(case: Case, args: argparse.Namespace, device: torch.device) ->
     with profiler:
         for _ in range(args.profile_steps):
             step()
-    return {**_rates(args.batch_size * args.steps, len(VIEW_KEYS), clock.seconds),
+    return {**clock.rates(args.batch_size * args.steps),
             "profile": profile_summary(profiler, args.profile_steps, device)}
 
 
@@ -437,7 +447,7 @@ def time_loader(loader: Iterable, prepare_batch: Callable, device: torch.device,
     for batch in loader:  # a new iterator: the workers get this epoch's indices only now
         samples += prepare_batch(batch, device, non_blocking)[0].shape[0]
     clock.stop()
-    return _rates(samples, len(VIEW_KEYS), clock.seconds)
+    return clock.rates(samples)
 
 
 def time_end_to_end(case: Case, step: _Step, device: torch.device, loader: Iterable, batch_size: int) -> dict:
@@ -468,25 +478,29 @@ def time_end_to_end(case: Case, step: _Step, device: torch.device, loader: Itera
     trainer.add_event_handler(Events.ITERATION_COMPLETED, activity.step_completed)
     trainer.run()
     steps = trainer.state.epoch_length
-    return {**_rates(batch_size * steps, len(VIEW_KEYS), clock.seconds), "steps": steps,
-            **activity.report(clock.seconds)}
+    return {**clock.rates(batch_size * steps), "steps": steps, **activity.report(clock.seconds)}
 
 
 def run_case(case: Case, cache: Path, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    """Every measurement of one case."""
+    """The measurements of ``args.parts`` for one case."""
     torch.manual_seed(0)
+    parts = args.parts.split(",")
     result: dict[str, Any] = {"case": case.name, "options": dataclasses.asdict(case)}
-    result["backbone"] = time_backbone(case, args, device)
+    if "backbone" in parts:
+        result["backbone"] = time_backbone(case, args, device)
     step = _step(case, args, device)
-    result["compute"] = time_compute(case, step, args, device)
-    loader = _loader(case, cache, args, device)
-    result["loader"] = time_loader(loader, _prepare_batch(case), device, case.non_blocking)
-    result["end_to_end"] = time_end_to_end(case, step, device, loader, args.batch_size)
-    e2e, compute = result["end_to_end"]["volumes_per_s"], result["compute"]["volumes_per_s"]
-    result["end_to_end"]["vs_compute"] = round(e2e / compute, 3)
-    result["end_to_end"]["vs_backbone"] = round(e2e / result["backbone"]["volumes_per_s"], 3)
-    result["loader_keeps_up"] = result["loader"]["volumes_per_s"] >= compute
-    del loader, step
+    if "compute" in parts or "end_to_end" in parts:
+        result["compute"] = time_compute(case, step, args, device)  # also warms the step up for end_to_end
+    if "loader" in parts or "end_to_end" in parts:
+        loader = _loader(case, cache, args, device)
+        result["loader"] = time_loader(loader, _prepare_batch(case), device, case.non_blocking)
+        result["loader_keeps_up"] = (result["loader"]["volumes_per_s"] >= result["compute"]["volumes_per_s"]
+                                     if "compute" in result else None)
+    if "end_to_end" in parts:
+        e2e = result["end_to_end"] = time_end_to_end(case, step, device, loader, args.batch_size)
+        e2e["vs_compute"] = round(e2e["volumes_per_s"] / result["compute"]["volumes_per_s"], 3)
+        if "backbone" in result:
+            e2e["vs_backbone"] = round(e2e["volumes_per_s"] / result["backbone"]["volumes_per_s"], 3)
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return result
@@ -508,11 +522,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prefetch_factor", type=int, default=2)
     parser.add_argument("--epoch_batches", type=int, default=None,
                         help=f"batches per epoch (default: max(steps, {PREFETCH_MARGIN} x workers x prefetch_factor))")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, from {list(PARTS)}")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--output", type=Path, help="also write the JSON here")
     args = parser.parse_args(argv)
-    unknown = [c for c in args.cases.split(",") if c not in CASES]
-    if unknown:
-        parser.error(f"unknown case(s) {unknown}; choose from {list(CASES)}")
+    for option, known in (("cases", CASES), ("parts", PARTS)):
+        unknown = [c for c in getattr(args, option).split(",") if c not in known]
+        if unknown:
+            parser.error(f"unknown {option} {unknown}; choose from {list(known)}")
     if args.steps < 1 or args.warmup < 1 or args.profile_steps < 1:
         parser.error("--steps, --warmup and --profile_steps must be >= 1")
     try:
@@ -525,6 +542,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     device = torch.device(args.device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     result: dict[str, Any] = {
         "date": datetime.date.today().isoformat(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
