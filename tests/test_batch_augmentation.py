@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from monai.engines import PrepareBatchExtraInput
 from monai.transforms import (
     Affine, Flip, RandAffined, RandFlipd, RandGaussianNoised, RandScaleIntensity, RandScaleIntensityd,
     RandShiftIntensityd,
 )
 
 from supremix_med.engines import (
-    BatchAugmentation, BatchRandAffine, BatchRandFlip, BatchRandScaleIntensity, BatchRandShiftIntensity,
+    AugmentedBatch, BatchAugmentation, BatchRandAffine, BatchRandFlip, BatchRandScaleIntensity, BatchRandShiftIntensity,
     ContrastiveBatch,
 )
 
@@ -135,3 +136,13 @@ def test_contrastive_batch_makes_augmented_views_of_one_key():
     assert not torch.equal(views[:, 0], views[:, 1])
     with pytest.raises(ValueError, match="identical views"):
         ContrastiveBatch(("image", "image"))
+
+
+def test_augmented_batch_augments_the_inputs_of_any_batch_preparation():
+    batch = {"image": torch.rand(3, 1, 5, 5, 5), "label": torch.arange(3.0).reshape(3, 1), "sex": torch.ones(3, 1)}
+    flip = BatchRandFlip(1.0, spatial_axis=0, seed=0)
+    images, labels = AugmentedBatch(flip)(batch, "cpu")
+    assert torch.equal(images, batch["image"].flip(2)) and torch.equal(labels, batch["label"])
+    images, labels, args, kwargs = AugmentedBatch(flip, PrepareBatchExtraInput(extra_keys={"covariates": "sex"}))(
+        batch, "cpu", non_blocking=True)
+    assert torch.equal(images, batch["image"].flip(2)) and torch.equal(kwargs["covariates"], batch["sex"])

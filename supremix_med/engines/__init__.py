@@ -4,7 +4,7 @@ from supremix_med.engines.batch_augmentation import (
     BatchAugmentation, BatchRandAffine, BatchRandFlip, BatchRandomTransform, BatchRandScaleIntensity,
     BatchRandShiftIntensity,
 )
-from supremix_med.engines.batches import ContrastiveBatch, multi_view_transform
+from supremix_med.engines.batches import AugmentedBatch, ContrastiveBatch, multi_view_transform
 from supremix_med.engines.handlers import FDSUpdateHandler
 from supremix_med.engines.metrics import (
     RegressionEpochMetric, as_prediction_pair, from_engine_regression, regression_ignite_metric, regression_ignite_metrics,
@@ -20,7 +20,7 @@ from supremix_med.engines.windows import SubjectAveragingCollector, WindowAverag
 __all__ = [
     "BatchAugmentation", "BatchRandAffine", "BatchRandFlip", "BatchRandomTransform", "BatchRandScaleIntensity",
     "BatchRandShiftIntensity",
-    "ContrastiveBatch", "multi_view_transform",
+    "AugmentedBatch", "ContrastiveBatch", "multi_view_transform",
     "NoLossScaling", "loss_from_output",
     "FDSUpdateHandler",
     "RegressionEpochMetric", "as_prediction_pair", "from_engine_regression", "regression_ignite_metric",

@@ -56,7 +56,8 @@ def _ranges(value: Any, name: str) -> list[tuple[float, float]]:
         elif len(entry) == 2:
             ranges.append((float(entry[0]), float(entry[1])))
         else:
-            raise ValueError(f"{name}: each entry must be a number x (range [-x, x]) or a pair (lo, hi), got {entry!r}.")
+            raise ValueError(f"{name}: each entry must be a number x (range [-x, x]) or a pair (lo, hi), got "
+                             f"{entry!r}.")
     return ranges
 
 

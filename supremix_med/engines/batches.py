@@ -14,12 +14,13 @@ from typing import Any
 import copy
 
 import torch
+from monai.engines import default_prepare_batch
 from monai.transforms import Compose, CopyItemsd, MapTransform
 from monai.utils import convert_to_tensor
 
 from supremix_med.losses.mixsupcon import mix_with_partners, mixup_partners
 
-__all__ = ["ContrastiveBatch", "multi_view_transform"]
+__all__ = ["AugmentedBatch", "ContrastiveBatch", "multi_view_transform"]
 
 
 def multi_view_transform(augmentation: Sequence[MapTransform], view_keys: Sequence[str] = ("image", "image_1"),
@@ -115,3 +116,25 @@ class ContrastiveBatch:
                 mixup = (lam.to(device=device), perm.to(device=device))
         labels = labels.to(device=device, non_blocking=non_blocking)
         return (views, labels) if mixup is None else (views, labels, (), {"mixup": mixup})
+
+
+class AugmentedBatch:
+    """Another ``prepare_batch`` followed by an augmentation of its inputs on the device (e.g. fine-tuning on
+    images augmented by :class:`~supremix_med.engines.BatchAugmentation` instead of in the loader workers).
+
+    Args:
+        prepare_batch: the batch preparation to wrap (MONAI's ``default_prepare_batch``,
+            ``PrepareBatchExtraInput``, ...); its first output, the network's inputs [B, C, *S], is augmented.
+        augmentation: callable applied to those inputs, on their device.
+    """
+
+    def __init__(self, augmentation: Callable[[torch.Tensor], torch.Tensor],
+                 prepare_batch: Callable[..., Any] = default_prepare_batch) -> None:
+        self.augmentation = augmentation
+        self.prepare_batch = prepare_batch
+
+    def __call__(self, batchdata: Mapping[str, Any], device: str | torch.device | None = None,
+                 non_blocking: bool = False, **kwargs: Any) -> tuple:
+        """The wrapped preparation's output with its inputs augmented."""
+        inputs, *rest = self.prepare_batch(batchdata, device, non_blocking, **kwargs)
+        return (self.augmentation(inputs), *rest)
