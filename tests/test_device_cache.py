@@ -19,17 +19,22 @@ SHAPE = (1, 5, 4, 3)
 N = 14
 
 
+def _volume(path: str) -> np.ndarray:
+    """Sample ``s<i>``: normal noise seeded i."""
+    return np.random.default_rng(int(Path(path).stem[1:])).normal(size=SHAPE).astype(np.float32)
+
+
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Path:
-    """N tiny float16 volumes, all in train and val; sample i has age 40 + i and site i % 3."""
+    """N tiny float16 volumes, 10 in train and 4 in val; sample i has age 40 + i, site i % 3 and sex F/M."""
     root = tmp_path_factory.mktemp("device_cache")
-    rows = []
-    for i in range(N):
-        path = root / f"s{i}.npy"
-        np.save(path, np.random.default_rng(i).normal(size=SHAPE).astype(np.float32))
-        rows.append({"id": f"s{i}", "path": str(path), "age": 40.0 + i, "site": i % 3, "sex": "FM"[i % 2],
-                     "split": "train" if i < 10 else "val"})
-    build_cache(pd.DataFrame(rows), root / "cache", np.load, {"pipeline": "test"}, progress=False)
+    paths = [root / f"s{i}.raw" for i in range(N)]
+    for path in paths:
+        path.touch()
+    manifest = pd.DataFrame({"id": [p.stem for p in paths], "path": [str(p) for p in paths],
+                             "age": 40.0 + np.arange(N), "site": np.arange(N) % 3, "sex": ["F", "M"] * (N // 2),
+                             "split": ["train"] * 10 + ["val"] * (N - 10)})
+    build_cache(manifest, root / "cache", _volume, {"pipeline": "test"}, progress=False)
     return root / "cache"
 
 
