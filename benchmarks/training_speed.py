@@ -436,8 +436,10 @@ def time_backbone(case: Case, args: argparse.Namespace, device: torch.device) ->
             "profile": profile_summary(profiler, args.profile_steps, device)}
 
 
-def time_loader(loader: Iterable, prepare_batch: Callable, device: torch.device, non_blocking: bool) -> dict:
-    """The input pipeline alone: a fresh epoch after a complete priming epoch (see the module docstring)."""
+def time_loader(loader: Iterable, prepare_batch: Callable, device: torch.device, non_blocking: bool,
+                profile_steps: int = 0) -> dict:
+    """The input pipeline alone: a fresh epoch after a complete priming epoch (see the module docstring), then
+    ``profile_steps`` profiled preparations (transfer, stacking, device augmentation) of a batch kept from it."""
     check_primable(loader)
     for batch in loader:  # priming epoch, drained to the end
         prepare_batch(batch, device, non_blocking)
@@ -447,7 +449,13 @@ def time_loader(loader: Iterable, prepare_batch: Callable, device: torch.device,
     for batch in loader:  # a new iterator: the workers get this epoch's indices only now
         samples += prepare_batch(batch, device, non_blocking)[0].shape[0]
     clock.stop()
-    return clock.rates(samples)
+    result = clock.rates(samples)
+    if profile_steps:
+        with _profiler(device) as profiler:
+            for _ in range(profile_steps):
+                prepare_batch(batch, device, non_blocking)
+        result["prepare_batch_profile"] = profile_summary(profiler, profile_steps, device)
+    return result
 
 
 def time_end_to_end(case: Case, step: _Step, device: torch.device, loader: Iterable, batch_size: int) -> dict:
@@ -493,7 +501,7 @@ def run_case(case: Case, cache: Path, args: argparse.Namespace, device: torch.de
         result["compute"] = time_compute(case, step, args, device)  # also warms the step up for end_to_end
     if "loader" in parts or "end_to_end" in parts:
         loader = _loader(case, cache, args, device)
-        result["loader"] = time_loader(loader, _prepare_batch(case), device, case.non_blocking)
+        result["loader"] = time_loader(loader, _prepare_batch(case), device, case.non_blocking, args.profile_steps)
         result["loader_keeps_up"] = (result["loader"]["volumes_per_s"] >= result["compute"]["volumes_per_s"]
                                      if "compute" in result else None)
     if "end_to_end" in parts:
@@ -555,7 +563,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "cases": [],
     }
     with tempfile.TemporaryDirectory() as tmp:
-        cache = make_cache(Path(tmp), args.batch_size * args.epoch_batches, args.size)
+        needs_data = {"loader", "end_to_end"} & set(args.parts.split(","))
+        cache = make_cache(Path(tmp), args.batch_size * args.epoch_batches, args.size) if needs_data else Path(tmp)
         for name in args.cases.split(","):
             result["cases"].append(run_case(CASES[name], cache, args, device))
     result["load_average_1min_at_end"] = round(os.getloadavg()[0], 2)

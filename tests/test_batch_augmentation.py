@@ -26,7 +26,7 @@ def test_affine_matches_monai_affine_per_sample(device, spatial_dims, shape, pad
     transform = BatchRandAffine(1.0, rotate_range=[0.4] * 3, shear_range=[0.1] * 6, translate_range=[2.0] * 3,
                                 scale_range=[0.2] * 3, padding_mode=padding_mode, spatial_dims=spatial_dims, seed=3)
     images = torch.rand(5, *shape, generator=torch.Generator().manual_seed(0)).to(device)
-    params = transform.randomize(5, device)
+    params = transform.randomize(5)
     out = transform.apply(images, params).cpu()
     for b in range(5):
         reference = Affine(rotate_params=params["rotate"][b].tolist(), shear_params=params["shear"][b].tolist(),
@@ -39,7 +39,7 @@ def test_affine_matches_monai_affine_per_sample(device, spatial_dims, shape, pad
 def test_affine_parameters_follow_the_ranges_and_probability():
     transform = BatchRandAffine(0.3, rotate_range=[(0.1, 0.2), 0.05], translate_range=[4.0, 4.0, 4.0],
                                 scale_range=[0.1, 0.1, 0.1], seed=0)
-    params = transform.randomize(20000, "cpu")
+    params = transform.randomize(20000)
     assert params["rotate"].shape == (20000, 2) and params["shear"].shape == (20000, 0)
     assert params["rotate"][:, 0].min() >= 0.1 and params["rotate"][:, 0].max() < 0.2
     assert params["rotate"][:, 1].abs().max() <= 0.05 and params["translate"].abs().max() <= 4.0
@@ -51,12 +51,22 @@ def test_samples_not_drawn_pass_through_bit_for_bit():
     images = torch.randn(64, 1, 6, 7, 5)
     for transform in (BatchRandAffine(0.5, rotate_range=0.3, seed=1), BatchRandFlip(0.5, seed=1),
                       BatchRandScaleIntensity(0.2, prob=0.5, seed=1), BatchRandShiftIntensity(0.2, prob=0.5, seed=1)):
-        params = transform.randomize(64, "cpu")
+        params = transform.randomize(64)
         out = transform.apply(images, params)
         kept = ~params["applied"]
         assert 0 < kept.sum() < 64
         assert torch.equal(out[kept], images[kept])
         assert not torch.equal(out[~kept], images[~kept])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_seed_gives_the_same_augmentation_on_the_gpu():
+    images = torch.rand(6, 2, 1, 10, 9, 8)
+    augmentation = BatchAugmentation([BatchRandAffine(0.7, rotate_range=0.3, translate_range=[2.0] * 3),
+                                      BatchRandFlip(0.5), BatchRandScaleIntensity(0.2, 0.5)])
+    on_cpu = augmentation.set_random_state(4)(images)
+    on_gpu = augmentation.set_random_state(4)(images.cuda()).cpu()
+    torch.testing.assert_close(on_gpu, on_cpu, atol=1e-5, rtol=1e-5)
 
 
 def test_flip_matches_monai_flip():
@@ -72,12 +82,13 @@ def test_flip_matches_monai_flip():
 def test_intensity_scale_and_shift_per_sample():
     images = torch.rand(8, 1, 4, 4, 4) + 1
     scale = BatchRandScaleIntensity((0.1, 0.3), prob=1.0, seed=0)
-    params = scale.randomize(8, "cpu")
-    torch.testing.assert_close(scale.apply(images, params), images * (1 + params["value"]).reshape(8, 1, 1, 1, 1))
+    params = scale.randomize(8)
+    factors = 1 + params["value"].float().reshape(8, 1, 1, 1, 1)
+    torch.testing.assert_close(scale.apply(images, params), images * factors)
     assert params["value"].min() >= 0.1 and params["value"].max() < 0.3
     shift = BatchRandShiftIntensity(0.5, prob=1.0, seed=0)
-    params = shift.randomize(8, "cpu")
-    torch.testing.assert_close(shift.apply(images, params), images + params["value"].reshape(8, 1, 1, 1, 1))
+    params = shift.randomize(8)
+    torch.testing.assert_close(shift.apply(images, params), images + params["value"].float().reshape(8, 1, 1, 1, 1))
     assert params["value"].abs().max() <= 0.5
 
 

@@ -45,8 +45,8 @@ def test_tiny_cpu_run_reports_every_measurement_without_imaging_libraries():
         assert set(case) == {"case", "options", "backbone", "compute", "loader", "end_to_end", "loader_keeps_up"}
         for part in ("backbone", "compute", "loader", "end_to_end"):
             assert case[part]["volumes_per_s"] > 0 and case[part]["samples_per_s"] > 0
-        for part in ("backbone", "compute"):
-            profile = case[part]["profile"]
+        profiles = (case["backbone"]["profile"], case["compute"]["profile"], case["loader"]["prepare_batch_profile"])
+        for profile in profiles:
             assert profile["aten_ops_per_step"] > 0 and profile["top_ops_ms_per_step"]
             assert profile["kernel_launches_per_step"] is None and profile["cuda_syncs_per_step"] is None
         assert case["end_to_end"]["steps"] == 2

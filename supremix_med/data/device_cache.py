@@ -142,7 +142,8 @@ class DeviceCacheLoader:
         """The shard's images, in stored dtype, on the device (read from the memory-mapped split arrays)."""
         torch_dtype = torch.from_numpy(np.zeros(0, dtype=dataset.dtype)).dtype
         images = torch.empty((len(self.records), *dataset.sample_shape), dtype=torch_dtype, device=self.device)
-        arrays = {s: np.load(array_path(dataset.cache_dir, s), mmap_mode="r") for s in {r["split"] for r in self.records}}
+        splits = {r["split"] for r in self.records}
+        arrays = {s: np.load(array_path(dataset.cache_dir, s), mmap_mode="r") for s in splits}
         for start in range(0, len(self.records), LOAD_CHUNK):
             chunk = self.records[start:start + LOAD_CHUNK]
             host = np.stack([arrays[r["split"]][r["index"]] for r in chunk])

@@ -2,16 +2,17 @@
 
 The bundles augment in the DataLoader workers, one sample at a time, with MONAI dictionary transforms
 (``RandAffined``, ``RandFlipd``, ``RandScaleIntensityd``). For 100^3 volumes two views per sample cost tens of
-milliseconds of CPU each, which can starve a GPU. The classes here do the same on a batch [B, C, *S] already on
-the device: one ``affine_grid`` + ``grid_sample`` for every random affine of the batch, one ``where`` for every
-flip, one multiply for every intensity scale.
+milliseconds of CPU each (about 70-140 ms per sample on one core of the development machine), which can starve a
+GPU. The classes here do the same on a batch [B, C, *S] already on the device: one ``affine_grid`` +
+``grid_sample`` per 16 samples for the random affines, one ``where`` for the flips, one multiply for the
+intensity scales.
 
 Each transform draws its parameters from the distributions of its MONAI counterpart (same ranges and
 probability, same affine convention: rotation, shear, translation then scale about the image centre, in voxels);
 :meth:`~BatchRandomTransform.randomize` returns them and :meth:`~BatchRandomTransform.apply` applies given
-parameters, so a test can check a batch against MONAI's array transform sample by sample. The random streams are
-torch generators on the batch's device, not MONAI's numpy ``RandomState``: the same seed gives other draws than
-the loader path.
+parameters, so a test can check a batch against MONAI's array transform sample by sample. The random stream is a
+torch CPU generator per transform, not MONAI's numpy ``RandomState``: the same seed gives other draws than the
+loader path, but the same draws on every device.
 
 Any leading axes are treated as samples: views [B, V, C, *S] (see
 :class:`~supremix_med.engines.ContrastiveBatch`) get independent parameters per view, as
@@ -67,14 +68,25 @@ def _check_probability(prob: float, owner: str) -> float:
     return float(prob)
 
 
+def to_device(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device``: through pinned memory and a non-blocking copy on CUDA (no synchronisation)."""
+    if device.type == "cuda":
+        return values.pin_memory().to(device, non_blocking=True)
+    return values.to(device)
+
+
 class BatchRandomTransform(ABC):
     """A random transform of images [*, C, *S] with ``spatial_dims`` spatial axes, one draw per sample.
+
+    The parameters are drawn on the host (a few numbers per sample, from the transform's own CPU generator, so
+    a seed gives the same draws on every device) and reach the device in one non-blocking copy per transform
+    and batch; the images never leave their device.
 
     Args:
         prob: probability that a sample is transformed (drawn per sample).
         spatial_dims: number of spatial axes S (2 or 3 for the affine, any for the others).
-        seed: seed of the transform's generator on each device; ``None`` seeds it from torch's global generator
-            at first use, so ``monai.utils.set_determinism`` (per rank in the multi-GPU configs) fixes it.
+        seed: seed of the transform's generator; ``None`` seeds it from torch's global generator at first use, so
+            ``monai.utils.set_determinism`` (per rank in the multi-GPU configs) fixes it.
     """
 
     def __init__(self, prob: float, spatial_dims: int, seed: int | None = None) -> None:
@@ -82,28 +94,25 @@ class BatchRandomTransform(ABC):
             raise ValueError(f"{type(self).__name__}: spatial_dims must be >= 1, got {spatial_dims}.")
         self.prob = _check_probability(prob, type(self).__name__)
         self.spatial_dims = spatial_dims
-        self.seed = seed
-        self._generators: dict[torch.device, torch.Generator] = {}
+        self.set_random_state(seed)
 
     def set_random_state(self, seed: int | None) -> BatchRandomTransform:
         """Re-seed (``None``: from torch's global generator at next use) and return ``self``."""
         self.seed = seed
-        self._generators.clear()
+        self._generator: torch.Generator | None = None
         return self
 
-    def _uniform(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-        """U[0, 1) float32 draws on ``device`` from this transform's generator there."""
-        if device not in self._generators:
+    def _uniform(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """U[0, 1) float64 draws on the host from this transform's generator."""
+        if self._generator is None:
             seed = self.seed if self.seed is not None else int(torch.randint(0, 2**62, ()).item())
-            self._generators[device] = torch.Generator(device=device).manual_seed(seed)
-        return torch.rand(shape, generator=self._generators[device], device=device)
+            self._generator = torch.Generator().manual_seed(seed)
+        return torch.rand(shape, generator=self._generator, dtype=torch.float64)
 
-    def _between(self, n: int, ranges: list[tuple[float, float]], device: torch.device) -> torch.Tensor:
-        """[n, len(ranges)] draws, column k uniform in ``ranges[k]``."""
-        if not ranges:
-            return torch.zeros(n, 0, device=device)
-        low, high = torch.tensor(ranges, dtype=torch.float32, device=device).T
-        return low + (high - low) * self._uniform((n, len(ranges)), device)
+    def _between(self, n: int, ranges: list[tuple[float, float]]) -> torch.Tensor:
+        """[n, len(ranges)] float64 draws on the host, column k uniform in ``ranges[k]``."""
+        low, high = torch.tensor(ranges, dtype=torch.float64).reshape(-1, 2).T
+        return low + (high - low) * self._uniform((n, len(ranges)))
 
     def _samples(self, images: torch.Tensor) -> torch.Tensor:
         """``images`` [*, C, *S] as [N, C, *S] (a view when possible)."""
@@ -112,13 +121,12 @@ class BatchRandomTransform(ABC):
                              f"shape {tuple(images.shape)}.")
         return images.reshape(-1, *images.shape[-self.spatial_dims - 1:])
 
-    def randomize(self, n: int, device: torch.device | str) -> Params:
-        """Parameters for ``n`` samples on ``device``: at least ``"applied"`` [n] (bool)."""
-        device = torch.device(device)
-        return {"applied": self._uniform((n,), device) < self.prob, **self._draw(n, device)}
+    def randomize(self, n: int) -> Params:
+        """Host parameters for ``n`` samples: at least ``"applied"`` [n] (bool)."""
+        return {"applied": self._uniform((n,)) < self.prob, **self._draw(n)}
 
     @abstractmethod
-    def _draw(self, n: int, device: torch.device) -> Params:
+    def _draw(self, n: int) -> Params:
         """The transform's own parameters for ``n`` samples."""
 
     @abstractmethod
@@ -128,12 +136,12 @@ class BatchRandomTransform(ABC):
     def apply(self, images: torch.Tensor, params: Params) -> torch.Tensor:
         """Images [*, C, *S] transformed where ``params["applied"]``, unchanged (bit for bit) elsewhere."""
         flat = self._samples(images)
-        applied = params["applied"].reshape(-1, *[1] * (flat.dim() - 1))
+        applied = to_device(params["applied"], flat.device).reshape(-1, *[1] * (flat.dim() - 1))
         return torch.where(applied, self._transform(flat, params), flat).reshape(images.shape)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """Draw parameters for every sample of ``images`` [*, C, *S] and apply them."""
-        return self.apply(images, self.randomize(self._samples(images).shape[0], images.device))
+        return self.apply(images, self.randomize(self._samples(images).shape[0]))
 
 
 class BatchRandAffine(BatchRandomTransform):
@@ -166,47 +174,46 @@ class BatchRandAffine(BatchRandomTransform):
         self.mode = mode
         self.padding_mode = padding_mode
 
-    def _draw(self, n: int, device: torch.device) -> Params:
-        params = {name: self._between(n, ranges, device) for name, ranges in self.ranges.items()}
+    def _draw(self, n: int) -> Params:
+        params = {name: self._between(n, ranges) for name, ranges in self.ranges.items()}
         params["scale"] = params["scale"] + 1.0
         return params
 
     def matrices(self, params: Params) -> torch.Tensor:
-        """The affines [N, d + 1, d + 1] (centred voxel coordinates) of the drawn parameters."""
+        """The affines [N, d + 1, d + 1] (float64, centred voxel coordinates) of host parameters."""
         d = self.spatial_dims
         n = params["applied"].shape[0]
-        device = params["applied"].device
-        affine = torch.eye(d + 1, device=device).repeat(n, 1, 1)
+        eye = torch.eye(d + 1, dtype=torch.float64).repeat(n, 1, 1)
+        affine = eye.clone()
         for angle, axes in zip(params["rotate"].unbind(1), ([(1, 2), (2, 0), (0, 1)] if d == 3 else [(0, 1)])):
-            affine = affine @ _rotation(angle, axes, d)
-        shear = torch.eye(d + 1, device=device).repeat(n, 1, 1)
+            affine = affine @ _rotation(angle, axes, eye)
+        shear = eye.clone()
         for coefficient, (row, col) in zip(params["shear"].unbind(1), _shear_entries(d)):
-            elementary = torch.eye(d + 1, device=device).repeat(n, 1, 1)
+            elementary = eye.clone()
             elementary[:, row, col] = coefficient
             shear = elementary @ shear  # pre-multiplied: the first coefficient acts first, as MONAI composes it
-        affine = affine @ shear
-        translate = torch.eye(d + 1, device=device).repeat(n, 1, 1)
+        translate = eye.clone()
         translate[:, : params["translate"].shape[1], d] = params["translate"]
-        scale = torch.ones(n, d + 1, device=device)
+        scale = torch.ones(n, d + 1, dtype=torch.float64)
         scale[:, : params["scale"].shape[1]] = params["scale"]
-        return affine @ translate @ torch.diag_embed(scale)
+        return affine @ shear @ translate @ torch.diag_embed(scale)
 
     def _transform(self, images: torch.Tensor, params: Params) -> torch.Tensor:
-        theta = _normalised_theta(self.matrices(params), images.shape[2:])
+        theta = _normalised_theta(self.matrices(params), images.shape[2:]).to(images.dtype)
+        theta = to_device(theta, images.device)
         parts = []
         for start in range(0, images.shape[0], AFFINE_CHUNK):
             chunk = images[start:start + AFFINE_CHUNK]
-            grid = F.affine_grid(theta[start:start + AFFINE_CHUNK].to(chunk.dtype), list(chunk.shape),
-                                 align_corners=False)
+            grid = F.affine_grid(theta[start:start + AFFINE_CHUNK], list(chunk.shape), align_corners=False)
             parts.append(F.grid_sample(chunk, grid, mode=self.mode, padding_mode=self.padding_mode,
                                        align_corners=False))
         return torch.cat(parts)
 
 
-def _rotation(angle: torch.Tensor, axes: tuple[int, int], d: int) -> torch.Tensor:
-    """[N, d + 1, d + 1] rotations by ``angle`` [N] in the plane ``axes`` (MONAI's sign convention)."""
+def _rotation(angle: torch.Tensor, axes: tuple[int, int], eye: torch.Tensor) -> torch.Tensor:
+    """Rotations by ``angle`` [N] in the plane ``axes`` (MONAI's sign convention), from ``eye`` [N, d+1, d+1]."""
     first, second = axes
-    rotation = torch.eye(d + 1, device=angle.device).repeat(angle.shape[0], 1, 1)
+    rotation = eye.clone()
     cos, sin = angle.cos(), angle.sin()
     rotation[:, first, first], rotation[:, first, second] = cos, -sin
     rotation[:, second, first], rotation[:, second, second] = sin, cos
@@ -225,12 +232,11 @@ def _normalised_theta(affine: torch.Tensor, spatial_shape: Sequence[int]) -> tor
     first; so theta = P N A N^-1 P with N = diag(2 / n) and P the axis reversal.
     """
     d = len(spatial_shape)
-    size = torch.tensor([max(2, s) for s in spatial_shape], dtype=affine.dtype, device=affine.device)
+    size = torch.tensor([max(2, s) for s in spatial_shape], dtype=affine.dtype)
     linear = affine[:, :d, :d] * (2.0 / size)[:, None] * (size / 2.0)[None, :]
     shift = affine[:, :d, d] * (2.0 / size)
-    theta = torch.cat([linear, shift[:, :, None]], dim=2)
     reverse = list(range(d - 1, -1, -1))
-    return torch.cat([theta[:, reverse][:, :, reverse], theta[:, reverse, d:]], dim=2)
+    return torch.cat([linear[:, reverse][:, :, reverse], shift[:, reverse, None]], dim=2)
 
 
 class BatchRandFlip(BatchRandomTransform):
@@ -246,7 +252,7 @@ class BatchRandFlip(BatchRandomTransform):
             raise ValueError(f"BatchRandFlip: spatial_axis {spatial_axis!r} out of range for {spatial_dims} axes.")
         self.dims = [a + 2 if a >= 0 else a for a in axes]
 
-    def _draw(self, n: int, device: torch.device) -> Params:
+    def _draw(self, n: int) -> Params:
         return {}
 
     def _transform(self, images: torch.Tensor, params: Params) -> torch.Tensor:
@@ -261,12 +267,12 @@ class _BatchRandIntensity(BatchRandomTransform):
         low, high = _ranges([value_range], type(self).__name__)[0]
         self.low, self.high = min(low, high), max(low, high)
 
-    def _draw(self, n: int, device: torch.device) -> Params:
-        return {"value": self._between(n, [(self.low, self.high)], device)[:, 0]}
+    def _draw(self, n: int) -> Params:
+        return {"value": self._between(n, [(self.low, self.high)])[:, 0]}
 
     def _values(self, images: torch.Tensor, params: Params) -> torch.Tensor:
-        """[N, 1, 1, ...] values broadcasting over each sample's channels and voxels."""
-        return params["value"].reshape(-1, *[1] * (images.dim() - 1)).to(images.dtype)
+        """[N, 1, 1, ...] values on the images' device, broadcasting over each sample's channels and voxels."""
+        return to_device(params["value"].to(images.dtype), images.device).reshape(-1, *[1] * (images.dim() - 1))
 
 
 class BatchRandScaleIntensity(_BatchRandIntensity):
