@@ -45,7 +45,7 @@ Cases (``--cases``; each option is a documented bundle override, see README "Per
 
 On the CPU autocast, channels-last and cuDNN settings do not apply (the step runs in float32).
 
-    python benchmarks/training_speed.py --device cuda              # the GPU suite, ~5 min on an H100/H200
+    python benchmarks/training_speed.py --device cuda    # every case; estimated 8 min with 16 cores, 5 without compile
     python benchmarks/training_speed.py --device cpu --size 32 --widen 0.25 --batch_size 8 --workers 1
 """
 
@@ -72,11 +72,11 @@ import numpy as np
 import pandas as pd
 import torch
 from ignite.engine import Engine, Events
+from monai.data import DataLoader
 from monai.engines import SupervisedTrainer
 from monai.handlers import StatsHandler
 from monai.networks.nets import resnet18
 from monai.transforms import Compose, RandAffined, RandScaleIntensityd
-from torch.utils.data import DataLoader
 
 from supremix_med.data.cache import build_cache
 from supremix_med.data.datasets import CachedDataset
@@ -160,7 +160,7 @@ def check_primable(loader: Iterable) -> None:
     Raises:
         ValueError: a multi-process DataLoader without ``persistent_workers``.
     """
-    if isinstance(loader, DataLoader) and loader.num_workers > 0 and not loader.persistent_workers:
+    if isinstance(loader, torch.utils.data.DataLoader) and loader.num_workers > 0 and not loader.persistent_workers:
         raise ValueError("a DataLoader with workers must have persistent_workers=True to be timed: otherwise every "
                          "epoch restarts its workers and the priming epoch warms nothing.")
 
