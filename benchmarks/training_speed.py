@@ -76,7 +76,7 @@ from monai.data import DataLoader
 from monai.engines import SupervisedTrainer
 from monai.handlers import StatsHandler
 from monai.networks.nets import resnet18
-from monai.transforms import Compose, RandAffined, RandScaleIntensityd
+from monai.transforms import RandAffined, RandScaleIntensityd
 
 from supremix_med.data.cache import build_cache
 from supremix_med.data.datasets import CachedDataset
@@ -275,27 +275,14 @@ def _profiler(device: torch.device) -> torch.profiler.profile:
 # ---------------------------------------------------------------------------------------------------- data
 
 
-def _volume(path: str, shape: tuple[int, ...]) -> np.ndarray:
-    """A stand-in preprocessed scan: one fixed random volume, shifted per sample (content does not change speed)."""
-    seed = int(Path(path).stem.split("-")[-1])
-    return _base_volume(shape) + np.float32(seed % 97) / 97
-
-
-_BASE: dict[tuple[int, ...], np.ndarray] = {}
-
-
-def _base_volume(shape: tuple[int, ...]) -> np.ndarray:
-    if shape not in _BASE:
-        _BASE[shape] = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
-    return _BASE[shape]
-
-
 class _Preprocess:
+    """A stand-in preprocessed scan: one fixed random volume, shifted per sample (content does not change speed)."""
+
     def __init__(self, shape: tuple[int, ...]) -> None:
-        self.shape = shape
+        self.base = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
 
     def __call__(self, path: str) -> np.ndarray:
-        return _volume(path, self.shape)
+        return self.base + np.float32(int(Path(path).stem.split("-")[-1]) % 97) / 97
 
 
 def make_cache(folder: Path, samples: int, size: int) -> Path:
@@ -310,13 +297,11 @@ def make_cache(folder: Path, samples: int, size: int) -> Path:
     return folder / "cache"
 
 
-def _augmentation(case: Case) -> BatchAugmentation | None:
-    return BatchAugmentation.from_monai(bundle_augmentation(), spatial_dims=3) if case.augment == "device" else None
-
-
 def _prepare_batch(case: Case) -> ContrastiveBatch:
+    """Views as the case makes them: stacked from the loader's two views, or two device augmentations of one."""
     if case.augment == "device":
-        return ContrastiveBatch(("image", "image"), augmentation=_augmentation(case))
+        return ContrastiveBatch(("image", "image"),
+                                augmentation=BatchAugmentation.from_monai(bundle_augmentation(), spatial_dims=3))
     return ContrastiveBatch(VIEW_KEYS)
 
 
