@@ -44,11 +44,11 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
-from monai.handlers import from_engine
 from torch.utils.data import DataLoader
 
 from supremix_med.engines.distributed import barrier, gather_to_all, rank, world_size, writes_files
 from supremix_med.engines.model_set import save_weights, unwrap
+from supremix_med.engines.step_options import loss_from_output
 from supremix_med.io import atomic_write
 
 __all__ = ["CHECKPOINT_FORMAT", "PHASES", "PhaseCheckpoint", "ResumePoint", "RunCheckpoints", "random_states",
@@ -418,7 +418,7 @@ class PhaseCheckpoint:
     def _iteration_completed(self, engine: Engine) -> None:
         if not self.active:
             return
-        self._losses.append(float(from_engine(["loss"], first=True)(engine.state.output)))
+        self._losses.append(float(loss_from_output(engine.state.output)))
         at_epoch_end = engine.state.iteration % engine.state.epoch_length == 0
         if not at_epoch_end and self.run.preemption.requested():
             self._stop(engine)

@@ -31,8 +31,9 @@ from urllib.parse import unquote, urlparse
 
 import torch.distributed as dist
 from ignite.engine import Engine, Events
-from monai.handlers import from_engine
 from monai.utils import path_to_sqlite_uri
+
+from supremix_med.engines.step_options import loss_from_output
 
 __all__ = ["MLflowLogger", "MLflowRun", "flat_metrics", "sqlite_tracking_uri", "tensorboard_report"]
 
@@ -226,7 +227,7 @@ class MLflowLogger:
     Args:
         run: the workflow's run.
         loss_tag: name of the iteration loss (e.g. ``pretrain_loss``, ``train_loss``); None: no iteration log.
-        output_transform: ``engine.state.output`` -> the loss (MONAI's default: the ``loss`` entry).
+        output_transform: ``engine.state.output`` -> the loss (default: its ``loss`` entry, decollated or not).
         optimizer: the engine's optimizer, for the learning rate.
         lr_tag: name of the learning rate metric.
         every: iteration logging interval.
@@ -238,7 +239,7 @@ class MLflowLogger:
     """
 
     def __init__(self, run: MLflowRun, loss_tag: str | None = None,
-                 output_transform: Callable[[Any], Any] = from_engine(["loss"], first=True),
+                 output_transform: Callable[[Any], Any] = loss_from_output,
                  optimizer: Any = None, lr_tag: str = "lr", every: int = 1) -> None:
         self.run, self.loss_tag, self.output_transform = run, loss_tag, output_transform
         self.optimizer, self.lr_tag, self.every = optimizer, lr_tag, max(1, int(every))
