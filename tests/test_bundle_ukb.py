@@ -35,12 +35,21 @@ def trained(tiny_cache, tmp_path_factory) -> Path:
 def test_train_writes_every_output(trained):
     models = trained / "models"
     for name in ("model.pt", "model_final.pt", "pretrained_encoder.pt", "model_config.json",
-                 "bias_correction.json", "preprocessing.json"):
+                 "bias_correction.json", "preprocessing.json", "bundle.json", "validation_predictions.csv",
+                 "conformal.json", "reference.json", "input_reference.npy"):
         assert (models / name).is_file(), name
+    assert json.loads((models / "bundle.json").read_text()) == {"bundle": "ukb_brainage"}
     metrics = json.loads((trained / "metrics.json").read_text())
     for key in ("mae", "mse", "gm", "pearson_r", "n", "baseline_mae", "mae_corrected"):
         assert key in metrics
     assert metrics["n"] == 2 and metrics["method"] == "supremix"
+    # two validation cases are too few for a 90 % interval: unbounded, so it covers both test cases
+    assert metrics["conformal"] == {"coverage": 1.0, "coverage_target": 0.9, "n": 2, "mean_width": None,
+                                    "score": "normalised", "alpha": 0.1, "n_calibration": 2}
+    conformal = json.loads((models / "conformal.json").read_text())
+    assert conformal["spread_source"] == {"n_samples": 8, "flip_axes": [0], "max_shift": 2, "seed": 0}
+    validation = pd.read_csv(models / "validation_predictions.csv")
+    assert list(validation.columns) == ["id", "age", "predicted_age", "predicted_age_spread"] and len(validation) == 2
     predictions = pd.read_csv(trained / "predictions.csv")
     assert list(predictions.columns) == ["id", "age", "predicted_age", "brain_age_gap", "brain_age_gap_corrected"]
     assert predictions["predicted_age"].notna().all()

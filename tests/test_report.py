@@ -22,7 +22,7 @@ from monai.engines import SupervisedEvaluator
 from torch import nn
 
 from preprocessing.t1 import fingerprint as t1_fingerprint
-from supremix_med.inference import PredictionWriter
+from supremix_med.inference import PredictionWriter, StoredModel
 from supremix_med.inference import uncertainty
 from supremix_med.inference.flags import FLAGS
 from supremix_med.inference.reference import save_model_reference
@@ -85,11 +85,13 @@ def run(mask, model_dir, tmp_path_factory) -> Path:
         items.append({"id": f"sub-{i:02d}", "path": f"/data/sub-{i:02d}.nii.gz", "label": age,
                       "image": torch.zeros(1, *GRID) if failed else _volume(mask, seed=i, shift=12 if i == 3 else 0),
                       "registered": not failed, "register_decision": "auto", "error": "corrupt file" if failed else "",
-                      "registration_similarity": float("nan") if failed else (0.3 if i == 3 else 0.8)})
-    writer = PredictionWriter(out / "predictions.csv", BiasCorrection.load(model_dir / "bias_correction.json"),
-                              gap_name="brain_age_gap")
-    report = InferenceReport(writer, out / "report.html", model_dir, FINGERPRINT, gap_name="brain_age_gap",
-                             min_similarity=0.5, title="Brain age")
+                      "registration_similarity": float("nan") if failed else (0.3 if i == 3 else 0.8),
+                      "brain_masked": not failed, "non_brain_fraction": float("nan") if failed else 0.01})
+    model = StoredModel.read(model_dir)
+    writer = PredictionWriter(out / "predictions.csv", model.bias_correction, gap_name="brain_age_gap",
+                              qc_limits={"registration_similarity": (0.5, None)}, calibration=model.calibration,
+                              reference=model.reference)
+    report = InferenceReport(writer, out / "report.html", model, FINGERPRINT, title="Brain age")
     evaluator = SupervisedEvaluator(
         device=torch.device("cpu"), val_data_loader=torch.utils.data.DataLoader(items, batch_size=4),
         network=_AgeFromIntensity(), decollate=False, postprocessing=uncertainty.SplitSpreadd(),
@@ -101,9 +103,9 @@ def run(mask, model_dir, tmp_path_factory) -> Path:
 
 def test_predictions_gain_spread_interval_and_named_flags(run):
     table = pd.read_csv(run / "predictions.csv")
-    for column in ("predicted_age_spread", "predicted_age_low", "predicted_age_high", *FLAGS, "flags"):
-        assert column in table, column
-    assert table.columns[-2:].tolist() == ["qc_flag", "error"]
+    assert table.columns[:6].tolist() == ["id", "path", "predicted_age", "predicted_age_low", "predicted_age_high",
+                                          "predicted_age_spread"]
+    assert table.columns[-(len(FLAGS) + 2):].tolist() == [*FLAGS, "qc_flag", "error"]
     good = table["error"].isna()
     assert (table.loc[good, "predicted_age_low"] < table.loc[good, "predicted_age"]).all()
     assert table.loc[~good, ["predicted_age_low", "predicted_age_spread"]].isna().all().all()
@@ -122,11 +124,10 @@ def test_report_is_self_contained(run):
     assert "corrupt file" in page and "90 % split-conformal" in page
 
 
-def test_missing_model_files_are_stated(run, tmp_path):
-    writer = PredictionWriter(tmp_path / "p.csv")
-    report = InferenceReport(writer, tmp_path / "r.html", tmp_path / "empty_model", FINGERPRINT)
-    assert report.calibration is None and report.reference is None and report.validation is None
-    assert any("conformal.json" in n for n in report.notes) and any("reference.json" in n for n in report.notes)
+def test_missing_model_files_are_stated(tmp_path):
+    model = StoredModel.read(tmp_path / "empty_model")
+    assert model.calibration is None and model.reference is None and model.validation is None
+    assert any("conformal.json" in n for n in model.notes) and any("reference.json" in n for n in model.notes)
 
 
 @pytest.mark.parametrize("pipeline, shape, kind, panels", [

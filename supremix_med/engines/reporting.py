@@ -203,6 +203,9 @@ class TestReport:
         target: the target column's name.
         shots: shot-group rule (see :func:`write_report`), or ``None``.
         run_info: entries describing the run for ``metrics.json`` (method, epochs, ...); ``world_size`` is added.
+        calibration: a handler of the same evaluator with a ``coverage`` dict (the interval's test coverage,
+            :class:`supremix_med.inference.ConformalCalibration`), added to ``metrics.json`` as ``conformal``; or
+            ``None``.
 
     Attributes:
         metrics: what was written (empty on ranks other than 0, or before completion).
@@ -210,10 +213,12 @@ class TestReport:
 
     def __init__(self, collector: PredictionCollector, output_dir: str | os.PathLike, train_dataset,
                  bias_correction: BiasCorrectionHandler | None = None, target: str = "age",
-                 shots: Mapping | None = None, run_info: Mapping[str, Any] | None = None) -> None:
+                 shots: Mapping | None = None, run_info: Mapping[str, Any] | None = None,
+                 calibration: Any = None) -> None:
         self.collector, self.output_dir, self.train_dataset = collector, output_dir, train_dataset
         self.bias_correction, self.target, self.shots = bias_correction, target, shots
         self.run_info = dict(run_info or {})
+        self.calibration = calibration
         self.metrics: dict = {}
 
     def attach(self, engine: Engine) -> None:
@@ -225,5 +230,8 @@ class TestReport:
         if not writes_files():
             return
         correction = self.bias_correction.correction if self.bias_correction is not None else None
-        self.metrics = write_report(test, self.output_dir, self.train_dataset.labels, correction, self.target,
-                                    {**self.run_info, "world_size": world_size()}, self.shots)
+        extra = {**self.run_info, "world_size": world_size()}
+        if self.calibration is not None:
+            extra["conformal"] = self.calibration.coverage
+        self.metrics = write_report(test, self.output_dir, self.train_dataset.labels, correction, self.target, extra,
+                                    self.shots)

@@ -401,7 +401,8 @@ def coverage_report(calibration: ConformalInterval, pred: Any, truth: Any, sprea
 
     Returns:
         ``{"coverage", "coverage_target", "n", "mean_width", "score", "alpha", "n_calibration"}``; cases with a
-        non-finite prediction or target are not counted (``coverage`` None when none is left).
+        non-finite prediction or target are not counted (``coverage`` None when none is left; ``mean_width`` None
+        also for an unbounded interval, too few calibration cases for ``alpha``).
     """
     arrays = _vectors(pred, truth, spread if calibration.score == "normalised" else None)
     usable = np.logical_and.reduce([np.isfinite(a) for a in arrays])
@@ -409,11 +410,12 @@ def coverage_report(calibration: ConformalInterval, pred: Any, truth: Any, sprea
     sigma = rest[0] if rest else None
     low, high = calibration.interval(pred, sigma)
     covered = (low <= truth) & (truth <= high)
+    width = float(np.mean(high - low)) if len(covered) else math.nan
     return {
         "coverage": float(covered.mean()) if len(covered) else None,
         "coverage_target": 1.0 - calibration.alpha,
         "n": int(len(covered)),
-        "mean_width": float(np.mean(high - low)) if len(covered) else None,
+        "mean_width": width if math.isfinite(width) else None,
         "score": calibration.score,
         "alpha": calibration.alpha,
         "n_calibration": calibration.n,
