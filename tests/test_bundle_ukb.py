@@ -14,10 +14,9 @@ import torch
 from monai.bundle import ckpt_export, verify_metadata, verify_net_in_out
 
 from _bundle_runs import bundle_configs, run_workflow
-from conftest import BUNDLES, REPO
+from conftest import BUNDLES, REPO, TINY_TRAINING
 
 BUNDLE = BUNDLES / "ukb_brainage"
-TINY = {"pretrain_epochs": 1, "finetune_epochs": 2, "batch_size": 4, "num_workers": 0}
 
 
 def _configs(*names: str) -> list[str]:
@@ -25,11 +24,9 @@ def _configs(*names: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_cache, tmp_path_factory) -> Path:
-    """One SupReMix train.json + demo.json run on the tiny cache; returns its output_dir."""
-    out = tmp_path_factory.mktemp("run") / "supremix"
-    run_workflow(_configs("train", "demo"), dataset_dir=str(tiny_cache), output_dir=str(out), method="supremix", **TINY)
-    return out
+def trained(tiny_run) -> Path:
+    """One SupReMix train.json + demo.json run on the tiny cache (``supremix-med train``); returns its output_dir."""
+    return tiny_run
 
 
 def test_train_writes_every_output(trained):
@@ -97,7 +94,7 @@ def test_mlflow_tracking(tiny_cache, tmp_path):
 
 
 def test_linear_probe_keeps_the_pretrained_encoder(tiny_cache, tmp_path):
-    run_workflow(_configs("train", "demo"), dataset_dir=str(tiny_cache), output_dir=str(tmp_path), linear_probe=True, **TINY)
+    run_workflow(_configs("train", "demo"), dataset_dir=str(tiny_cache), output_dir=str(tmp_path), linear_probe=True, **TINY_TRAINING)
     pretrained = torch.load(tmp_path / "models" / "pretrained_encoder.pt", weights_only=True)
     final = torch.load(tmp_path / "models" / "model_final.pt", weights_only=True)
     for key, value in pretrained.items():

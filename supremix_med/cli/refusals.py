@@ -28,8 +28,11 @@ def one_line(message: object) -> str:
 
 
 def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
-            run: Callable[[argparse.Namespace], None]) -> None:
+            run: Callable[[argparse.Namespace], None], extra: bool = False) -> None:
     """Parse ``argv`` with ``parser`` and call ``run(args)``: the ``main`` of every command line.
+
+    With ``extra``, arguments the parser does not know are not refused but given to ``run`` as ``args.extra`` (a
+    list), e.g. a bundle's ``--key value`` overrides.
 
     An error the command expects ends the program with one line on stderr, ``<prog>: error: <message>``
     (whitespace folded; the messages name the file and say what to do), and an exit status:
@@ -46,7 +49,10 @@ def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
     Raises:
         SystemExit: on such an error (status above), or from argparse.
     """
-    args = parser.parse_args(argv)
+    if extra:
+        args, args.extra = parser.parse_known_args(argv)
+    else:
+        args = parser.parse_args(argv)
     if args.debug:
         run(args)
         return
