@@ -169,3 +169,16 @@ def test_the_console_script_is_declared():
 
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["scripts"]
     assert scripts == {"supremix-med": "supremix_med.cli:main"}
+
+
+def test_the_progress_bar_counts_scans_and_failures(capsys):
+    from ignite.engine import Engine
+
+    from supremix_med.inference import ScanProgress
+
+    progress = ScanProgress(total=[0, 1, 2], disable=False)
+    engine = Engine(lambda engine, batch: None)
+    progress.attach(engine)
+    engine.run([{"id": ["a", "b"], "error": ["", "unreadable"]}, {"id": ["c"], "error": [""]}])
+    assert progress.bar.n == 3 and progress.failed == 1
+    assert "3/3" in capsys.readouterr().err

@@ -130,6 +130,29 @@ def test_missing_model_files_are_stated(tmp_path):
     assert any("conformal.json" in n for n in model.notes) and any("reference.json" in n for n in model.notes)
 
 
+def test_an_ensemble_is_calibrated_on_its_pooled_validation_predictions(model_dir, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(model_dir, other)
+    validation = pd.read_csv(other / "validation_predictions.csv")
+    validation["predicted_age"] += 2.0  # a member biased by two years
+    validation.to_csv(other / "validation_predictions.csv", index=False)
+    single, ensemble = StoredModel.read(model_dir), StoredModel.read([model_dir, other])
+    assert ensemble.folders == (model_dir, other) and "Ensemble of 2 models" in ensemble.notes[0]
+    pooled = ensemble.validation.set_index("id")
+    member = single.validation.set_index("id").loc[pooled.index]  # pooled rows are sorted by id
+    np.testing.assert_allclose(pooled["predicted_age"], member["predicted_age"] + 1.0)
+    # the members disagree by 2 years: the pooled spread is sqrt(sigma^2 + 1), wider than each member's
+    np.testing.assert_allclose(pooled["predicted_age_spread"], np.hypot(member["predicted_age_spread"], 1.0))
+    assert ensemble.calibration.n == single.calibration.n and ensemble.calibration.score == "normalised"
+    assert ensemble.reference.gap["mean"] == pytest.approx(single.reference.gap["mean"], abs=0.2)  # corrected gaps
+    assert ensemble.bias_correction.method == "beheshti" and ensemble.fingerprint == single.fingerprint
+    (other / "conformal.json").unlink()
+    incomplete = StoredModel.read([model_dir, other])
+    assert incomplete.calibration is None and incomplete.bias_correction is None
+    assert "No intervals, bias correction or gap check" in incomplete.notes[0]
+    assert np.isnan(incomplete.reference.gap["sd"]) and incomplete.reference.train_range == single.reference.train_range
+
+
 @pytest.mark.parametrize("pipeline, shape, kind, panels", [
     ("ultrasound", (1, 32, 112, 112), "frames", 3), ("xray", (1, 512, 512), "image", 1),
     ("faces", (3, 224, 224), "image", 1), ("fmri_parcels", (400, 478), "matrix", 1),
