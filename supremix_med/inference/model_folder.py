@@ -117,10 +117,12 @@ def read_bundle_record(ckpt_dir: str | os.PathLike) -> str:
 
 
 def _optional(path: Path, load, notes: list[str], without: str):
-    """``load(path)`` when the file exists, else None and a note saying what inference does without it."""
+    """``load(path)`` when the file exists, else None and a note (also logged) saying what inference does without
+    it."""
     if path.is_file():
         return load(path)
-    notes.append(f"{without} (the model folder has no {path.name}).")
+    notes.append(f"{without} (the model folder {path.parent} has no {path.name}).")
+    logger.warning("%s", notes[-1])
     return None
 
 
@@ -159,10 +161,7 @@ class StoredModel:
         if not folders:
             raise ValueError("StoredModel.read: no model folder given.")
         members = [cls._read_one(Path(f), bias_correction) for f in folders]
-        model = members[0] if len(members) == 1 else cls.ensemble(members)
-        for note in model.notes:
-            logger.warning("%s", note)
-        return model
+        return members[0] if len(members) == 1 else cls.ensemble(members)
 
     @classmethod
     def _read_one(cls, folder: Path, bias_correction: bool) -> StoredModel:
@@ -192,6 +191,7 @@ class StoredModel:
         if any(m.validation is None or m.calibration is None for m in members):
             notes = (f"No intervals, bias correction or gap check for the ensemble of {len(members)} models: some "
                      f"member folders lack {VALIDATION_PREDICTIONS_FILE} or {CONFORMAL_FILE}.",)
+            logger.warning("%s", notes[0])
             unknown_gap = {"mean": float("nan"), "sd": float("nan"), "n": 0, "corrected": False}  # flags no gap
             reference = None if first.reference is None else dataclasses.replace(first.reference, gap=unknown_gap)
             return cls(folders, None, None, reference, None, notes, first.fingerprint)
@@ -211,4 +211,5 @@ class StoredModel:
             reference = dataclasses.replace(first.reference, gap=gap_statistics(pooled, target, correction))
         notes = (f"Ensemble of {len(members)} models: the mean of their predictions; interval, bias correction and "
                  f"gap statistics fitted on their pooled validation predictions.",)
+        logger.info("%s", notes[0])
         return cls(folders, correction, calibration, reference, pooled, notes + first.notes, first.fingerprint)
