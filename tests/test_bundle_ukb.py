@@ -94,7 +94,8 @@ def test_mlflow_tracking(tiny_cache, tmp_path):
 
 
 def test_linear_probe_keeps_the_pretrained_encoder(tiny_cache, tmp_path):
-    run_workflow(_configs("train", "demo"), dataset_dir=str(tiny_cache), output_dir=str(tmp_path), linear_probe=True, **TINY_TRAINING)
+    run_workflow(_configs("train", "demo"), dataset_dir=str(tiny_cache), output_dir=str(tmp_path), linear_probe=True,
+                 **TINY_TRAINING)
     pretrained = torch.load(tmp_path / "models" / "pretrained_encoder.pt", weights_only=True)
     final = torch.load(tmp_path / "models" / "model_final.pt", weights_only=True)
     for key, value in pretrained.items():

@@ -145,6 +145,9 @@ def test_help_and_unknown_commands(capsys):
     with pytest.raises(SystemExit) as stop:
         main(["predict", "--help"])
     assert stop.value.code == 0 and "examples:" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as stop:
+        main(["compare", "--help"])
+    assert stop.value.code == 0 and capsys.readouterr().out.startswith("usage: supremix-med compare")
 
 
 def test_train_is_the_bundle_runner_with_absolute_paths(tmp_path, monkeypatch, capsys):

@@ -21,7 +21,8 @@ from monai.bundle import ConfigWorkflow, run
 from nilearn.datasets import load_mni152_template
 
 from preprocessing.t1 import fingerprint
-from supremix_med.inference import FLAGS, PredictionWriter, TrainingReference, check_fingerprint, list_scans, named_flags
+from supremix_med.inference import (FLAGS, PredictionWriter, TrainingReference, check_fingerprint, list_scans,
+                                    named_flags)
 from supremix_med.metrics import BiasCorrection
 from supremix_med.networks import build_model
 

@@ -264,7 +264,8 @@ def test_a_folder_of_several_series_is_refused_unless_one_is_chosen(tmp_path):
     with pytest.raises(ValueError) as refused:
         t1.load_t1(folder)
     assert str(folder) in str(refused.value) and "holds 2 DICOM series" in str(refused.value)
-    assert "1.2.3.1 ('T1 MPRAGE', 10 slices)" in str(refused.value) and "1.2.3.2 ('FLAIR', 10 slices)" in str(refused.value)
+    assert "1.2.3.1 ('T1 MPRAGE', 10 slices)" in str(refused.value)
+    assert "1.2.3.2 ('FLAIR', 10 slices)" in str(refused.value)
     loaded, _ = t1.load_t1(folder, series_uid="1.2.3.2")
     np.testing.assert_array_equal(loaded, data)
     with pytest.raises(ValueError, match="no series with SeriesInstanceUID 9.9; found 1.2.3.1"):

@@ -335,8 +335,9 @@ def render_report(table: pd.DataFrame, previews: Mapping[str, Preview | None], s
     if calibration is not None:
         how = ("prediction +- a fixed half-width" if calibration.score == "absolute"
                else "prediction +- a multiple of its test-time-augmentation/ensemble spread")
+        unbounded = "" if math.isfinite(calibration.quantile) else " (too few for this level: unbounded intervals)"
         sentences.append(f"Intervals: {100 * (1 - calibration.alpha):.0f} % split-conformal intervals ({how}), "
-                         f"calibrated on {calibration.n} validation cases.")
+                         f"calibrated on {calibration.n} validation cases{unbounded}.")
     if QC_FLAG in table:
         sentences.append("Flags (a column each in predictions.csv): " + ", ".join(FLAGS) + ".")
     plot = _plot_png(table, validation, target)

@@ -195,8 +195,9 @@ def list_scans(source: str | os.PathLike | Sequence[str | os.PathLike], suffixes
             a folder, searched recursively; a single scan (a file ending with one of ``suffixes``, or a
             DICOM file with ``dicom="files"``; its id is its name without the suffix); or a CSV file (TSV when
             it ends with ``.tsv``) with columns ``id,path`` and optionally ``target`` (empty where unknown),
-            whose relative paths are resolved against the file's folder (a ``.csv`` that is also a scan suffix, as for extracted fMRI
-            series, is a list when its header names ``id`` and ``path``). In a folder, a scan is
+            whose relative paths are resolved against the file's folder (a ``.csv`` that is also a scan suffix,
+            as for extracted fMRI series, is a list when its header names ``id`` and ``path``). In a folder, a
+            scan is
 
             - a file whose name ends with one of ``suffixes`` (any case); its id is its path relative to the
               folder without that suffix (a flat folder gives plain file names; nested layouts such as
