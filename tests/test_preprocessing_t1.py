@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import locale
 import warnings
 from pathlib import Path
 
@@ -235,7 +236,9 @@ def test_four_d_image_with_one_volume_is_accepted(tmp_path):
 def test_dicom_series_reads_like_its_nifti(tmp_path, mni_file, mni_result):
     """The MNI template written as an MR series (int16 + rescale slope) preprocesses like the NIfTI, with the same
     fingerprint (the series choice is not recorded)."""
+    process_locale = locale.setlocale(locale.LC_ALL)
     uid = write_dicom_series(mni_file, tmp_path / "series", description="T1 MPRAGE")
+    assert locale.setlocale(locale.LC_ALL) == process_locale  # GDCM's writer switches to "C"; it is restored
     image, qc = t1.preprocess_with_qc(tmp_path / "series")
     assert qc["series_uid"] == uid and mni_result[1]["series_uid"] is None
     assert qc["input_shape"] == [197, 233, 189] and qc["input_orientation"] == "RAS"

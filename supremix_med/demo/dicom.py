@@ -13,6 +13,7 @@ The UIDs are derived from ``--uid`` (or the file's name), so writing the same sc
 from __future__ import annotations
 
 import argparse
+import locale
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -86,6 +87,17 @@ def write_dicom_series(nifti: str | os.PathLike, folder: str | os.PathLike, seri
     folder.mkdir(parents=True, exist_ok=True)
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
+    process_locale = locale.setlocale(locale.LC_ALL)  # GDCM's writer leaves the process in the "C" locale
+    try:
+        _write_slices(writer, image, shared, series_uid, slope, folder, name)
+    finally:
+        locale.setlocale(locale.LC_ALL, process_locale)
+    return series_uid
+
+
+def _write_slices(writer: sitk.ImageFileWriter, image: sitk.Image, shared: dict[str, str], series_uid: str,
+                  slope: float, folder: Path, name: str) -> None:
+    """One DICOM file per slice of ``image`` (see :func:`write_dicom_series`)."""
     for k in range(image.GetDepth()):
         plane = image[:, :, k]
         for tag, value in shared.items():
@@ -99,7 +111,6 @@ def write_dicom_series(nifti: str | os.PathLike, folder: str | os.PathLike, seri
             plane.SetMetaData("0028|1053", f"{slope:.10g}")
         writer.SetFileName(str(folder / f"{name}_{k:04d}.dcm"))
         writer.Execute(plane)
-    return series_uid
 
 
 def main(argv: Sequence[str] | None = None) -> None:
