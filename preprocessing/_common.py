@@ -1,5 +1,6 @@
 """Pieces the preprocessing modules share: library versions and file digests for fingerprints, NIfTI reading
-with a size check, and the manifest -> cache command line (its arguments, refusals and exit codes)."""
+with a size check, and the manifest -> cache command line (its arguments; its refusals and exit codes are
+:mod:`supremix_med.cli.refusals`, shared with the ``supremix-med`` commands)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,6 @@ import argparse
 import functools
 import hashlib
 import os
-import sys
-import warnings
 import zlib
 from collections.abc import Callable, Sequence
 from importlib.metadata import version
@@ -19,18 +18,13 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from supremix_med.cli.refusals import EXIT_FAILED, EXIT_REFUSED, add_debug_argument, one_line, run_cli
 from supremix_med.data.cache import build_cache
 from supremix_med.data.manifest import load_manifest
 
 __all__ = ["EXIT_FAILED", "EXIT_REFUSED", "add_cache_arguments", "add_debug_argument", "build_cache_from_cli",
-           "cache_parser", "file_sha256", "library_versions", "load_cli_manifest", "load_nifti", "read_voxels",
-           "run_cli"]
-
-#: Exit status of a refused run: bad input (manifest, parameters, columns, a missing file), as argparse's own.
-EXIT_REFUSED = 2
-#: Exit status of a run its environment stopped: a full disk, a dead worker, an unwritable folder.
-EXIT_FAILED = 1
-
+           "cache_parser", "file_sha256", "library_versions", "load_cli_manifest", "load_nifti", "one_line",
+           "read_voxels", "run_cli"]
 
 def library_versions(*packages: str) -> dict[str, str]:
     """``{package: installed version}`` for the given distribution names (``importlib.metadata.version``).
@@ -127,56 +121,6 @@ def add_cache_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         "--overwrite", action="store_true", help="replace a cache built with other settings (a matching one continues)"
     )
     return parser
-
-
-def add_debug_argument(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add ``--debug`` (show an error's traceback instead of its one-line message); return ``parser``."""
-    parser.add_argument("--debug", action="store_true", help="on an error, show the full traceback")
-    return parser
-
-
-def _one_line(message: object) -> str:
-    return " ".join(str(message).split())
-
-
-def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
-            run: Callable[[argparse.Namespace], None]) -> None:
-    """Parse ``argv`` with ``parser`` and call ``run(args)``: every preprocessing command line's ``main``.
-
-    An error the command expects ends the program with one line on stderr, ``<prog>: error: <message>``
-    (whitespace folded; the messages name the file and say what to do), and an exit status:
-
-    - ``EXIT_REFUSED`` (2, argparse's status for bad arguments) for a refused input: ``ValueError`` (bad
-      manifest, missing column, a cache built with other parameters, no sample could be preprocessed) or
-      ``FileNotFoundError``;
-    - ``EXIT_FAILED`` (1) for the environment: another ``OSError`` (a full disk, a folder without write
-      permission) or ``RuntimeError`` (a worker process died).
-
-    Warnings (e.g. samples left out of a cache) print as one line each, ``<prog>: warning: <message>``.
-    With ``--debug`` nothing is caught: errors and warnings show in full, with their traceback.
-
-    Raises:
-        SystemExit: on such an error (status above), or from argparse.
-    """
-    args = parser.parse_args(argv)
-    if args.debug:
-        run(args)
-        return
-    format_warning = warnings.formatwarning
-    warnings.formatwarning = lambda message, *_args, **_kwargs: f"{parser.prog}: warning: {_one_line(message)}\n"
-    try:
-        run(args)
-    except (ValueError, FileNotFoundError) as error:
-        _exit(parser.prog, error, EXIT_REFUSED)
-    except (OSError, RuntimeError) as error:
-        _exit(parser.prog, error, EXIT_FAILED)
-    finally:
-        warnings.formatwarning = format_warning
-
-
-def _exit(prog: str, error: BaseException, status: int) -> None:
-    print(f"{prog}: error: {_one_line(error)}", file=sys.stderr)
-    raise SystemExit(status) from error
 
 
 def load_cli_manifest(path: Path) -> pd.DataFrame:

@@ -101,13 +101,14 @@ from preprocessing._common import (
     library_versions,
     load_cli_manifest,
     load_nifti,
+    one_line,
     read_voxels,
     run_cli,
 )
 
 __all__ = ["MAX_VOXELS", "NON_BRAIN_LIMIT", "PIPELINE", "QC_FIELDS", "RUN_PARAMS", "VERSION", "T1Params",
-           "antialiased_image", "field_of_view_centre", "fingerprint", "grid_origin", "load_t1", "main", "preprocess",
-           "preprocess_with_qc", "resample_to_grid"]
+           "antialiased_image", "dicom_series", "field_of_view_centre", "fingerprint", "grid_origin", "load_t1", "main",
+           "preprocess", "preprocess_with_qc", "read_dicom_series", "resample_to_grid"]
 
 PIPELINE = "t1"
 VERSION = "2.0.0"  # 2.0.0: brain mask without dilation; z-score statistics from the brain's core only
@@ -128,6 +129,7 @@ _MIN_VOXELS_PER_AXIS = 8
 _SURROUNDINGS_MM = (8.0, 20.0)  # band around the brain mask where non_brain_fraction looks
 _VOXEL_SIZE_RANGE_MM = (0.1, 10.0)
 _MNI_VOXEL_SIZES_MM = (1.0, 2.0)
+_SERIES_DESCRIPTION, _MODALITY = "0008|103e", "0008|0060"  # DICOM tags (group|element) as GDCM names them
 _FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 
 
@@ -197,38 +199,56 @@ QC_LIMITS = {"registration_similarity": (T1Params.mni_similarity_threshold, None
 
 
 # ----------------------------------------------------------------------------------------------- loading
-def load_t1(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """Read and validate a 3-D T1 scan.
+def load_t1(path: str | os.PathLike, series_uid: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Read and validate a 3-D T1 scan: a NIfTI file, or a folder holding a DICOM series.
 
     Args:
-        path: NIfTI file (``.nii`` or ``.nii.gz``).
+        path: NIfTI file (``.nii`` or ``.nii.gz``), or a folder of DICOM files (:func:`read_dicom_series`).
+        series_uid: the ``SeriesInstanceUID`` to read from a DICOM folder holding several series (ignored for
+            NIfTI).
 
     Returns:
         (data, affine): float32 voxel array of shape (I, J, K) and its (4, 4) voxel-to-RAS+ mm affine.
 
     Raises:
-        FileNotFoundError: the file does not exist.
+        FileNotFoundError: the file or folder does not exist.
         ValueError: unreadable or corrupt file, a header declaring more than ``MAX_VOXELS`` voxels, not 3-D,
             fewer than 8 voxels along an axis, voxel sizes outside [0.1, 10] mm, NaN/Inf voxels, or a constant
-            image. The message names the file.
+            image; for a folder, see :func:`read_dicom_series`. The message names the file or folder.
     """
-    path = Path(path)
-    if not path.is_file():
+    return _load(Path(path), series_uid)[:2]
+
+
+def _load(path: Path, series_uid: str | None) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """:func:`load_t1`, and the SeriesInstanceUID read (None for NIfTI)."""
+    if path.is_dir():
+        series = dicom_series(path)
+        uid = _chosen_series(path, series, series_uid)
+        data, affine = _read_series(path, uid, series[uid])
+    elif path.is_file():
+        uid, (data, affine) = None, _read_nifti(path)
+    else:
         raise FileNotFoundError(f"T1 scan not found: {path}")
+    return (*_validated(data, affine, path), uid)
+
+
+def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
     image = load_nifti(path, MAX_VOXELS)
-    shape = image.shape
-    if len(shape) == 4 and shape[3] == 1:
+    if len(image.shape) == 4 and image.shape[3] == 1:
         image = image.slicer[..., 0]
-        shape = image.shape
-    if len(shape) != 3:
-        raise ValueError(f"{path}: expected a 3-D image (or 4-D with one volume), got shape {shape}.")
-    data = read_voxels(image, path)
+    if len(image.shape) != 3:
+        raise ValueError(f"{path}: expected a 3-D image (or 4-D with one volume), got shape {image.shape}.")
+    return read_voxels(image, path), image.affine
+
+
+def _validated(data: np.ndarray, affine: np.ndarray, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(data, affine)`` after the checks of :func:`load_t1` (the message names ``path``)."""
+    shape = data.shape
     if min(shape) < _MIN_VOXELS_PER_AXIS:
         raise ValueError(
             f"{path}: expected at least {_MIN_VOXELS_PER_AXIS} voxels along every axis of a 3-D volume, "
             f"got shape {shape} (a 2-D slice or a single slab?)."
         )
-    affine = image.affine
     voxel_sizes = np.linalg.norm(affine[:3, :3], axis=0)
     low, high = _VOXEL_SIZE_RANGE_MM
     if not (np.all(np.isfinite(affine)) and np.all((voxel_sizes >= low) & (voxel_sizes <= high))):
@@ -243,6 +263,100 @@ def load_t1(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"{path}: {bad} of {data.size} voxels are NaN or infinite.")
     if data.min() == data.max():
         raise ValueError(f"{path}: the image is constant (every voxel is {data.flat[0]}); it holds no anatomy.")
+    return data, affine
+
+
+def _dicom_tag(reader: sitk.ImageFileReader, tag: str) -> str:
+    return reader.GetMetaData(tag).strip() if reader.HasMetaDataKey(tag) else ""
+
+
+def _series_header(files: Sequence[str]) -> sitk.ImageFileReader:
+    """The header of a series' first file (no pixels read)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(files[0])
+    reader.ReadImageInformation()
+    return reader
+
+
+def dicom_series(folder: str | os.PathLike) -> dict[str, list[str]]:
+    """The DICOM series directly in ``folder`` (not its subfolders), read by GDCM through SimpleITK's
+    ``ImageSeriesReader``: ``{SeriesInstanceUID: slice files in the order GDCM sorts them (by position)}``;
+    empty when the folder holds no DICOM image."""
+    folder = str(folder)
+    return {uid: list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, uid))
+            for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder)}
+
+
+def _describe_series(series: dict[str, list[str]]) -> str:
+    """``UID ('description', N slices)`` of every series, ``; ``-joined."""
+    described = []
+    for uid, files in series.items():
+        description = _dicom_tag(_series_header(files), _SERIES_DESCRIPTION)
+        described.append(f"{uid} ({description!r}, {len(files)} slice{'s' * (len(files) != 1)})")
+    return "; ".join(described)
+
+
+def _chosen_series(folder: Path, series: dict[str, list[str]], series_uid: str | None) -> str:
+    """The UID of the series to read: the folder's only one, or ``series_uid`` (refusals: see ``read_dicom_series``)."""
+    if not series:
+        raise ValueError(f"{folder}: no DICOM image files directly in this folder (expected one T1 series).")
+    if series_uid is None and len(series) > 1:
+        raise ValueError(f"{folder}: holds {len(series)} DICOM series; choose one by its SeriesInstanceUID "
+                         f"(series_uid; supremix-med predict --series UID): {_describe_series(series)}.")
+    uid = series_uid if series_uid is not None else next(iter(series))
+    if uid not in series:
+        raise ValueError(f"{folder}: no series with SeriesInstanceUID {uid}; found {_describe_series(series)}.")
+    return uid
+
+
+def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One MR series of a DICOM folder as a voxel array and its RAS+ affine (SimpleITK's ``ImageSeriesReader``,
+    GDCM: slices sorted by position, each rescaled by its RescaleSlope/Intercept).
+
+    Args:
+        folder: a folder directly holding the DICOM files of the series (other files are ignored).
+        series_uid: which series to read when the folder holds several.
+
+    Returns:
+        (data, affine): float32 array (I, J, K) = (column, row, slice) and its (4, 4) voxel-to-RAS+ mm affine
+        (DICOM's LPS patient coordinates with the first two axes negated), as :func:`load_t1` returns a NIfTI's.
+
+    Raises:
+        ValueError: no DICOM image in the folder; several series and no (or an absent) ``series_uid`` (the
+            message lists each series' UID, description and slice count); a Modality other than MR; a series
+            larger than ``MAX_VOXELS``; slices GDCM cannot read as one volume.
+    """
+    folder = Path(folder)
+    series = dicom_series(folder)
+    uid = _chosen_series(folder, series, series_uid)
+    return _read_series(folder, uid, series[uid])
+
+
+def _read_series(folder: Path, uid: str, files: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The slices ``files`` of series ``uid`` as :func:`read_dicom_series` returns them."""
+    header = _series_header(files)
+    modality = _dicom_tag(header, _MODALITY)
+    if modality not in ("", "MR"):
+        raise ValueError(f"{folder}: series {uid} has Modality {modality}; a T1 scan is an MR series.")
+    rows_columns = int(np.prod(header.GetSize()[:2]))
+    if rows_columns * len(files) > MAX_VOXELS:
+        raise ValueError(f"{folder}: series {uid} has {len(files)} slices of {rows_columns} pixels, more than the "
+                         f"{MAX_VOXELS:.3g} voxels this reader accepts.")
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    try:
+        image = reader.Execute()
+    except RuntimeError as error:
+        raise ValueError(f"{folder}: series {uid} cannot be read as one volume ({one_line(error)}).") from error
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise ValueError(f"{folder}: series {uid} is not a 3-D grey-level volume (dimension "
+                         f"{image.GetDimension()}, {image.GetNumberOfComponentsPerPixel()} components per pixel).")
+    data = sitk.GetArrayFromImage(image).astype(np.float32, copy=False).T  # (z, y, x) -> (I, J, K)
+    lps_to_ras = np.diag([-1.0, -1.0, 1.0])
+    affine = np.eye(4)
+    direction = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
+    affine[:3, :3] = lps_to_ras @ direction @ np.diag(image.GetSpacing())
+    affine[:3, 3] = lps_to_ras @ np.asarray(image.GetOrigin(), dtype=float)
     return data, affine
 
 
@@ -418,13 +532,15 @@ def _normalise(volume: np.ndarray, core: np.ndarray | None, region: np.ndarray |
 
 # ------------------------------------------------------------------------------------------------ public
 def preprocess_with_qc(
-    path: str | os.PathLike, register: str = "auto", **params: Any
+    path: str | os.PathLike, register: str = "auto", series_uid: str | None = None, **params: Any
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Preprocess a T1 scan and report how (see the module docstring for the steps).
 
     Args:
-        path: NIfTI file.
+        path: NIfTI file, or a folder holding a DICOM series (see ``load_t1``).
         register: ``"auto"``, ``"always"`` or ``"never"``.
+        series_uid: the series to read from a DICOM folder holding several (a choice of input, not of
+            processing: the fingerprint does not record it).
         **params: any other ``T1Params`` field.
 
     Returns:
@@ -434,14 +550,15 @@ def preprocess_with_qc(
         a scan left outside MNI space), ``non_brain_fraction`` (tissue around the brain, see "Skull"; None
         when not masked), ``mutual_information`` (registered scans), ``transform_mni_to_scan``
         (4 x 4, RAS+ mm, registered scans), ``space`` ("MNI152" or "scanner"), ``input_shape``,
-        ``input_spacing_mm``, ``input_orientation`` (nibabel axis codes) and ``orientation`` ("RAS").
+        ``input_spacing_mm``, ``input_orientation`` (nibabel axis codes), ``orientation`` ("RAS") and
+        ``series_uid`` (the DICOM series read; None for NIfTI).
 
     Raises:
         FileNotFoundError, ValueError: see ``load_t1``.
     """
     config = T1Params(register=register, **params)
     path = Path(path)
-    data, affine = load_t1(path)
+    data, affine, read_uid = _load(path, series_uid)
     template = _template_on_grid(config)
     image = antialiased_image(data, affine, config)
     header_problem = _mni_header_problem(affine, data.shape)
@@ -475,6 +592,7 @@ def preprocess_with_qc(
         "input_spacing_mm": np.linalg.norm(affine[:3, :3], axis=0).round(6).tolist(),
         "input_orientation": "".join(nib.aff2axcodes(affine)),
         "orientation": "RAS",
+        "series_uid": read_uid,
     }
     return output[None], qc
 
@@ -489,15 +607,19 @@ def _transform_matrix(transform: sitk.AffineTransform) -> np.ndarray:
     return matrix
 
 
-def preprocess(path: str | os.PathLike, register: str = "auto", **params: Any) -> np.ndarray:
+def preprocess(path: str | os.PathLike, register: str = "auto", series_uid: str | None = None,
+               **params: Any) -> np.ndarray:
     """Preprocess a T1 scan to a float32 array of shape (1, 100, 100, 100) (see ``preprocess_with_qc``)."""
-    return preprocess_with_qc(path, register=register, **params)[0]
+    return preprocess_with_qc(path, register=register, series_uid=series_uid, **params)[0]
 
 
-def fingerprint(**params: Any) -> dict[str, Any]:
+def fingerprint(series_uid: str | None = None, **params: Any) -> dict[str, Any]:
     """Everything that determines ``preprocess``'s output, as a JSON-ready dict.
 
     Args:
+        series_uid: accepted (``preprocess``'s parameters are the fingerprint's) and not recorded: which series of
+            a DICOM folder is read picks the input, not how it is processed, so NIfTI and DICOM inputs share one
+            fingerprint.
         **params: ``T1Params`` fields (``register`` included); the rest take their defaults.
 
     Returns:

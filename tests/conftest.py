@@ -1,8 +1,12 @@
-"""Shared fixtures, built once per test session: a tiny synthetic T1 cohort and its preprocessed cache, a small table."""
+"""Shared fixtures: a tiny synthetic T1 cohort, its preprocessed cache and a model trained on it, built once per test
+session."""
 
 from __future__ import annotations
 
 import functools
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -45,3 +49,20 @@ def table_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("airfoil_table")
     generate_table(folder, n_rows=150, seed=0)
     return folder
+#: The tiny training run's settings (ukb_brainage train.json + demo.json): a few seconds per epoch on one thread.
+TINY_TRAINING = {"pretrain_epochs": 1, "finetune_epochs": 2, "batch_size": 4, "num_workers": 0}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_cache, tmp_path_factory) -> Path:
+    """ukb_brainage (train.json + demo.json, SupReMix) trained on the tiny cache by ``supremix-med train``, started
+    from another working directory; returns its output_dir (the model set in ``models/``)."""
+    out = tmp_path_factory.mktemp("run") / "supremix"
+    command = [sys.executable, "-m", "supremix_med.cli", "train", "ukb_brainage", "--overlay", "demo",
+               "--method", "supremix", "--dataset_dir", str(tiny_cache), "--output_dir", str(out)]
+    command += [arg for key, value in TINY_TRAINING.items() for arg in (f"--{key}", str(value))]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    result = subprocess.run(command, cwd=tmp_path_factory.mktemp("elsewhere"), env=env, capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out

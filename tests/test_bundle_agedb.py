@@ -15,6 +15,7 @@ from PIL import Image
 from _bundle_runs import bundle_configs, one_torch_thread, run_workflow  # noqa: F401 (autouse fixture)
 from conftest import BUNDLES
 from supremix_med.demo.faces import generate_faces
+from supremix_med.inference import FLAGS
 
 AGEDB, IMDB_WIKI = BUNDLES / "agedb", BUNDLES / "imdb_wiki"
 TINY = {
@@ -76,7 +77,8 @@ def test_inference_on_a_csv_with_unreadable_and_missing_images(trained, faces, t
     run_workflow([str(AGEDB / "inference.json")], workflow_type="infer", dataset_dir=str(tmp_path / "faces.csv"),
                  ckpt_dir=str(trained / "models"), output_dir=str(tmp_path / "out"), num_workers=0)
     predictions = pd.read_csv(tmp_path / "out" / "predictions.csv", keep_default_na=False).set_index("id")
-    assert list(predictions.columns) == ["path", "predicted_age", "age", "age_gap", "qc_flag", "error"]
+    assert list(predictions.columns) == ["path", "predicted_age", "predicted_age_low", "predicted_age_high",
+                                         "predicted_age_spread", "age", "age_gap", *FLAGS, "qc_flag", "error"]
     assert (predictions.loc[["face0", "face1", "face2"], "error"] == "").all()
     assert predictions.loc[["face0", "face1", "face2"], "predicted_age"].astype(float).notna().all()
     assert "broken.jpg: cannot read the image (UnidentifiedImageError" in predictions.loc["broken", "error"]

@@ -23,6 +23,7 @@ from monai.bundle import verify_metadata, verify_net_in_out
 from preprocessing import pet
 from supremix_med.demo import pet as demo_pet
 from supremix_med.data.cache import build_cache
+from supremix_med.inference import FLAGS
 
 BUNDLE = BUNDLES / "pet_brainage"
 TRAIN_DEMO = bundle_configs(BUNDLE, "train", "demo")
@@ -101,7 +102,8 @@ def test_inference_on_series_folders_and_nifti(trained, cohort, tmp_path):
                  output_dir=str(out), preprocessing_params=PET_PARAMS, num_workers=0)
     table = pd.read_csv(out / "predictions.csv").set_index("id")
     assert list(table.index) == ["broken", "new-a/pet", "new-b"]
-    assert list(table.columns) == ["path", "predicted_age", *pet.QC_FIELDS, "qc_flag", "error"]
+    assert list(table.columns) == ["path", "predicted_age", "predicted_age_low", "predicted_age_high",
+                                   "predicted_age_spread", *pet.QC_FIELDS, *FLAGS, "qc_flag", "error"]
     assert table.loc["new-a/pet", "source"] == "dicom" and table.loc["new-b", "source"] == "nifti"
     assert table.loc[["new-a/pet", "new-b"], "predicted_age"].notna().all()
     assert str(scans / "broken") in table.loc["broken", "error"] and np.isnan(table.loc["broken", "predicted_age"])

@@ -14,10 +14,9 @@ import torch
 from monai.bundle import ckpt_export, verify_metadata, verify_net_in_out
 
 from _bundle_runs import bundle_configs, run_workflow
-from conftest import BUNDLES, REPO
+from conftest import BUNDLES, REPO, TINY_TRAINING
 
 BUNDLE = BUNDLES / "ukb_brainage"
-TINY = {"pretrain_epochs": 1, "finetune_epochs": 2, "batch_size": 4, "num_workers": 0}
 
 
 def _configs(*names: str) -> list[str]:
@@ -25,22 +24,29 @@ def _configs(*names: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_cache, tmp_path_factory) -> Path:
-    """One SupReMix train.json + demo.json run on the tiny cache; returns its output_dir."""
-    out = tmp_path_factory.mktemp("run") / "supremix"
-    run_workflow(_configs("train", "demo"), dataset_dir=str(tiny_cache), output_dir=str(out), method="supremix", **TINY)
-    return out
+def trained(tiny_run) -> Path:
+    """One SupReMix train.json + demo.json run on the tiny cache (``supremix-med train``); returns its output_dir."""
+    return tiny_run
 
 
 def test_train_writes_every_output(trained):
     models = trained / "models"
     for name in ("model.pt", "model_final.pt", "pretrained_encoder.pt", "model_config.json",
-                 "bias_correction.json", "preprocessing.json"):
+                 "bias_correction.json", "preprocessing.json", "bundle.json", "validation_predictions.csv",
+                 "conformal.json", "reference.json", "input_reference.npy"):
         assert (models / name).is_file(), name
+    assert json.loads((models / "bundle.json").read_text()) == {"bundle": "ukb_brainage"}
     metrics = json.loads((trained / "metrics.json").read_text())
     for key in ("mae", "mse", "gm", "pearson_r", "n", "baseline_mae", "mae_corrected"):
         assert key in metrics
     assert metrics["n"] == 2 and metrics["method"] == "supremix"
+    # two validation cases are too few for a 90 % interval: unbounded, so it covers both test cases
+    assert metrics["conformal"] == {"coverage": 1.0, "coverage_target": 0.9, "n": 2, "mean_width": None,
+                                    "score": "normalised", "alpha": 0.1, "n_calibration": 2}
+    conformal = json.loads((models / "conformal.json").read_text())
+    assert conformal["spread_source"] == {"n_samples": 8, "flip_axes": [0], "max_shift": 2, "seed": 0}
+    validation = pd.read_csv(models / "validation_predictions.csv")
+    assert list(validation.columns) == ["id", "age", "predicted_age", "predicted_age_spread"] and len(validation) == 2
     predictions = pd.read_csv(trained / "predictions.csv")
     assert list(predictions.columns) == ["id", "age", "predicted_age", "brain_age_gap", "brain_age_gap_corrected"]
     assert predictions["predicted_age"].notna().all()
@@ -88,7 +94,8 @@ def test_mlflow_tracking(tiny_cache, tmp_path):
 
 
 def test_linear_probe_keeps_the_pretrained_encoder(tiny_cache, tmp_path):
-    run_workflow(_configs("train", "demo"), dataset_dir=str(tiny_cache), output_dir=str(tmp_path), linear_probe=True, **TINY)
+    run_workflow(_configs("train", "demo"), dataset_dir=str(tiny_cache), output_dir=str(tmp_path), linear_probe=True,
+                 **TINY_TRAINING)
     pretrained = torch.load(tmp_path / "models" / "pretrained_encoder.pt", weights_only=True)
     final = torch.load(tmp_path / "models" / "model_final.pt", weights_only=True)
     for key, value in pretrained.items():

@@ -21,6 +21,7 @@ from monai.bundle import verify_metadata, verify_net_in_out
 
 from preprocessing import ultrasound
 from supremix_med.demo.ultrasound import write_avi
+from supremix_med.inference import FLAGS
 
 BUNDLE = BUNDLES / "us_ejection_fraction"
 TRAIN_DEMO = bundle_configs(BUNDLE, "train", "demo")
@@ -88,7 +89,8 @@ def test_inference_on_a_clip_folder_and_a_csv(trained, echonet, tmp_path):
                  output_dir=str(out), preprocessing_params=US_PARAMS, num_workers=0)
     table = pd.read_csv(out / "predictions.csv").set_index("id")
     assert list(table.index) == ["broken", "new"]
-    assert list(table.columns) == ["path", "predicted_ef", *ultrasound.QC_FIELDS, "qc_flag", "error"]
+    assert list(table.columns) == ["path", "predicted_ef", "predicted_ef_low", "predicted_ef_high",
+                                   *ultrasound.QC_FIELDS, *FLAGS, "qc_flag", "error"]  # one sample: no spread
     assert np.isfinite(table.loc["new", "predicted_ef"]) and table.loc["new", "input_frames"] == 16
     assert "broken.avi" in table.loc["broken", "error"] and np.isnan(table.loc["broken", "predicted_ef"])
 

@@ -120,15 +120,29 @@ def test_each_flag_is_raised_alone(reference):
     table["age_gap"] = table["predicted_age"] - table["age"]
     features = pd.DataFrame([reference.features(_brain(seed=50 + i)) for i in range(5)]
                             + [reference.features(_brain(shift=6, scale=3.0, seed=60))])
-    flags = named_flags(table, reference, features, k_sd=3.0, min_similarity=0.5)
+    flags = named_flags(table, reference, features, qc_limits={"registration_similarity": (0.5, None)}, k_sd=3.0)
     expected = {0: [], 1: ["prediction_outside_training_range"], 2: ["target_outside_training_range", "large_gap"],
                 3: ["large_gap"], 4: ["low_registration_similarity"], 5: ["unlike_training_data"]}
     for row, names in expected.items():
         assert [f for f in FLAGS if flags.loc[row, f]] == names, row
-    assert flags.loc[0, "flags"] == ""
-    assert flags.loc[2, "flags"].startswith("target_outside_training_range: age 90.0 outside [45, 80]; large_gap: gap")
-    assert "template correlation" in flags.loc[5, "flags"]
+    assert flags.loc[0, "qc_flag"] == ""
+    assert flags.loc[2, "qc_flag"].startswith("age 90 outside the training range [45, 80]; gap -30.0 beyond the "
+                                              "validation gaps'")
+    assert flags.loc[4, "qc_flag"] == "registration similarity 0.3 below 0.5"
+    assert "template correlation" in flags.loc[5, "qc_flag"]
     assert flags["large_gap"].sum() == 2
+
+
+def test_qc_limits_implausible_targets_and_their_owners(reference):
+    table = _table(predicted_age=[60.0, 60.0, 60.0], age=[999.0, 60.0, 60.0], non_brain_fraction=[0.0, 0.2, np.nan],
+                   registration_similarity=[0.9, 0.9, 0.9])
+    flags = named_flags(table, reference, qc_limits={"registration_similarity": (0.5, None),
+                                                     "non_brain_fraction": (None, 0.05)}, plausible_range=(0, 120))
+    assert [f for f in FLAGS if flags.loc[0, f]] == ["implausible_target"]  # not also outside the training range
+    assert flags.loc[0, "qc_flag"] == "implausible age: 999 is outside the plausible range [0, 120] (gap left empty)"
+    assert [f for f in FLAGS if flags.loc[1, f]] == ["qc_outside_limits"]
+    assert flags.loc[1, "qc_flag"] == "non brain fraction 0.2 above 0.05"
+    assert not flags.loc[2, list(FLAGS)].any()  # not measured: not flagged
 
 
 def test_failed_scans_and_missing_columns_raise_nothing(reference):
@@ -136,8 +150,9 @@ def test_failed_scans_and_missing_columns_raise_nothing(reference):
     table.loc[0, "error"] = "scan.nii: cannot be read"
     table.loc[1, "error"] = "covariate unknown"
     flags = named_flags(table, reference)
-    assert not flags[list(FLAGS)].to_numpy().any() and flags["flags"].tolist() == ["", ""]
-    no_age = named_flags(_table(predicted_age=[50.0, 99.0]), reference, min_similarity=0.5)
+    assert not flags[list(FLAGS)].to_numpy().any() and flags["qc_flag"].tolist() == ["", ""]
+    no_age = named_flags(_table(predicted_age=[50.0, 99.0]), reference,
+                         qc_limits={"registration_similarity": (0.5, None)})
     assert no_age["prediction_outside_training_range"].tolist() == [False, True]
     assert not no_age["low_registration_similarity"].any()  # no similarity column: not measured, not flagged
 

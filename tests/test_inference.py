@@ -21,7 +21,8 @@ from monai.bundle import ConfigWorkflow, run
 from nilearn.datasets import load_mni152_template
 
 from preprocessing.t1 import fingerprint
-from supremix_med.inference import PredictionWriter, check_fingerprint, list_scans, qc_flags
+from supremix_med.inference import (FLAGS, PredictionWriter, TrainingReference, check_fingerprint, list_scans,
+                                    named_flags)
 from supremix_med.metrics import BiasCorrection
 from supremix_med.networks import build_model
 
@@ -76,8 +77,8 @@ def test_folder_gives_one_row_per_file_with_errors_for_bad_scans(folder_predicti
     table = folder_predictions.set_index("id")
     assert sorted(table.index) == ["corrupt", "good", "nan_voxel", "series", "slice"]
     assert list(table.columns) == ["path", "predicted_age", "registered", "register_decision",
-                                   "registration_similarity", "brain_masked", "non_brain_fraction", "qc_flag",
-                                   "error"]  # no ages known: no gaps
+                                   "registration_similarity", "brain_masked", "non_brain_fraction", *FLAGS,
+                                   "qc_flag", "error"]  # no ages known: no gaps
     good = table.loc["good"]
     assert good["path"] == str(scan_dir / "good.nii.gz")
     assert np.isfinite(good["predicted_age"]) and abs(good["predicted_age"] - MEAN_AGE) < 20
@@ -173,9 +174,15 @@ def test_list_scans_rejects_bad_csv(tmp_path, text, message):
         list_scans(tmp_path / "scans.csv")
 
 
+def _reference(low: float = 45.0, high: float = 82.0) -> TrainingReference:
+    """A training reference with a training range and wide validation gaps (no large_gap flag below 30 years)."""
+    return TrainingReference("age", [low, high], 40, {"mean": 0.0, "sd": 10.0, "n": 40, "corrected": False})
+
+
 def test_qc_flags_name_each_reason():
-    qc = {"registration_similarity": np.array([0.9, 0.9, 0.3, np.nan, 0.1])}
-    flags = qc_flags(np.array([60.0, 90.0, 60.0, 60.0, np.nan]), (45, 82), qc, {"registration_similarity": (0.7, None)})
+    table = pd.DataFrame({"predicted_age": [60.0, 90.0, 60.0, 60.0, np.nan],
+                          "registration_similarity": [0.9, 0.9, 0.3, np.nan, 0.1], "error": ""})
+    flags = named_flags(table, _reference(), qc_limits={"registration_similarity": (0.7, None)})["qc_flag"]
     assert flags[0] == "" and flags[3] == "" and flags[4] == ""  # NaN: not measured / the scan failed
     assert flags[1] == "predicted age 90.0 outside the training range [45, 82]"
     assert flags[2] == "registration similarity 0.3 below 0.7"
@@ -195,10 +202,12 @@ def written_frame(writer, ages, predicted) -> pd.DataFrame:
 def test_known_ages_outside_the_training_or_plausible_range_are_flagged(tmp_path):
     ages = np.linspace(45.0, 82.0, 40)
     correction = BiasCorrection("beheshti").fit(0.7 * ages + 18.0, ages)
-    writer = PredictionWriter(tmp_path / "p.csv", correction, target_range=(45, 82), pipeline=None,
-                              gap_name="brain_age_gap", plausible_range=(0, 120))
+    writer = PredictionWriter(tmp_path / "p.csv", correction, pipeline=None, gap_name="brain_age_gap",
+                              plausible_range=(0, 120), reference=_reference())
     table = written_frame(writer, [30.0, 999.0, float("inf"), float("nan"), 60.0], [52.0, 60.0, 61.0, 62.0, 63.0])
     assert table.loc["s0", "qc_flag"] == "age 30 outside the training range [45, 82]"
+    assert [f for f in FLAGS if table.loc["s0", f]] == ["target_outside_training_range"]
+    assert [f for f in FLAGS if table.loc["s1", f]] == ["implausible_target"]
     assert table.loc["s0", "brain_age_gap"] == pytest.approx(22.0)  # computed, extrapolated: flagged
     assert table.loc["s0", "brain_age_gap_corrected"] == pytest.approx(correction.corrected_gap([52.0], [30.0])[0])
     assert table.loc["s1", "qc_flag"] == "implausible age: 999 is outside the plausible range [0, 120] (gap left empty)"

@@ -25,12 +25,14 @@ from pydicom.data import get_testdata_file
 from preprocessing import pet, xray
 from supremix_med.demo import pet as demo_pet
 from supremix_med.inference import (
+    FLAGS,
     PredictionWriter,
     PreprocessScan,
+    TrainingReference,
     check_fingerprint,
     list_scans,
+    named_flags,
     qc_fields,
-    qc_flags,
 )
 from supremix_med.pipelines import PIPELINES, get_pipeline
 
@@ -209,11 +211,11 @@ def test_writer_reports_the_pipelines_qc_and_target(xray_dir, tmp_path):
     items = [{"id": "hand", "path": str(xray_dir / "hand.png"), "label": 12.0},
              {"id": "ct", "path": str(xray_dir / "ct.dcm"), "label": float("nan")},
              {"id": "broken", "path": str(xray_dir / "broken.png"), "label": 30.0}]
-    writer = PredictionWriter(tmp_path / "out" / "predictions.csv", target_range=(0.0, 9.0), target_name="months",
-                              pipeline="xray")
+    writer = PredictionWriter(tmp_path / "out" / "predictions.csv", target_name="months", pipeline="xray",
+                              reference=_reference("months", 0.0, 9.0))
     table = _predict(items, PreprocessScan("xray", **XRAY_PARAMS), writer).set_index("id")
-    assert list(table.columns) == ["path", "predicted_months", "months", "months_gap", *xray.QC_FIELDS, "qc_flag",
-                                   "error"]  # no bias correction: no corrected gap
+    assert list(table.columns) == ["path", "predicted_months", "months", "months_gap", *xray.QC_FIELDS, *FLAGS,
+                                   "qc_flag", "error"]  # no bias correction: no corrected gap
     hand = table.loc["hand"]
     assert hand["predicted_months"] == pytest.approx(10.0, abs=1e-4)  # a z-scored image has mean ~0
     assert hand["months_gap"] == pytest.approx(hand["predicted_months"] - 12.0)
@@ -235,18 +237,24 @@ def test_writer_flags_qc_limits_of_any_field(pet_dir, tmp_path):
         PredictionWriter(tmp_path / "p.csv", qc_limits={"fps": (1.0, None)}, pipeline="pet")
 
 
+def _reference(target: str, low: float, high: float) -> TrainingReference:
+    """A training reference with a training range and validation gaps too wide to flag any gap."""
+    return TrainingReference(target, [low, high], 10, {"mean": 0.0, "sd": 100.0, "n": 10, "corrected": False})
+
+
 @pytest.mark.parametrize("arguments, message", [
-    ({"target_range": (9.0, 1.0)}, r"target_range must be \(low, high\) with low < high, got \(9.0, 1.0\)"),
-    ({"target_range": (None, 1.0)}, r"target_range must be"),
-    ({"qc": {"x": np.ones(1)}, "qc_limits": {"x": 0.5}}, r"qc_limits\['x'\] must be \(low, high\) .*None for no bound"),
-    ({"qc": {"x": np.ones(1)}, "qc_limits": {"x": (2.0, 1.0)}}, r"qc_limits\['x'\] must be"),
+    ({"plausible_range": (9.0, 1.0)}, r"plausible_range must be \(low, high\) with low < high, got \(9.0, 1.0\)"),
+    ({"plausible_range": (None, 1.0)}, r"plausible_range must be"),
+    ({"qc_limits": {"x": 0.5}}, r"qc_limits\['x'\] must be \(low, high\) .*None for no bound"),
+    ({"qc_limits": {"x": (2.0, 1.0)}}, r"qc_limits\['x'\] must be"),
 ])
-def test_qc_flags_rejects_malformed_ranges(arguments, message):
+def test_flags_reject_malformed_ranges(arguments, message):
     with pytest.raises(ValueError, match=message):
-        qc_flags(np.ones(1), **arguments)
+        named_flags(pd.DataFrame({"predicted_age": [1.0], "x": [1.0]}), **arguments)
 
 
-def test_qc_flags_upper_limit_and_target_name():
-    flags = qc_flags(np.array([50.0, 99.0]), (20.0, 80.0), {"fps": np.array([120.0, 30.0])}, {"fps": (None, 100)},
-                     target_name="ef")
-    assert flags == ["fps 120 above 100", "predicted ef 99.0 outside the training range [20, 80]"]
+def test_flags_upper_limit_and_target_name():
+    table = pd.DataFrame({"predicted_ef": [50.0, 99.0], "fps": [120.0, 30.0]})
+    flags = named_flags(table, _reference("ef", 20.0, 80.0), qc_limits={"fps": (None, 100)})
+    assert flags["qc_flag"].tolist() == ["fps 120 above 100", "predicted ef 99.0 outside the training range [20, 80]"]
+    assert flags["qc_outside_limits"].tolist() == [True, False]

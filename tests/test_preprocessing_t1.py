@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import locale
 import warnings
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import SimpleITK as sitk
 
 from preprocessing import t1, ukb
 from preprocessing.registration import image_from_array, mni152_template, normalised_cross_correlation
+from supremix_med.demo.dicom import write_dicom_series
 
 GRID_CENTRE = (np.asarray(t1.T1Params().shape) - 1) / 2.0
 
@@ -229,6 +231,51 @@ def test_four_d_image_with_one_volume_is_accepted(tmp_path):
     data = np.random.default_rng(0).random((10, 11, 12, 1), dtype=np.float32)
     loaded, affine = t1.load_t1(_save(tmp_path / "one_volume.nii.gz", data, np.eye(4)))
     assert loaded.shape == (10, 11, 12) and np.array_equal(affine, np.eye(4))
+
+
+def test_dicom_series_reads_like_its_nifti(tmp_path, mni_file, mni_result):
+    """The MNI template written as an MR series (int16 + rescale slope) preprocesses like the NIfTI, with the same
+    fingerprint (the series choice is not recorded)."""
+    process_locale = locale.setlocale(locale.LC_ALL)
+    uid = write_dicom_series(mni_file, tmp_path / "series", description="T1 MPRAGE")
+    assert locale.setlocale(locale.LC_ALL) == process_locale  # GDCM's writer switches to "C"; it is restored
+    image, qc = t1.preprocess_with_qc(tmp_path / "series")
+    assert qc["series_uid"] == uid and mni_result[1]["series_uid"] is None
+    assert qc["input_shape"] == [197, 233, 189] and qc["input_orientation"] == "RAS"
+    np.testing.assert_allclose(image, mni_result[0], atol=1e-3)
+    assert t1.fingerprint(series_uid=uid) == t1.fingerprint()
+
+
+def test_dicom_geometry_round_trip_with_an_oblique_left_handed_grid(tmp_path):
+    rotation = np.array([[0.96, -0.28, 0.0], [0.28, 0.96, 0.0], [0.0, 0.0, 1.0]])
+    affine = np.eye(4)
+    affine[:3, :3], affine[:3, 3] = rotation @ np.diag([-1.0, 1.2, 2.0]), [90.0, -100.0, -60.0]
+    data = np.random.default_rng(0).integers(0, 1000, (20, 24, 16)).astype(np.float32)
+    write_dicom_series(_save(tmp_path / "oblique.nii.gz", data, affine), tmp_path / "series")
+    loaded, loaded_affine = t1.load_t1(tmp_path / "series")
+    # DICOM slices are stacked along the row x column normal: a left-handed grid comes back in reverse slice order
+    np.testing.assert_array_equal(loaded, data[:, :, ::-1])
+    flipped = affine @ np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, -1, 15], [0, 0, 0, 1]])
+    np.testing.assert_allclose(loaded_affine, flipped, atol=1e-4)
+
+
+def test_a_folder_of_several_series_is_refused_unless_one_is_chosen(tmp_path):
+    data = np.random.default_rng(0).integers(0, 1000, (12, 12, 10)).astype(np.float32)
+    folder = tmp_path / "two"
+    for name, uid, description in (("t1", "1.2.3.1", "T1 MPRAGE"), ("flair", "1.2.3.2", "FLAIR")):
+        write_dicom_series(_save(tmp_path / f"{name}.nii.gz", data, np.eye(4)), folder, uid, description)
+    with pytest.raises(ValueError) as refused:
+        t1.load_t1(folder)
+    assert str(folder) in str(refused.value) and "holds 2 DICOM series" in str(refused.value)
+    assert "1.2.3.1 ('T1 MPRAGE', 10 slices)" in str(refused.value)
+    assert "1.2.3.2 ('FLAIR', 10 slices)" in str(refused.value)
+    loaded, _ = t1.load_t1(folder, series_uid="1.2.3.2")
+    np.testing.assert_array_equal(loaded, data)
+    with pytest.raises(ValueError, match="no series with SeriesInstanceUID 9.9; found 1.2.3.1"):
+        t1.load_t1(folder, series_uid="9.9")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no DICOM image files directly in this folder"):
+        t1.load_t1(tmp_path / "empty")
 
 
 def _corrupt(path: Path) -> Path:

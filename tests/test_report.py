@@ -22,7 +22,7 @@ from monai.engines import SupervisedEvaluator
 from torch import nn
 
 from preprocessing.t1 import fingerprint as t1_fingerprint
-from supremix_med.inference import PredictionWriter
+from supremix_med.inference import PredictionWriter, StoredModel
 from supremix_med.inference import uncertainty
 from supremix_med.inference.flags import FLAGS
 from supremix_med.inference.reference import save_model_reference
@@ -87,10 +87,11 @@ def run(mask, model_dir, tmp_path_factory) -> Path:
                       "registered": not failed, "register_decision": "auto", "error": "corrupt file" if failed else "",
                       "registration_similarity": float("nan") if failed else (0.3 if i == 3 else 0.8),
                       "brain_masked": not failed, "non_brain_fraction": float("nan") if failed else 0.01})
-    writer = PredictionWriter(out / "predictions.csv", BiasCorrection.load(model_dir / "bias_correction.json"),
-                              gap_name="brain_age_gap")
-    report = InferenceReport(writer, out / "report.html", model_dir, FINGERPRINT, gap_name="brain_age_gap",
-                             min_similarity=0.5, title="Brain age")
+    model = StoredModel.read(model_dir)
+    writer = PredictionWriter(out / "predictions.csv", model.bias_correction, gap_name="brain_age_gap",
+                              qc_limits={"registration_similarity": (0.5, None)}, calibration=model.calibration,
+                              reference=model.reference)
+    report = InferenceReport(writer, out / "report.html", model, FINGERPRINT, title="Brain age")
     evaluator = SupervisedEvaluator(
         device=torch.device("cpu"), val_data_loader=torch.utils.data.DataLoader(items, batch_size=4),
         network=_AgeFromIntensity(), decollate=False, postprocessing=uncertainty.SplitSpreadd(),
@@ -102,9 +103,9 @@ def run(mask, model_dir, tmp_path_factory) -> Path:
 
 def test_predictions_gain_spread_interval_and_named_flags(run):
     table = pd.read_csv(run / "predictions.csv")
-    for column in ("predicted_age_spread", "predicted_age_low", "predicted_age_high", *FLAGS, "flags"):
-        assert column in table, column
-    assert table.columns[-2:].tolist() == ["qc_flag", "error"]
+    assert table.columns[:6].tolist() == ["id", "path", "predicted_age", "predicted_age_low", "predicted_age_high",
+                                          "predicted_age_spread"]
+    assert table.columns[-(len(FLAGS) + 2):].tolist() == [*FLAGS, "qc_flag", "error"]
     good = table["error"].isna()
     assert (table.loc[good, "predicted_age_low"] < table.loc[good, "predicted_age"]).all()
     assert table.loc[~good, ["predicted_age_low", "predicted_age_spread"]].isna().all().all()
@@ -123,11 +124,33 @@ def test_report_is_self_contained(run):
     assert "corrupt file" in page and "90 % split-conformal" in page
 
 
-def test_missing_model_files_are_stated(run, tmp_path):
-    writer = PredictionWriter(tmp_path / "p.csv")
-    report = InferenceReport(writer, tmp_path / "r.html", tmp_path / "empty_model", FINGERPRINT)
-    assert report.calibration is None and report.reference is None and report.validation is None
-    assert any("conformal.json" in n for n in report.notes) and any("reference.json" in n for n in report.notes)
+def test_missing_model_files_are_stated(tmp_path):
+    model = StoredModel.read(tmp_path / "empty_model")
+    assert model.calibration is None and model.reference is None and model.validation is None
+    assert any("conformal.json" in n for n in model.notes) and any("reference.json" in n for n in model.notes)
+
+
+def test_an_ensemble_is_calibrated_on_its_pooled_validation_predictions(model_dir, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(model_dir, other)
+    validation = pd.read_csv(other / "validation_predictions.csv")
+    validation["predicted_age"] += 2.0  # a member biased by two years
+    validation.to_csv(other / "validation_predictions.csv", index=False)
+    single, ensemble = StoredModel.read(model_dir), StoredModel.read([model_dir, other])
+    assert ensemble.folders == (model_dir, other) and "Ensemble of 2 models" in ensemble.notes[0]
+    pooled = ensemble.validation.set_index("id")
+    member = single.validation.set_index("id").loc[pooled.index]  # pooled rows are sorted by id
+    np.testing.assert_allclose(pooled["predicted_age"], member["predicted_age"] + 1.0)
+    # the members disagree by 2 years: the pooled spread is sqrt(sigma^2 + 1), wider than each member's
+    np.testing.assert_allclose(pooled["predicted_age_spread"], np.hypot(member["predicted_age_spread"], 1.0))
+    assert ensemble.calibration.n == single.calibration.n and ensemble.calibration.score == "normalised"
+    assert ensemble.reference.gap["mean"] == pytest.approx(single.reference.gap["mean"], abs=0.2)  # corrected gaps
+    assert ensemble.bias_correction.method == "beheshti" and ensemble.fingerprint == single.fingerprint
+    (other / "conformal.json").unlink()
+    incomplete = StoredModel.read([model_dir, other])
+    assert incomplete.calibration is None and incomplete.bias_correction is None
+    assert "No intervals, bias correction or gap check" in incomplete.notes[0]
+    assert np.isnan(incomplete.reference.gap["sd"]) and incomplete.reference.train_range == single.reference.train_range
 
 
 @pytest.mark.parametrize("pipeline, shape, kind, panels", [

@@ -160,15 +160,16 @@ def test_training_an_export_writes_under_its_eval_and_models(trained, exports):
 
 
 def test_shipped_model_is_what_inference_needs_listed_with_its_sha256(trained, shipped):
-    assert [path.name for path in model_files(trained / "models")] == [
-        "model.pt", "model_config.json", "preprocessing.json"]
-    assert sorted(path.name for path in (shipped / "models").iterdir()) == [
-        "model.pt", "model_config.json", "preprocessing.json"]
-    entries = zoo_checks.large_files(shipped)
-    assert [entry["path"] for entry in entries] == ["models/model.pt", "models/model_config.json",
-                                                    "models/preprocessing.json"]
-    assert entries[0]["url"] == URL_PLACEHOLDER.format(bundle="airfoil", version="0.1.0", path="models/model.pt")
-    assert {entry["hash_type"] for entry in entries} == {"sha256"}
+    # the weights, how to build and feed the network, and what the interval, flags and report need
+    needed = ["bundle.json", "conformal.json", "input_reference.npy", "model.pt", "model_config.json",
+              "preprocessing.json", "reference.json", "validation_predictions.csv"]
+    assert [path.name for path in model_files(trained / "models")] == needed
+    assert sorted(path.name for path in (shipped / "models").iterdir()) == needed
+    entries = {entry["path"]: entry for entry in zoo_checks.large_files(shipped)}
+    assert sorted(entries) == [f"models/{name}" for name in needed]
+    assert entries["models/model.pt"]["url"] == URL_PLACEHOLDER.format(bundle="airfoil", version="0.1.0",
+                                                                       path="models/model.pt")
+    assert {entry["hash_type"] for entry in entries.values()} == {"sha256"}
     zoo_checks.verify_directory(shipped)  # every listed file present with its sha256
 
 

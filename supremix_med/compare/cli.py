@@ -17,9 +17,9 @@ __all__ = ["main"]
 logger = logging.getLogger("supremix_med.compare")
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str = "python -m supremix_med.compare") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m supremix_med.compare", allow_abbrev=False,
+        prog=prog, allow_abbrev=False,
         description="Run a bundle once per pre-training method and seed (the same seeds and budget for every "
                     "method) and write comparison.md / .json / .png: mean ± sd over seeds and paired differences "
                     "against vanilla with a t-interval over seeds and a bootstrap interval within each seed. "
@@ -54,10 +54,11 @@ def _seeds(text: str) -> list[int]:
         raise ValueError(f"--seeds must be comma-separated integers, got {text!r}.") from None
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the grid and write the report; returns 1 when a cell failed, else 0 (2: bad arguments)."""
+def main(argv: Sequence[str] | None = None, prog: str = "python -m supremix_med.compare") -> int:
+    """Run the grid and write the report; returns 1 when a cell failed, else 0 (2: bad arguments). ``prog`` names
+    the command in messages (``supremix-med compare`` runs this)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    parser = _parser()
+    parser = _parser(prog)
     args, extra = parser.parse_known_args(argv)
     try:
         overrides = override_pairs(extra)

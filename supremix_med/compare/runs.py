@@ -15,7 +15,7 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -93,11 +93,15 @@ def bundle_methods(config_files: Sequence[str | os.PathLike]) -> tuple[str, ...]
     return tuple(sorted(supported, key=lambda method: method == "supremix"))
 
 
-def override_pairs(tokens: Sequence[str]) -> dict[str, str]:
+def override_pairs(tokens: Sequence[str], reserved: Collection[str] = RESERVED_OVERRIDES) -> dict[str, str]:
     """``["--key", "value", "--other=value"]`` -> ``{"key": "value", "other": "value"}`` (values unparsed).
 
+    Args:
+        tokens: the command line's override arguments.
+        reserved: keys that may not be overridden (default: those the comparison sets per cell).
+
     Raises:
-        ValueError: a token is not a ``--key``, a key has no value, or a key is one the comparison sets.
+        ValueError: a token is not a ``--key``, a key has no value, or a key is ``reserved``.
     """
     pairs: dict[str, str] = {}
     tokens = list(tokens)
@@ -110,7 +114,7 @@ def override_pairs(tokens: Sequence[str]) -> dict[str, str]:
             if not tokens or tokens[0].startswith("--"):
                 raise ValueError(f"bundle override --{key} has no value.")
             value = tokens.pop(0)
-        if key in RESERVED_OVERRIDES:
+        if key in reserved:
             hint = " (give the comparison's seeds with --seeds 0,1,2)" if key == "seed" else ""
             raise ValueError(f"--{key} is set by the comparison for every run; it cannot be a bundle override{hint}.")
         pairs[key] = value

@@ -4,7 +4,7 @@ A preprocessing pipeline reports per scan the QC values of its ``QC_FIELDS`` (e.
 ``registration_similarity``, see :mod:`supremix_med.inference.scans`); a scan *fails QC* when a value lies
 outside its limit in ``qc_limits`` (``{field: (low, high)}``, either bound ``None`` for none). A value that was
 not measured (NaN, e.g. no registration) never fails. Inference flags such scans in ``predictions.csv``
-(:func:`supremix_med.inference.qc_flags`); training and evaluation leave them out of a cache's datasets
+(:func:`supremix_med.inference.named_flags`); training and evaluation leave them out of a cache's datasets
 (:class:`supremix_med.data.CachedDataset`, ``qc_policy``). Both use :func:`qc_reasons`.
 
 A pipeline may declare default limits as ``QC_LIMITS`` beside ``QC_FIELDS`` (:func:`pipeline_qc_limits`).

@@ -2,7 +2,8 @@
 
 The modules of this package generate seeded, resumable synthetic cohorts with a learnable target, one per input
 kind (``python -m supremix_med.demo.<name> --output DIR``: ``t1``, ``fmri``, ``xray``, ``ultrasound``, ``pet``,
-``faces``, ``stsb``, ``table``), on the shared machinery of :mod:`.generation`.
+``faces``, ``stsb``, ``table``), on the shared machinery of :mod:`.generation`; :mod:`.dicom` writes a NIfTI
+volume as a DICOM MR series.
 
 :data:`DEMOS` says, per bundle, how its demo data are made:
 
@@ -45,6 +46,9 @@ DEMOS: dict[str, Demo] = {
         ("supremix_med.demo.t1", "--output", "{out}/cohort", "--workers", "2"),
         ("preprocessing.t1", "--manifest", "{out}/cohort/manifest.csv", "--output", "{out}/cache", "--workers",
          "2", "--register", "never"),
+        # one scan also as a DICOM MR series, to try `supremix-med predict` on DICOM input (README, Predict brain age)
+        ("supremix_med.demo.dicom", "--nifti", "{out}/cohort/sub-0000/T1_brain_to_MNI.nii.gz", "--output",
+         "{out}/dicom/sub-0000"),
     ), "{out}/cache"),
     "hcp_aging": Demo((
         ("supremix_med.demo.fmri", "--output", "{out}/cohort", "--n_subjects", "200", "--n_runs", "2"),

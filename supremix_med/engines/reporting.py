@@ -208,6 +208,9 @@ class TestReport:
         run_info: entries describing the run for ``metrics.json`` (method, epochs, ...); ``world_size`` is added.
         ordinality: ``{phase: handler}`` of the run's :class:`~supremix_med.engines.OrdinalityHandler` s; their
             results (``None`` for a phase that did not run) go to ``metrics["ordinality"]``.
+        calibration: a handler of the same evaluator with a ``coverage`` dict (the interval's test coverage,
+            :class:`supremix_med.inference.ConformalCalibration`), added to ``metrics.json`` as ``conformal``; or
+            ``None``.
 
     Attributes:
         metrics: what was written (empty on ranks other than 0, or before completion).
@@ -216,11 +219,11 @@ class TestReport:
     def __init__(self, collector: PredictionCollector, output_dir: str | os.PathLike, train_dataset,
                  bias_correction: BiasCorrectionHandler | None = None, target: str = "age",
                  shots: Mapping | None = None, run_info: Mapping[str, Any] | None = None,
-                 ordinality: Mapping[str, Any] | None = None) -> None:
+                 ordinality: Mapping[str, Any] | None = None, calibration: Any = None) -> None:
         self.collector, self.output_dir, self.train_dataset = collector, output_dir, train_dataset
         self.bias_correction, self.target, self.shots = bias_correction, target, shots
         self.run_info = dict(run_info or {})
-        self.ordinality = dict(ordinality or {})
+        self.ordinality, self.calibration = dict(ordinality or {}), calibration
         self.metrics: dict = {}
 
     def attach(self, engine: Engine) -> None:
@@ -235,5 +238,7 @@ class TestReport:
         extra = {**self.run_info, "world_size": world_size()}
         if self.ordinality:
             extra["ordinality"] = {phase: handler.result for phase, handler in self.ordinality.items()}
+        if self.calibration is not None:
+            extra["conformal"] = self.calibration.coverage
         self.metrics = write_report(test, self.output_dir, self.train_dataset.labels, correction, self.target, extra,
                                     self.shots)

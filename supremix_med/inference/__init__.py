@@ -5,11 +5,15 @@
 - :func:`check_fingerprint`: refuse a model trained on differently preprocessed data;
 - :class:`PreprocessScan`: a pipeline's (``preprocessing.<modality>``) preprocessing per item, errors captured
   instead of raised, QC fields from the pipeline's ``QC_FIELDS``;
-- :class:`PredictionWriter`: ignite handler writing ``predictions.csv`` (predictions, gaps, QC, errors) atomically;
+- :class:`PredictionWriter`: ignite handler writing ``predictions.csv`` (predictions, intervals, gaps, QC, flags,
+  errors) atomically; :class:`ScanProgress`: a progress bar over the scans;
 - :mod:`~supremix_med.inference.uncertainty`: test-time augmentation, deep ensembles, split conformal intervals;
 - :mod:`~supremix_med.inference.reference`: what training stores beside the model for intervals, flags and report;
-- :func:`named_flags`: named QC flags of a predictions table against the training reference;
-- :class:`InferenceReport`: ignite handler writing ``report.html`` (and the interval and flag columns).
+  :class:`ConformalCalibration`: the training recipe's handler that stores it and reports the test coverage;
+- :class:`StoredModel`: what inference reads beside one model or an ensemble's models; :func:`save_bundle_record`:
+  which bundle runs a model;
+- :func:`named_flags`: every per-scan flag (QC limits, implausible targets, against the training reference);
+- :class:`InferenceReport`: ignite handler writing ``report.html``.
 """
 
 from .scans import (
@@ -21,10 +25,17 @@ from .scans import (
     list_scans,
     qc_fields,
 )
-from .flags import FLAGS, named_flags
-from .model_folder import check_model_folder, stored_params
+from .calibration import ConformalCalibration
+from .flags import FLAGS, implausible_targets, named_flags
+from .model_folder import (
+    StoredModel,
+    check_model_folder,
+    read_bundle_record,
+    save_bundle_record,
+    stored_params,
+)
 from .reference import TrainingReference, save_model_reference
-from .report import InferenceReport, annotate_predictions, render_report
+from .report import InferenceReport, render_report
 from .uncertainty import (
     ConformalInterval,
     DeepEnsemble,
@@ -35,10 +46,14 @@ from .uncertainty import (
     coverage_report,
     load_ensemble,
 )
-from .writer import PredictionWriter, qc_flags
+from .writer import PredictionWriter, ScanProgress
 
 __all__ = [
+    "ConformalCalibration",
+    "StoredModel",
     "check_model_folder",
+    "read_bundle_record",
+    "save_bundle_record",
     "stored_params",
     "ConformalInterval",
     "DeepEnsemble",
@@ -48,10 +63,10 @@ __all__ = [
     "SpreadCollector",
     "TestTimeAugmentationInferer",
     "TrainingReference",
-    "annotate_predictions",
     "calibrated_inferer",
     "coverage_report",
     "load_ensemble",
+    "implausible_targets",
     "named_flags",
     "render_report",
     "save_model_reference",
@@ -60,8 +75,8 @@ __all__ = [
     "NIFTI_SUFFIXES",
     "PredictionWriter",
     "PreprocessScan",
+    "ScanProgress",
     "check_fingerprint",
     "list_scans",
     "qc_fields",
-    "qc_flags",
 ]

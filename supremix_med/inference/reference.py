@@ -39,7 +39,8 @@ from supremix_med.metrics import BiasCorrection
 from .uncertainty import CONFORMAL_FILE, ConformalInterval, spread_column
 
 __all__ = ["FEATURES", "INPUT_TEMPLATE_FILE", "REFERENCE_FILE", "VALIDATION_PREDICTIONS_FILE", "TrainingReference",
-           "coarse", "input_features", "save_model_reference"]
+           "coarse", "fit_model_reference", "gap_statistics", "input_features", "save_model_reference",
+           "write_model_reference"]
 
 REFERENCE_FILE = "reference.json"
 INPUT_TEMPLATE_FILE = "input_reference.npy"
@@ -89,6 +90,26 @@ def _robust(values: np.ndarray) -> dict[str, float]:
     return {"median": median, "scale": scale, "min": float(values.min()), "max": float(values.max())}
 
 
+def gap_statistics(validation: pd.DataFrame, target: str = "age",
+                   bias_correction: BiasCorrection | None = None) -> dict[str, Any]:
+    """``{"mean", "sd", "n", "corrected"}`` of the validation gaps (predicted - target, target units; bias-corrected
+    with a ``bias_correction``) over the cases with a finite target and prediction.
+
+    Raises:
+        ValueError: fewer than 2 such cases.
+    """
+    truth = validation[target].to_numpy(float)
+    pred = validation[f"predicted_{target}"].to_numpy(float)
+    known = np.isfinite(truth) & np.isfinite(pred)
+    if known.sum() < 2:
+        raise ValueError(f"TrainingReference.fit: need >= 2 validation cases with a finite {target} and "
+                         f"prediction, got {int(known.sum())}.")
+    gaps = (bias_correction.corrected_gap(pred[known], truth[known]) if bias_correction is not None
+            else pred[known] - truth[known])
+    return {"mean": float(np.mean(gaps)), "sd": float(np.std(gaps, ddof=1)), "n": int(known.sum()),
+            "corrected": bias_correction is not None}
+
+
 @dataclass
 class TrainingReference:
     """Training-data statistics stored beside a model (``reference.json``), see the module docstring.
@@ -136,16 +157,7 @@ class TrainingReference:
         targets = targets[np.isfinite(targets)]
         if len(targets) == 0:
             raise ValueError("TrainingReference.fit: no finite training target.")
-        truth = validation[target].to_numpy(float)
-        pred = validation[f"predicted_{target}"].to_numpy(float)
-        known = np.isfinite(truth) & np.isfinite(pred)
-        if known.sum() < 2:
-            raise ValueError(f"TrainingReference.fit: need >= 2 validation cases with a finite {target} and "
-                             f"prediction, got {int(known.sum())}.")
-        gaps = (bias_correction.corrected_gap(pred[known], truth[known]) if bias_correction is not None
-                else pred[known] - truth[known])
-        gap = {"mean": float(np.mean(gaps)), "sd": float(np.std(gaps, ddof=1)), "n": int(known.sum()),
-               "corrected": bias_correction is not None}
+        gap = gap_statistics(validation, target, bias_correction)
         reference = cls(target, [float(targets.min()), float(targets.max())], int(len(targets)), gap)
         if train_inputs is not None:
             reference._fit_inputs(train_inputs, max_inputs, image_key)
@@ -205,6 +217,31 @@ class TrainingReference:
         return reference
 
 
+def fit_model_reference(validation: pd.DataFrame, train_targets: Sequence[float], target: str = "age",
+                        bias_correction: BiasCorrection | None = None, train_inputs: Sequence[Any] | None = None,
+                        alpha: float = 0.1, max_inputs: int = 256, spread_source: Mapping[str, Any] | None = None
+                        ) -> tuple[pd.DataFrame, ConformalInterval, TrainingReference]:
+    """What :func:`save_model_reference` writes: ``(validation table, interval, reference)`` (see there)."""
+    spread = validation[spread_column(target)] if spread_column(target) in validation else None
+    if spread is not None and not (spread.to_numpy(float) > 0).any():  # e.g. one TTA sample of one model
+        spread = None
+    columns = ["id", target, f"predicted_{target}"] + ([spread_column(target)] if spread is not None else [])
+    table = validation[columns]
+    interval = ConformalInterval.fit(table[f"predicted_{target}"], table[target], spread, alpha=alpha, target=target,
+                                     spread_source=spread_source if spread is not None else None)
+    reference = TrainingReference.fit(train_targets, table, target, bias_correction, train_inputs, max_inputs)
+    return table, interval, reference
+
+
+def write_model_reference(ckpt_dir: str | os.PathLike, table: pd.DataFrame, interval: ConformalInterval,
+                          reference: TrainingReference) -> None:
+    """Write :func:`fit_model_reference`'s result into the model folder ``ckpt_dir`` (file names: module docstring)."""
+    ckpt_dir = Path(ckpt_dir)
+    atomic_write(ckpt_dir / VALIDATION_PREDICTIONS_FILE, lambda tmp: table.to_csv(tmp, index=False))
+    interval.save(ckpt_dir / CONFORMAL_FILE)
+    reference.save(ckpt_dir)
+
+
 def save_model_reference(ckpt_dir: str | os.PathLike, validation: pd.DataFrame, train_targets: Sequence[float],
                          target: str = "age", bias_correction: BiasCorrection | None = None,
                          train_inputs: Sequence[Any] | None = None, alpha: float = 0.1,
@@ -225,17 +262,7 @@ def save_model_reference(ckpt_dir: str | os.PathLike, validation: pd.DataFrame, 
     Returns:
         the reference that was written.
     """
-    ckpt_dir = Path(ckpt_dir)
-    spread = validation[spread_column(target)] if spread_column(target) in validation else None
-    if spread is not None and not (spread.to_numpy(float) > 0).any():  # e.g. one TTA sample of one model
-        spread = None
-    columns = ["id", target, f"predicted_{target}"] + ([spread_column(target)] if spread is not None else [])
-    table = validation[columns]
-    interval = ConformalInterval.fit(table[f"predicted_{target}"], table[target], spread, alpha=alpha, target=target,
-                                     spread_source=spread_source if spread is not None else None)
-    reference = TrainingReference.fit(train_targets, table, target, bias_correction, train_inputs, max_inputs)
-    atomic_write(ckpt_dir / VALIDATION_PREDICTIONS_FILE, lambda tmp: table.to_csv(tmp, index=False))
-    interval.save(ckpt_dir / CONFORMAL_FILE)
-    reference.save(ckpt_dir)
+    table, interval, reference = fit_model_reference(validation, train_targets, target, bias_correction,
+                                                     train_inputs, alpha, max_inputs, spread_source)
+    write_model_reference(ckpt_dir, table, interval, reference)
     return reference
-

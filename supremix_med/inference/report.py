@@ -12,7 +12,8 @@ The page (no external CSS, scripts, fonts or images: every picture is an inline 
   (X-ray, faces); the parcel x time matrix as a carpet plot (fMRI); no preview for a feature vector (tables).
 
 :class:`InferenceReport` is the ignite handler that builds it during an inference run: it keeps a small preview
-(uint8 slices of at most 96 pixels a side) of every scan as its batch passes, so nothing is preprocessed twice.
+(uint8 slices of at most 96 pixels a side) of every scan as its batch passes, so nothing is preprocessed twice, and
+renders the table :class:`~supremix_med.inference.PredictionWriter` wrote (the page only shows it).
 :func:`render_report` builds the page from a predictions table and previews, for use outside an engine.
 """
 
@@ -41,12 +42,11 @@ from scipy import ndimage
 
 from supremix_med.io import atomic_write
 
-from .flags import FLAGS, named_flags
-from .reference import VALIDATION_PREDICTIONS_FILE, TrainingReference
-from .uncertainty import CONFORMAL_FILE, ConformalInterval, spread_column
+from .flags import FLAGS, QC_FLAG
+from .model_folder import StoredModel
+from .uncertainty import ConformalInterval
 
-__all__ = ["InferenceReport", "Preview", "PreviewSpec", "annotate_predictions", "make_preview", "render_report",
-           "template_brain_mask"]
+__all__ = ["InferenceReport", "Preview", "PreviewSpec", "make_preview", "render_report", "template_brain_mask"]
 
 logger = logging.getLogger(__name__)
 
@@ -219,42 +219,6 @@ def _preview_png(preview: Preview, gap: int = 2) -> str:
 
 
 # --------------------------------------------------------------------------------------------------- table
-def annotate_predictions(table: pd.DataFrame, spreads: Sequence[float] | None = None,
-                         calibration: ConformalInterval | None = None, reference: TrainingReference | None = None,
-                         features: pd.DataFrame | None = None, target: str = "age", gap_name: str | None = None,
-                         k_sd: float = 3.0, min_similarity: float | None = None, z_limit: float = 6.0) -> pd.DataFrame:
-    """A predictions table with the spread, the conformal interval and the named flags added.
-
-    Args:
-        table: ``PredictionWriter``'s table (``id, path, predicted_<target>, ...``).
-        spreads: per-row spread [N] (TTA/ensemble standard deviation, target units), or None.
-        calibration: the model's interval; adds ``predicted_<target>_low`` / ``_high`` (empty for failed scans).
-        reference: the model's training statistics; adds the :data:`~supremix_med.inference.flags.FLAGS` columns
-            and ``flags`` (see :func:`~supremix_med.inference.flags.named_flags` for ``features``, ``gap_name``,
-            ``k_sd``, ``min_similarity``, ``z_limit``).
-
-    Returns:
-        a new table; the added columns go before ``qc_flag``/``error`` when present.
-
-    Raises:
-        ValueError: ``spreads`` of another length, or a calibration with spreads but none given.
-    """
-    out = table.copy()
-    pred = out[f"predicted_{target}"].to_numpy(float)
-    if spreads is not None:
-        if len(spreads) != len(out):
-            raise ValueError(f"annotate_predictions: {len(spreads)} spreads for {len(out)} predictions.")
-        out[spread_column(target)] = np.where(np.isfinite(pred), np.asarray(spreads, float), np.nan)
-    if calibration is not None:
-        low, high = calibration.interval(pred, None if spreads is None else out[spread_column(target)])
-        out[f"predicted_{target}_low"], out[f"predicted_{target}_high"] = low, high
-    if reference is not None:
-        flags = named_flags(out, reference, features, k_sd, min_similarity, z_limit, gap_name)
-        out = pd.concat([out, flags], axis=1)
-    tail = [c for c in ("qc_flag", "error") if c in out]
-    return out[[c for c in out.columns if c not in tail] + tail]
-
-
 def _number(value: Any, digits: int = 1, signed: bool = False) -> str:
     try:
         number = float(value)
@@ -282,7 +246,7 @@ def _plot_png(table: pd.DataFrame, validation: pd.DataFrame | None, target: str)
     has_validation = validation is not None and len(validation) > 0
     if not (known.any() or unknown.any() or has_validation):
         return None
-    flagged = table["flags"].astype(bool).to_numpy() if "flags" in table else np.zeros(len(table), bool)
+    flagged = table[QC_FLAG].fillna("").astype(bool).to_numpy() if QC_FLAG in table else np.zeros(len(table), bool)
     errors = None
     if low_col in table:
         low, high = table[low_col].to_numpy(float), table[high_col].to_numpy(float)
@@ -332,7 +296,7 @@ def _row(i: int, row: pd.Series, preview: str | None, target: str, gap_name: str
     interval = ""
     if f"{pred_col}_low" in row and math.isfinite(float(row[pred_col])):
         interval = f"{_number(row[f'{pred_col}_low'])} – {_number(row[f'{pred_col}_high'])}"
-    flags = "; ".join(_text(row.get(c, "")) for c in ("qc_flag", "flags") if _text(row.get(c, "")))
+    flags = _text(row.get(QC_FLAG, ""))
     error = _text(row.get("error", ""))
     css = "failed" if error else "flagged" if flags else ""
     image = f'<img class="preview" alt="preview of {_text(row["id"])}" src="{preview}">' if preview else ""
@@ -350,7 +314,7 @@ def render_report(table: pd.DataFrame, previews: Mapping[str, Preview | None], s
     """The self-contained HTML page (see the module docstring).
 
     Args:
-        table: the (annotated, :func:`annotate_predictions`) predictions table, one row per scan.
+        table: the predictions table (:class:`~supremix_med.inference.PredictionWriter`), one row per scan.
         previews: ``{id: Preview}`` (missing or None: no preview, e.g. a failed scan).
         spec: how the previews were made (its caption is shown).
         validation: the model's ``validation_predictions.csv``, the plot's reference cloud.
@@ -363,10 +327,7 @@ def render_report(table: pd.DataFrame, previews: Mapping[str, Preview | None], s
     """
     gap_name = gap_name or f"{target}_gap"
     failed = table["error"].fillna("").astype(bool) if "error" in table else pd.Series(False, index=table.index)
-    flagged = pd.Series(False, index=table.index)
-    for column in ("qc_flag", "flags"):
-        if column in table:
-            flagged |= table[column].fillna("").astype(bool)
+    flagged = table[QC_FLAG].fillna("").astype(bool) if QC_FLAG in table else pd.Series(False, index=table.index)
     counts = {"scans": len(table), "predicted": int((~failed).sum()), "failed": int(failed.sum()),
               "flagged": int((flagged & ~failed).sum())}
     summary = [f"<span><b>{n}</b> {name}</span>" for name, n in counts.items()]
@@ -374,10 +335,11 @@ def render_report(table: pd.DataFrame, previews: Mapping[str, Preview | None], s
     if calibration is not None:
         how = ("prediction +- a fixed half-width" if calibration.score == "absolute"
                else "prediction +- a multiple of its test-time-augmentation/ensemble spread")
+        unbounded = "" if math.isfinite(calibration.quantile) else " (too few for this level: unbounded intervals)"
         sentences.append(f"Intervals: {100 * (1 - calibration.alpha):.0f} % split-conformal intervals ({how}), "
-                         f"calibrated on {calibration.n} validation cases.")
-    if "flags" in table:
-        sentences.append("Flags: " + ", ".join(FLAGS) + ".")
+                         f"calibrated on {calibration.n} validation cases{unbounded}.")
+    if QC_FLAG in table:
+        sentences.append("Flags (a column each in predictions.csv): " + ", ".join(FLAGS) + ".")
     plot = _plot_png(table, validation, target)
     rows = "\n".join(_row(i, row, _preview_png(previews[str(row["id"])]) if previews.get(str(row["id"])) else None,
                           target, gap_name) for i, (_, row) in enumerate(table.iterrows()))
@@ -397,54 +359,33 @@ def render_report(table: pd.DataFrame, previews: Mapping[str, Preview | None], s
 
 
 # ------------------------------------------------------------------------------------------------- handler
-def _optional(folder: Path, name: str, load, notes: list[str], missing: str):
-    path = folder / name
-    if not path.is_file():
-        notes.append(f"{missing} (the model folder has no {name}).")
-        return None
-    return load(path)
-
-
 class InferenceReport:
-    """Ignite handler writing ``report.html`` (and the interval and flag columns of ``predictions.csv``).
+    """Ignite handler writing ``report.html`` from an inference run's predictions table.
 
     Attach it to the inference evaluator *after* the :class:`~supremix_med.inference.PredictionWriter` (handlers
-    run in the order they were attached). Each iteration it keeps a :class:`Preview` of every scan's input
-    (``engine.state.batch[image_key]``), its input features when the model's reference has feature statistics, and
-    its spread (``engine.state.output[spread_key]``, present with :class:`~supremix_med.inference.uncertainty.
-    TestTimeAugmentationInferer` and ``SplitSpreadd``). At completion it takes the writer's table, adds the spread,
-    the conformal interval and the named flags (:func:`annotate_predictions`), rewrites ``predictions.csv`` with
-    them (``update_predictions``) and writes the page.
+    run in the order they were attached): at completion it renders the table the writer has just written (the
+    writer owns the table: prediction, interval, gaps, QC, flags). Each iteration it keeps a small
+    :class:`Preview` of every scan's input (``engine.state.batch[image_key]``), so nothing is preprocessed twice.
 
     Args:
-        writer: the run's ``PredictionWriter``.
+        writer: the run's ``PredictionWriter`` (its ``target_name`` and ``gap_name`` name the columns).
         output_path: the HTML file to write.
-        model_dir: the model folder; ``conformal.json``, ``reference.json`` and ``validation_predictions.csv`` are
-            used when present (the page says which are missing).
-        fingerprint: the pipeline's fingerprint (``check_fingerprint``'s result), which decides the previews.
-        target, gap_name: as the writer's.
-        k_sd, min_similarity, z_limit: flag limits, see :func:`~supremix_med.inference.flags.named_flags`.
+        model: what the model folder(s) hold (:class:`~supremix_med.inference.StoredModel`): the validation
+            cloud of the plot, the interval described, the notes on what is missing, the preprocessing fingerprint;
+            None: none of it.
+        fingerprint: the pipeline's fingerprint, which decides the previews; default the model's.
         title: the page title.
-        image_key, spread_key: batch key of the preprocessed input, output key of the spread.
-        update_predictions: rewrite the writer's CSV with the added columns.
+        image_key: batch key of the preprocessed input.
     """
 
-    def __init__(self, writer: Any, output_path: str | os.PathLike, model_dir: str | os.PathLike,
-                 fingerprint: Mapping[str, Any] | None = None, target: str = "age", gap_name: str | None = None,
-                 k_sd: float = 3.0, min_similarity: float | None = None, z_limit: float = 6.0,
-                 title: str = "Prediction report", image_key: str = "image", spread_key: str = "pred_spread",
-                 update_predictions: bool = True) -> None:
-        self.writer, self.output_path, self.target, self.gap_name = writer, Path(output_path), target, gap_name
-        self.limits = {"k_sd": k_sd, "min_similarity": min_similarity, "z_limit": z_limit}
-        self.title, self.image_key, self.spread_key = title, image_key, spread_key
-        self.update_predictions = update_predictions
+    def __init__(self, writer: Any, output_path: str | os.PathLike, model: StoredModel | None = None,
+                 fingerprint: Mapping[str, Any] | None = None, title: str = "Prediction report",
+                 image_key: str = "image") -> None:
+        self.writer, self.output_path, self.model = writer, Path(output_path), model
+        self.title, self.image_key = title, image_key
+        if fingerprint is None and model is not None:
+            fingerprint = model.fingerprint
         self.spec = PreviewSpec.from_fingerprint(fingerprint)
-        folder, self.notes = Path(model_dir), []
-        self.calibration = _optional(folder, CONFORMAL_FILE, ConformalInterval.load, self.notes, "No intervals")
-        self.reference = _optional(folder, "reference.json", lambda p: TrainingReference.load(p.parent), self.notes,
-                                   "No flags against the training data")
-        self.validation = _optional(folder, VALIDATION_PREDICTIONS_FILE, lambda p: pd.read_csv(p, dtype={"id": str}),
-                                    self.notes, "No validation cloud in the plot")
         self.reset()
 
     def attach(self, engine: Engine) -> None:
@@ -454,48 +395,23 @@ class InferenceReport:
 
     def reset(self, engine: Engine | None = None) -> None:
         self.previews: dict[str, Preview | None] = {}
-        self.features: dict[str, dict[str, float]] = {}
-        self.spreads: dict[str, float] = {}
 
     def collect(self, engine: Engine) -> None:
-        """Keep each scan's preview, features and spread (failed scans: none)."""
-        batch, output = engine.state.batch, engine.state.output
+        """Keep each scan's preview (failed scans: none)."""
+        batch = engine.state.batch
         ids = [str(i) for i in batch["id"]]
         errors = list(batch.get("error", [""] * len(ids)))
-        images = batch[self.image_key]
-        spread = output.get(self.spread_key) if isinstance(output, Mapping) else None
         for k, scan in enumerate(ids):
-            if spread is not None:
-                self.spreads[scan] = float(torch.as_tensor(spread)[k].reshape(-1)[0])
-            if errors[k]:
-                continue
-            image = images[k].detach().cpu().float().numpy()
-            self.previews[scan] = make_preview(image, self.spec)
-            if self.reference is not None and self.reference.template is not None:
-                self.features[scan] = self.reference.features(image)
+            if not errors[k]:
+                self.previews[scan] = make_preview(batch[self.image_key][k], self.spec)
 
-    def table(self) -> pd.DataFrame:
-        """The writer's table with spreads, intervals and flags."""
-        table = self.writer.frame()
-        ids = table["id"].astype(str)
-        spreads = [self.spreads.get(i, np.nan) for i in ids] if self.spreads else None
-        features = (pd.DataFrame([self.features.get(i, {}) for i in ids], index=table.index)
-                    if self.features else None)
-        calibration = self.calibration
-        if calibration is not None and calibration.score == "normalised" and spreads is None:
-            logger.warning("the model's interval is calibrated on spreads, but this run computed none (no test-time "
-                           "augmentation or ensemble): no intervals")
-            calibration = None
-        return annotate_predictions(table, spreads, calibration, self.reference, features, self.target,
-                                    self.gap_name, **self.limits)
-
-    def write(self, engine: Engine | None = None) -> pd.DataFrame:
-        """Write ``report.html`` (and the annotated ``predictions.csv``); return the annotated table."""
-        table = self.table()
-        if self.update_predictions:
-            atomic_write(self.writer.output_path, lambda tmp: table.to_csv(tmp, index=False))
-        page = render_report(table, self.previews, self.spec, self.validation, self.calibration, self.target,
-                             self.gap_name, self.title, self.notes)
+    def write(self, engine: Engine | None = None) -> str:
+        """Write ``report.html``; return the page."""
+        table = self.writer.table if self.writer.table is not None else self.writer.frame()
+        model = self.model
+        page = render_report(table, self.previews, self.spec, None if model is None else model.validation,
+                             None if model is None else model.calibration, self.writer.target_name,
+                             self.writer.gap_name, self.title, () if model is None else model.notes)
         atomic_write(self.output_path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
         logger.info("wrote the report of %d scans to %s", len(table), self.output_path)
-        return table
+        return page

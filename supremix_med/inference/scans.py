@@ -138,22 +138,28 @@ def _one_scan(path: Path, suffixes: Sequence[str], dicom: str | None) -> pd.Data
     return pd.DataFrame({"id": [scan_id], "path": [str(path)], "label": math.nan})
 
 
+def _separator(path: Path) -> str:
+    """The field separator of a list of scans: a tab for ``.tsv``, else a comma."""
+    return "\t" if path.name.lower().endswith(".tsv") else ","
+
+
 def _has_list_header(path: Path) -> bool:
-    """Whether the first line of a text file is a CSV header with ``id`` and ``path`` columns."""
+    """Whether the first line of a text file is a CSV/TSV header with ``id`` and ``path`` columns."""
     try:
         with open(path, encoding="utf-8") as handle:
-            header = {field.strip().lower() for field in handle.readline().split(",")}
+            header = {field.strip().lower() for field in handle.readline().split(_separator(path))}
     except (OSError, UnicodeDecodeError):
         return False
     return {"id", "path"} <= header
 
 
 def _scans_in_csv(csv: Path, target: str, covariates: Sequence[str]) -> pd.DataFrame:
-    """Rows of ``csv`` with columns ``id,path[,<covariates>][,<target>]``; relative paths are resolved against the
-    CSV's folder; covariate values are kept as strings, checked per scan by :class:`PreprocessScan`."""
+    """Rows of ``csv`` (a ``.tsv`` is tab-separated) with columns ``id,path[,<covariates>][,<target>]``; relative
+    paths are resolved against the file's folder; covariate values are kept as strings, checked per scan by
+    :class:`PreprocessScan`."""
     try:
         # ids, paths and covariates verbatim (an id "NA" stays "NA"); empty or NA-like targets are unknown
-        table = pd.read_csv(csv, dtype={"id": str, "path": str, **dict.fromkeys(covariates, str)},
+        table = pd.read_csv(csv, sep=_separator(csv), dtype={"id": str, "path": str, **dict.fromkeys(covariates, str)},
                             keep_default_na=False, na_values={target: ["", "NA", "NaN", "nan"]})
     except UnicodeDecodeError as err:
         raise ValueError(f"list_scans: {str(csv)!r} is neither a scan this pipeline reads (see scan_suffixes) nor a "
@@ -182,16 +188,18 @@ def _scans_in_csv(csv: Path, target: str, covariates: Sequence[str]) -> pd.DataF
                          **{c: table[c] for c in covariates}})
 
 
-def list_scans(source: str | os.PathLike, suffixes: Sequence[str] = NIFTI_SUFFIXES, dicom: str | None = None,
-               target: str = "age", covariates: Sequence[str] = ()) -> list[dict[str, Any]]:
+def list_scans(source: str | os.PathLike | Sequence[str | os.PathLike], suffixes: Sequence[str] = NIFTI_SUFFIXES,
+               dicom: str | None = None, target: str = "age", covariates: Sequence[str] = ()) -> list[dict[str, Any]]:
     """List the scans to predict as MONAI dataset items.
 
     Args:
-        source: a folder, searched recursively; a single scan (a file ending with one of ``suffixes``, or a
-            DICOM file with ``dicom="files"``; its id is its name without the suffix); or a CSV file with
-            columns ``id,path`` and optionally ``target`` (empty where unknown), whose relative paths are
-            resolved against the CSV's folder (a ``.csv`` that is also a scan suffix, as for extracted fMRI
-            series, is a list when its header names ``id`` and ``path``). In a folder, a scan is
+        source: one input or a list of inputs, listed in order (their ids must be unique together). An input is
+            a folder, searched recursively; a single scan (a file ending with one of ``suffixes``, or a
+            DICOM file with ``dicom="files"``; its id is its name without the suffix); or a CSV file (TSV when
+            it ends with ``.tsv``) with columns ``id,path`` and optionally ``target`` (empty where unknown),
+            whose relative paths are resolved against the file's folder (a ``.csv`` that is also a scan suffix,
+            as for extracted fMRI series, is a list when its header names ``id`` and ``path``). In a folder, a
+            scan is
 
             - a file whose name ends with one of ``suffixes`` (any case); its id is its path relative to the
               folder without that suffix (a flat folder gives plain file names; nested layouts such as
@@ -201,7 +209,7 @@ def list_scans(source: str | os.PathLike, suffixes: Sequence[str] = NIFTI_SUFFIX
               ``.dicom`` suffix;
             - with ``dicom="series"``, also every folder directly holding DICOM files (one series each, e.g.
               PET ``<subject>/pet/*.dcm``); its id is the folder's relative path (the folder's name when
-              ``source`` itself is the series).
+              the input itself is the series).
 
             Listed files that do not exist are not an error here: they get an ``error`` in the predictions
             like any other unreadable scan.
@@ -218,31 +226,44 @@ def list_scans(source: str | os.PathLike, suffixes: Sequence[str] = NIFTI_SUFFIX
         target, NaN if unknown), in folder (sorted path) or CSV order.
 
     Raises:
-        FileNotFoundError: ``source`` does not exist.
-        ValueError: an unknown ``dicom`` layout; a folder without scans (one holding only DICOM files when
+        FileNotFoundError: an input does not exist.
+        ValueError: no input; an unknown ``dicom`` layout; a folder without scans (one holding only DICOM files when
             ``dicom`` is None says so); a DICOM file where the pipeline reads none, or one DICOM slice where it
             reads series folders; a folder or single scan given for a model with covariates; a CSV that cannot
             be parsed (or a binary file that is not a scan), lacks ``id``/``path`` or a covariate column, has
-            empty ids or paths, non-numeric targets or duplicate ids (the message names the file and rows).
+            empty ids or paths, non-numeric targets; ids repeated within or across the inputs (the message names
+            the file and rows).
     """
     if dicom not in (None, *DICOM_LAYOUTS):
         raise ValueError(f"list_scans: dicom must be None or one of {DICOM_LAYOUTS}, got {dicom!r}.")
-    source = Path(source).expanduser()
+    sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
+    if not sources:
+        raise ValueError("list_scans: no input given.")
     suffixes = tuple(s.lower() for s in suffixes)
+    table = pd.concat([_scans_in(Path(s).expanduser(), suffixes, dicom, target, covariates) for s in sources],
+                      ignore_index=True)
+    duplicated = table["id"][table["id"].duplicated()].unique().tolist()
+    if duplicated:
+        where = repr(str(sources[0])) if len(sources) == 1 else f"the inputs {[str(s) for s in sources]}"
+        raise ValueError(f"list_scans: ids must be unique in {where}; repeated: {duplicated}"
+                         f"{'' if len(sources) == 1 else ' (list the scans in one CSV with unique ids)'}.")
+    return table.to_dict("records")
+
+
+def _scans_in(source: Path, suffixes: tuple[str, ...], dicom: str | None, target: str,
+              covariates: Sequence[str]) -> pd.DataFrame:
+    """The scans of one input of :func:`list_scans` as a table ``id, path, label[, <covariates>]``."""
     if not (source.is_dir() or source.is_file()):
         raise FileNotFoundError(f"list_scans: {str(source)!r} is neither a folder of scans, a scan nor a CSV file.")
     table = _scans_in_folder(source, suffixes, dicom) if source.is_dir() else _one_scan(source, suffixes, dicom)
     if table is None:
-        table = _scans_in_csv(source, target, covariates)
-    elif covariates:
+        return _scans_in_csv(source, target, covariates)
+    if covariates:
         what = "a folder" if source.is_dir() else "a single scan file"
         raise ValueError(f"list_scans: the model takes the covariate(s) {list(covariates)} per scan, which {what} "
                          f"({str(source)!r}) cannot give; list the scans in a CSV with columns "
                          f"id,path,{','.join(covariates)}.")
-    duplicated = table["id"][table["id"].duplicated()].unique().tolist()
-    if duplicated:
-        raise ValueError(f"list_scans: ids must be unique in {str(source)!r}; repeated: {duplicated}.")
-    return table.to_dict("records")
+    return table
 
 
 # ----------------------------------------------------------------------------------------- fingerprint

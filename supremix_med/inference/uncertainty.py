@@ -48,9 +48,10 @@ from torch import nn
 
 from supremix_med.engines.reporting import PredictionCollector
 from supremix_med.engines.workflow import FINGERPRINT, load_weights
-from supremix_med.networks.builders import MODEL_CONFIG
 from supremix_med.io import atomic_write_json
-from supremix_med.networks import build_model
+from supremix_med.networks import build_model, stored_model_config
+
+from .scans import FINGERPRINT_IGNORED
 
 __all__ = ["CONFORMAL_FILE", "SCORES", "ConformalInterval", "DeepEnsemble", "SplitSpreadd", "SpreadCollector",
            "TestTimeAugmentationInferer", "calibrated_inferer", "combine_members", "coverage_report", "load_ensemble",
@@ -108,17 +109,13 @@ def load_ensemble(model_dirs: Sequence[str | os.PathLike], device: str | torch.d
         raise ValueError("load_ensemble: no model folder given.")
     folders = [Path(d) for d in model_dirs]
     fingerprints = {str(f): json.loads((f / FINGERPRINT).read_text()) for f in folders if (f / FINGERPRINT).is_file()}
-    if len({json.dumps({k: v for k, v in fp.items() if k != "libraries"}, sort_keys=True)
+    if len({json.dumps({k: v for k, v in fp.items() if k not in FINGERPRINT_IGNORED}, sort_keys=True)
             for fp in fingerprints.values()}) > 1:
         raise ValueError(f"load_ensemble: the models were trained on differently preprocessed data; "
                          f"compare the {FINGERPRINT} of {sorted(fingerprints)}.")
     members = []
     for folder in folders:
-        config = folder / MODEL_CONFIG
-        if not config.is_file():
-            raise FileNotFoundError(f"load_ensemble: {str(config)!r} does not exist (is {str(folder)!r} a model "
-                                    "folder?).")
-        model = build_model(**json.loads(config.read_text()))
+        model = build_model(**stored_model_config(folder))
         if not load_weights(model, folder / "model.pt", device):
             raise FileNotFoundError(f"load_ensemble: {str(folder / 'model.pt')!r} does not exist.")
         members.append(model.to(device).eval())
@@ -402,7 +399,8 @@ def coverage_report(calibration: ConformalInterval, pred: Any, truth: Any, sprea
 
     Returns:
         ``{"coverage", "coverage_target", "n", "mean_width", "score", "alpha", "n_calibration"}``; cases with a
-        non-finite prediction or target are not counted (``coverage`` None when none is left).
+        non-finite prediction or target are not counted (``coverage`` None when none is left; ``mean_width`` None
+        also for an unbounded interval, too few calibration cases for ``alpha``).
     """
     arrays = _vectors(pred, truth, spread if calibration.score == "normalised" else None)
     usable = np.logical_and.reduce([np.isfinite(a) for a in arrays])
@@ -410,11 +408,12 @@ def coverage_report(calibration: ConformalInterval, pred: Any, truth: Any, sprea
     sigma = rest[0] if rest else None
     low, high = calibration.interval(pred, sigma)
     covered = (low <= truth) & (truth <= high)
+    width = float(np.mean(high - low)) if len(covered) else math.nan
     return {
         "coverage": float(covered.mean()) if len(covered) else None,
         "coverage_target": 1.0 - calibration.alpha,
         "n": int(len(covered)),
-        "mean_width": float(np.mean(high - low)) if len(covered) else None,
+        "mean_width": width if math.isfinite(width) else None,
         "score": calibration.score,
         "alpha": calibration.alpha,
         "n_calibration": calibration.n,

@@ -1,10 +1,15 @@
-"""Collect an inference run's predictions with their QC and write ``predictions.csv``.
+"""Collect an inference run's predictions with their interval, QC and flags, and write ``predictions.csv``.
 
 :class:`PredictionWriter` is an ignite handler for a MONAI ``SupervisedEvaluator`` run with ``decollate=False``
 over items from :class:`~supremix_med.inference.PreprocessScan`: every iteration's output holds ``pred``
-[B, 1] (target units) and ``label`` [B] (the known target, NaN if unknown), and ``engine.state.batch`` the ids,
-paths, the pipeline's QC fields and errors. At completion it writes one row per scan, atomically (temporary
-file + ``os.replace``), so a crashed run never leaves a half-written table that looks complete.
+[B, 1] (target units), ``label`` [B] (the known target, NaN if unknown) and, with
+:class:`~supremix_med.inference.TestTimeAugmentationInferer` and ``SplitSpreadd``, ``pred_spread`` [B, 1];
+``engine.state.batch`` holds the ids, paths, inputs, the pipeline's QC fields and errors. At completion it writes
+one row per scan, atomically (temporary file + ``os.replace``), so a crashed run never leaves a half-written table
+that looks complete. It is the only writer of the table: ``report.html`` (:class:`~supremix_med.inference.
+InferenceReport`) shows what it wrote.
+
+:class:`ScanProgress` shows a progress bar over the scans of such a run.
 """
 
 from __future__ import annotations
@@ -19,93 +24,21 @@ import pandas as pd
 import torch
 from ignite.engine import Engine, Events
 
-from supremix_med.data.labels import check_range, label_problems
-from supremix_med.data.qc import check_qc_limits, qc_reasons
-from supremix_med.engines.reporting import PredictionCollector
+from supremix_med.data.qc import check_qc_limits
 from supremix_med.io import atomic_write
 from supremix_med.metrics import BiasCorrection
 
+from .flags import FLAGS, implausible_targets, named_flags
+from .reference import TrainingReference
 from .scans import qc_fields
+from .uncertainty import ConformalInterval, SpreadCollector, spread_column
 
-__all__ = ["PredictionWriter", "implausible_targets", "qc_flags"]
+__all__ = ["PredictionWriter", "ScanProgress"]
 
 logger = logging.getLogger(__name__)
 
 Limits = Mapping[str, Sequence[float | None]]
 Range = Sequence[float] | None
-
-
-def _range(name: str, bounds: Range) -> tuple[float, float] | None:
-    return None if bounds is None else check_range(f"qc_flags: {name}", bounds)
-
-
-def implausible_targets(known: np.ndarray, plausible_range: Range = None) -> list[str]:
-    """Per scan, why its known target cannot be true (the training label rule,
-    :func:`supremix_med.data.labels.label_problems`: not finite, or outside ``plausible_range``), e.g.
-    ``"999 is outside the plausible range [0, 120]"``; ``""`` for a plausible or unknown (NaN) target."""
-    _range("plausible_range", plausible_range)
-    problems = label_problems(pd.Series(np.asarray(known, float)), plausible_range)
-    return problems.where(problems != "missing", "").tolist()
-
-
-def _target_reason(known: float, implausible: str, training: tuple[float, float] | None, name: str) -> list[str]:
-    """Why a scan's known target makes its gap doubtful: implausible (the gap is left empty) or unseen in training."""
-    if implausible:
-        return [f"implausible {name}: {implausible} (gap left empty)"]
-    if training is not None and not np.isnan(known) and not training[0] <= known <= training[1]:
-        return [f"{name} {known:g} outside the training range [{training[0]:g}, {training[1]:g}]"]
-    return []
-
-
-def qc_flags(predicted: np.ndarray, target_range: Range = None, qc: Mapping[str, np.ndarray] | None = None,
-             qc_limits: Limits | None = None, target_name: str = "age", known: np.ndarray | None = None,
-             plausible_range: Range = None) -> list[str]:
-    """Say, per scan, why it may not look like the training data ("" when nothing was noticed).
-
-    The flags, each reason ``"; "``-joined in this order:
-
-    - ``"<QC field> <value> below|above <limit>"``: a QC value outside its ``qc_limits``
-      (:func:`supremix_med.data.qc.qc_reasons`, the rule training uses to leave samples out);
-    - ``"implausible <target>: <value> is outside the plausible range [low, high] (gap left empty)"`` (or
-      ``"...: inf is not finite (gap left empty)"``): the known target cannot be true, e.g. an age of 999 (a
-      data-entry error);
-    - ``"<target> <value> outside the training range [low, high]"``: the known target is plausible but unseen
-      in training (e.g. age 30 for a model trained on ages 45-82): the gap is computed but extrapolated;
-    - ``"predicted <target> <value> outside the training range [low, high]"``.
-
-    Args:
-        predicted: predictions [N] in target units (NaN for scans that failed; those get no flag).
-        target_range: ``(low, high)`` of the training labels; known targets and predictions outside it are
-            flagged. None disables both checks.
-        qc: QC values [N] per QC field (e.g. ``registration_similarity``; NaN where not measured, never flagged).
-        qc_limits: ``{QC field: (low, high)}``, either bound None for none; values outside are flagged, e.g.
-            ``{"registration_similarity": (0.5, None)}``. Every field must be in ``qc``.
-        target_name: name of the target in the messages.
-        known: the known targets [N] (NaN where unknown); None: none known.
-        plausible_range: ``(low, high)`` a known target can take at all (e.g. ``(0, 120)`` years, see
-            a bundle's ``plausible_range``); a non-finite target is always implausible.
-
-    Returns:
-        N strings.
-
-    Raises:
-        ValueError: a malformed range, or a limit on a field missing from ``qc``.
-    """
-    predicted = np.asarray(predicted, float)
-    known = np.full(predicted.shape, np.nan) if known is None else np.asarray(known, float)
-    qc = qc or {}
-    limits = check_qc_limits(qc_limits, list(qc), owner="qc_flags")
-    training = _range("target_range", target_range)
-    implausible = implausible_targets(known, plausible_range)
-    reasons = qc_reasons(qc, limits, len(predicted))
-    flags = []
-    for i, pred in enumerate(predicted):
-        reasons[i] += _target_reason(known[i], implausible[i], training, target_name)
-        if training is not None and not training[0] <= pred <= training[1]:
-            reasons[i].append(f"predicted {target_name} {pred:.1f} outside the training range "
-                              f"[{training[0]:g}, {training[1]:g}]")
-        flags.append("" if np.isnan(pred) else "; ".join(reasons[i]))
-    return flags
 
 
 def _to_list(values) -> list:
@@ -114,56 +47,75 @@ def _to_list(values) -> list:
     return list(values)
 
 
-class PredictionWriter(PredictionCollector):
-    """Gather predictions, known targets and QC of an inference epoch and write them as CSV when the run completes.
+class PredictionWriter(SpreadCollector):
+    """Gather the predictions of an inference epoch with their interval, QC and flags; write them as CSV at the end.
 
-    Columns of the table, one row per scan in loader order: ``id, path, predicted_<target>``; when any target
-    is known ``<target>, <gap>`` (predicted - target) and, with a ``bias_correction``, ``<gap>_corrected``,
-    empty where the target is unknown or implausible (see :func:`qc_flags`) and, for ``<gap>_corrected``, when
-    the correction is unusable (:attr:`BiasCorrection.usable`: too few subjects, a degenerate slope; a warning
-    says why); then the pipeline's QC fields (its ``QC_FIELDS``, e.g. ``registered, register_decision,
-    registration_similarity`` for T1), ``qc_flag`` and ``error``. Rows with an ``error`` have empty predictions,
-    gaps and QC fields (the network saw a zero image).
+    Columns of the table, one row per scan in loader order:
+
+    - ``id, path, predicted_<target>``; with a ``calibration``, the conformal interval ``predicted_<target>_low``,
+      ``predicted_<target>_high``; when the run made spreads (test-time augmentation or an ensemble),
+      ``predicted_<target>_spread`` (their standard deviation);
+    - when any target is known, ``<target>, <gap>`` (predicted - target) and, with a ``bias_correction``,
+      ``<gap>_corrected``, empty where the target is unknown or implausible and, for ``<gap>_corrected``, when the
+      correction is unusable (:attr:`BiasCorrection.usable`: too few subjects, a degenerate slope; a warning says
+      why);
+    - the pipeline's QC fields (its ``QC_FIELDS``, e.g. ``registered, register_decision,
+      registration_similarity`` for T1);
+    - one boolean column per flag of :data:`~supremix_med.inference.flags.FLAGS` and ``qc_flag`` (their reasons),
+      decided by :func:`~supremix_med.inference.flags.named_flags`;
+    - ``error``.
+
+    Rows with an ``error`` have empty predictions, intervals, gaps and QC fields and no flag (the network saw a
+    zero image).
 
     Args:
         output_path: the CSV file to write (its folder is created).
         bias_correction: fitted correction of the model, used for ``<gap>_corrected``.
-        target_range: the training labels' ``(low, high)``; known targets and predictions outside it are
-            flagged, see :func:`qc_flags`.
-        qc_limits: acceptable ``(low, high)`` per QC field, see :func:`qc_flags`.
-        plausible_range: ``(low, high)`` a known target can take at all (e.g. ``(0, 120)`` years); a known target
-            outside it is flagged and gets no gap, see :func:`qc_flags`.
+        qc_limits: acceptable ``(low, high)`` per QC field (see :func:`~supremix_med.inference.flags.named_flags`).
         target_name: name of the predicted quantity (``age``, ``ef``, ...).
         gap_name: column of predicted - target; default ``<target_name>_gap`` (brain-age bundles use
             ``brain_age_gap``).
         pipeline: the preprocessing module of :class:`~supremix_med.inference.PreprocessScan`, whose
             ``QC_FIELDS`` are the QC columns; ``None`` for inputs read without one (sentence pairs): no QC columns.
+        plausible_range: ``(low, high)`` a known target can take at all (e.g. ``(0, 120)`` years); a known target
+            outside it is flagged and gets no gap.
+        calibration: the model's conformal interval; a normalised one needs the run's spreads.
+        reference: the model's training statistics, for the training-range, gap and input flags.
+        k_sd, z_limit: limits of the ``large_gap`` and ``unlike_training_data`` flags.
+        image_key, spread_key: batch key of the preprocessed input, output key of the spread.
+
+    Attributes:
+        table: the table written at the end of the last epoch (None until then).
 
     Raises:
-        ValueError: a malformed ``target_range``, ``plausible_range`` or ``qc_limits``, or a limit on a field the
-            pipeline does not report.
+        ValueError: a malformed ``plausible_range`` or ``qc_limits``, or a limit on a field the pipeline does not
+            report.
     """
 
     def __init__(self, output_path: str | os.PathLike, bias_correction: BiasCorrection | None = None,
-                 target_range: Range = None, qc_limits: Limits | None = None,
-                 target_name: str = "age", gap_name: str | None = None,
-                 pipeline: str | None = "t1", plausible_range: Range = None) -> None:
-        super().__init__(id_key="id")
+                 qc_limits: Limits | None = None, target_name: str = "age", gap_name: str | None = None,
+                 pipeline: str | None = "t1", plausible_range: Range = None,
+                 calibration: ConformalInterval | None = None, reference: TrainingReference | None = None,
+                 k_sd: float = 3.0, z_limit: float = 6.0, image_key: str = "image",
+                 spread_key: str = "pred_spread") -> None:
+        super().__init__(id_key="id", spread_key=spread_key)
         self.output_path = Path(output_path)
-        self.bias_correction = bias_correction
+        self.bias_correction, self.calibration, self.reference = bias_correction, calibration, reference
         self.target_name = target_name
         self.gap_name = gap_name or f"{target_name}_gap"
         self.qc_fields = tuple(qc_fields(pipeline)) if pipeline is not None else ()
-        self.target_range = target_range
         self.plausible_range = plausible_range
-        self.qc_limits = dict(qc_limits or {})
-        qc_flags(np.zeros(0), target_range, dict.fromkeys(self.qc_fields, np.zeros(0)), self.qc_limits,  # validate
-                 plausible_range=plausible_range)
+        self.qc_limits = check_qc_limits(qc_limits, self.qc_fields, owner="PredictionWriter")
+        self.limits = {"k_sd": k_sd, "z_limit": z_limit}
+        self.image_key = image_key
+        named_flags(pd.DataFrame({f"predicted_{target_name}": []}), qc_limits=self.qc_limits,  # validate the limits
+                    plausible_range=plausible_range, target=target_name, **self.limits)
         if bias_correction is not None and not bias_correction.usable:
             logger.warning("the bias correction is unusable (%s): %s_corrected is left empty",
                            "; ".join(bias_correction.problems), self.gap_name)
         self._batch_keys = ("path", *self.qc_fields, "error")
-        self._qc: dict[str, list] = {key: [] for key in self._batch_keys}
+        self.table: pd.DataFrame | None = None
+        self.reset()
 
     def attach(self, engine: Engine) -> None:
         """Reset at epoch start, collect every iteration, write at completion."""
@@ -172,13 +124,30 @@ class PredictionWriter(PredictionCollector):
 
     def reset(self, engine: Engine | None = None) -> None:
         super().reset(engine)
-        self._qc = {key: [] for key in self._batch_keys}
+        self._qc: dict[str, list] = {key: [] for key in self._batch_keys}
+        self._features: list[dict[str, float]] = []
+        self.table = None
 
     def collect(self, engine: Engine) -> None:
-        """Append this iteration's predictions, targets (``label``), paths, QC fields and errors."""
+        """Append this iteration's predictions, spreads, targets (``label``), paths, QC fields, errors and, when
+        the reference has input statistics, the inputs' features."""
         super().collect(engine)
+        batch = engine.state.batch
         for key in self._batch_keys:
-            self._qc[key].extend(_to_list(engine.state.batch[key]))
+            self._qc[key].extend(_to_list(batch[key]))
+        if self.reference is not None and self.reference.template is not None:
+            for image, error in zip(batch[self.image_key], batch["error"]):
+                self._features.append({} if error else self.reference.features(image.detach().cpu().numpy()))
+
+    def _interval(self, pred: np.ndarray, spread: np.ndarray | None) -> tuple[np.ndarray, np.ndarray] | None:
+        calibration = self.calibration
+        if calibration is None:
+            return None
+        if calibration.score == "normalised" and spread is None:
+            logger.warning("the model's interval is calibrated on spreads, but this run computed none (no test-time "
+                           "augmentation or ensemble): no intervals")
+            return None
+        return calibration.interval(pred, spread)
 
     def frame(self, target_name: str | None = None) -> pd.DataFrame:
         """The table described in the class docstring, for the epoch collected so far."""
@@ -188,7 +157,14 @@ class PredictionWriter(PredictionCollector):
         failed = qc["error"].astype(bool).to_numpy()
         truth = base[name].to_numpy(float)
         pred = np.where(failed, np.nan, base[f"predicted_{name}"].to_numpy(float))
+        spread = np.where(failed, np.nan, base[spread_column(name)].to_numpy(float))
+        spread = spread if (spread > 0).any() else None  # one unaugmented sample of one model: no spread
         table = pd.DataFrame({"id": base["id"], "path": qc["path"], f"predicted_{name}": pred})
+        interval = self._interval(pred, spread)
+        if interval is not None:
+            table[f"predicted_{name}_low"], table[f"predicted_{name}_high"] = interval
+        if spread is not None:
+            table[spread_column(name)] = spread
         if not np.isnan(truth).all():
             implausible = np.array(implausible_targets(truth, self.plausible_range)) != ""
             usable = ~np.isnan(truth) & ~failed & ~implausible
@@ -201,15 +177,53 @@ class PredictionWriter(PredictionCollector):
                 table[f"{self.gap_name}_corrected"] = corrected
         for key in self.qc_fields:
             table[key] = qc[key].astype(object).where(~failed, None)  # unknown for scans that failed
-        table["qc_flag"] = qc_flags(pred, self.target_range, {key: qc[key].to_numpy() for key in self.qc_limits},
-                                    self.qc_limits, name, truth, self.plausible_range)
-        table["error"] = qc["error"]
-        return table
+        features = pd.DataFrame(self._features, index=table.index) if self._features else None
+        flags = named_flags(table.assign(error=qc["error"]), self.reference, features, self.qc_limits,
+                            self.plausible_range, name, self.gap_name, **self.limits)
+        return pd.concat([table, flags, qc[["error"]]], axis=1)
 
     def write(self, engine: Engine | None = None) -> pd.DataFrame:
-        """Write :meth:`frame` to ``output_path`` atomically and return it."""
+        """Write :meth:`frame` to ``output_path`` atomically, keep it as :attr:`table` and return it."""
         table = self.frame()
         atomic_write(self.output_path, lambda tmp: table.to_csv(tmp, index=False))
+        self.table = table
         logger.info("wrote %d predictions to %s (%d failed, %d flagged)", len(table), self.output_path,
-                    int(table["error"].astype(bool).sum()), int(table["qc_flag"].astype(bool).sum()))
+                    int(table["error"].astype(bool).sum()), int(table[list(FLAGS)].any(axis=1).sum()))
         return table
+
+
+class ScanProgress:
+    """Ignite handler: a progress bar over the scans of an inference run (tqdm, on stderr; off when stderr is not
+    a terminal unless ``disable=False``), with the count of scans that failed so far.
+
+    Args:
+        total: scans in the run, or a dataset whose length is read when the run starts (None: unknown).
+        disable: tqdm's ``disable`` (None: only on a terminal).
+    """
+
+    def __init__(self, total: int | Sequence | None = None, disable: bool | None = None) -> None:
+        self.total, self.disable = total, disable
+        self.bar = None
+        self.failed = 0
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self.start)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.update)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.close)
+
+    def start(self, engine: Engine | None = None) -> None:
+        from tqdm.auto import tqdm
+
+        total = self.total if self.total is None or isinstance(self.total, int) else len(self.total)
+        self.failed = 0
+        self.bar = tqdm(total=total, unit="scan", desc="predicting", disable=self.disable, dynamic_ncols=True)
+
+    def update(self, engine: Engine) -> None:
+        errors = _to_list(engine.state.batch.get("error", []))
+        self.failed += sum(bool(e) for e in errors)
+        self.bar.set_postfix(failed=self.failed, refresh=False)
+        self.bar.update(len(errors) or len(engine.state.batch["id"]))
+
+    def close(self, engine: Engine | None = None) -> None:
+        if self.bar is not None:
+            self.bar.close()
