@@ -27,7 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--config_file", action="append", required=True,
                         help="bundle config file; repeat for overlays (train.json first)")
     parser.add_argument("--output_dir", required=True,
-                        help="the comparison's folder (one sub-folder <method>/seed<S> per cell)")
+                        help="the comparison's folder (one sub-folder <row>/seed<S> per cell)")
     parser.add_argument("--methods", help="comma-separated methods in row order (default: every method the "
                                           "bundle configures); a --variant's name here places that row")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=METHOD[:KEY=VALUE,...]",

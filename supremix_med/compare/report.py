@@ -44,6 +44,8 @@ OVERALL_COLUMNS = {"mae": "MAE", "mse": "MSE", "gm": "GM", "pearson_r": "Pearson
 #: The metrics.json entry of the ordinality scores: ``{phase: {"spearman": float, ...}}`` (see
 #: :class:`supremix_med.engines.ordinality.OrdinalityHandler`).
 ORDINALITY = "ordinality"
+#: The ordinality phases in training order (metrics.json writes its keys sorted, which would put them backwards).
+ORDINALITY_PHASES = ("pretrained", "finetuned")
 #: Metrics where a larger value is better; lower is better for the rest.
 HIGHER_IS_BETTER = frozenset({"pearson_r", "spearman_rho", ORDINALITY})
 #: Row groups of the paired bootstrap, in the order of their index in the resampling entropy.
@@ -133,7 +135,7 @@ def check_shot_metrics(shot_metrics: Sequence[str]) -> None:
 
 def report_columns(runs: Sequence[CellRun], shot_metrics: Sequence[str] = ("mae", "gm")) -> list[Column]:
     """The columns some cell reports: :data:`OVERALL_COLUMNS`, then each of ``shot_metrics`` per shot group,
-    then ordinality per phase (in the order of the run that names the most phases).
+    then ordinality per phase (:data:`ORDINALITY_PHASES` in training order, then any other phase a run names).
 
     Raises:
         ValueError: a name in ``shot_metrics`` is not one of the regression metrics.
@@ -142,9 +144,8 @@ def report_columns(runs: Sequence[CellRun], shot_metrics: Sequence[str] = ("mae"
     reported = [run.metrics for run in runs if run.metrics]
     candidates = [Column(key) for key in OVERALL_COLUMNS]
     candidates += [Column(key, group) for key in shot_metrics for group in SHOT_GROUPS]
-    named = sorted((list(m[ORDINALITY]) for m in reported if isinstance(m.get(ORDINALITY), dict)), key=len,
-                   reverse=True)  # the run naming most phases sets their order (vanilla lacks "pretrained")
-    phases = dict.fromkeys(phase for names in named for phase in names)
+    named = dict.fromkeys(phase for m in reported if isinstance(m.get(ORDINALITY), dict) for phase in m[ORDINALITY])
+    phases = [p for p in ORDINALITY_PHASES if p in named] + [p for p in named if p not in ORDINALITY_PHASES]
     candidates += [Column(ORDINALITY, phase) for phase in phases]
     return [c for c in candidates if any(not math.isnan(c.value(m)) for m in reported)]
 
@@ -238,8 +239,7 @@ def _bootstrap_cell(reference: pd.DataFrame, method: CellRun, columns: Sequence[
         if group == "all":
             rows = paired
         elif SHOT_COLUMN not in paired.columns:
-            notes.append(f"the reference's predictions.csv has no '{SHOT_COLUMN}' column: no shot-group bootstrap")
-            continue
+            continue  # the reference has no shot column: noted once by bootstrap_differences
         else:
             rows = paired[paired[SHOT_COLUMN] == group]
         if rows.empty:
@@ -273,6 +273,11 @@ def bootstrap_differences(runs: Sequence[CellRun], columns: Sequence[Column], re
                 references[run.seed] = read_predictions(run)
             except ValueError as err:
                 notes.append(f"{display_name(reference)} seed {run.seed}: no bootstrap for this seed: {err}")
+    unshot = [seed for seed, frame in references.items() if SHOT_COLUMN not in frame.columns]
+    if unshot and any(c.bootstrappable and c.group != "all" for c in columns):
+        notes.append(f"{display_name(reference)} seed{'s' if len(unshot) > 1 else ''} "
+                     f"{', '.join(map(str, unshot))}: predictions.csv has no '{SHOT_COLUMN}' column, so the shot "
+                     "groups have no bootstrap interval (their t-intervals over seeds stand)")
     for run in runs:
         if run.row == reference or run.failed or run.seed not in references:
             continue
