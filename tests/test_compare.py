@@ -294,6 +294,7 @@ def test_a_grid_of_variants_runs_resumes_and_reports(fake_launcher, tmp_path):
     assert mae_rows["sm_w2"]["Mean (seeds)"] == f"{statistics.mean(differences):+.3f} (2)"
     record = json.loads((tmp_path / "comparison.json").read_text())
     assert record["variants"]["sm_w2"] == {"method": "supremix", "overrides": {"window": "2"}}
+    assert record["rows"] == ["vanilla", "sm_ft", "supremix", "sm_w2"]  # the order its sorted objects lose
     assert record["cells"]["sm_ft"]["1"]["method"] == "supremix"
     assert record["versus_reference"]["sm_ft"]["MAE"]["bootstrap"]["1"]["n"] == 12
 

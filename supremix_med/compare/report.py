@@ -497,6 +497,7 @@ def _record(comparison: Comparison, digits: int) -> dict[str, Any]:
                                          "error": run.error, "protocol": run_protocol(run) if not run.failed
                                          else None, "metrics": run.metrics}
                          for run in comparison.runs if run.row == name} for name in comparison.rows},
+        "rows": comparison.rows,
         "columns": [c.label for c in comparison.columns],
         "table": {m: {c.label: _json(summary.loc[m, ("mean", c.label)]) for c in comparison.columns}
                   for m in comparison.rows},
@@ -528,7 +529,8 @@ def write_comparison(runs: Sequence[CellRun], output_dir: str | os.PathLike, con
     error, protocol, its full ``metrics.json``), ``columns``, ``table`` (the mean of each column per row),
     ``summary`` (mean, sd, n and the per-seed values), ``versus_reference`` (per row and column: the
     t-interval over seeds and the bootstrap interval of each seed, each as ``{estimate, low, high, n,
-    confidence}``), ``best`` (best mean per column) and ``notes``. ``comparison.md`` states the same settings,
+    confidence}``), ``best`` (best mean per column), ``rows`` (the row order; the JSON objects are written with
+    sorted keys) and ``notes``. ``comparison.md`` states the same settings,
     each variant as the arguments its cells add (``supremix_ft``: ``--method supremix --linear_probe False``).
 
     Returns:
