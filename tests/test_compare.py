@@ -17,9 +17,9 @@ from scipy import stats
 
 from conftest import BUNDLES
 from supremix_med import compare
-from supremix_med.compare import (CellRun, bundle_command, bundle_methods, build_comparison, compare_methods,
-                                  paired_bootstrap, report_columns, resampled_metric, run_protocol, t_interval,
-                                  write_comparison)
+from supremix_med.compare import (CellRun, Row, bundle_command, bundle_methods, build_comparison, compare_methods,
+                                  comparison_rows, paired_bootstrap, parse_variant, report_columns, resampled_metric,
+                                  run_protocol, t_interval, write_comparison)
 from supremix_med.metrics import REGRESSION_METRICS, regression_metrics
 
 UKB = [str(BUNDLES / "ukb_brainage" / "train.json"), str(BUNDLES / "ukb_brainage" / "demo.json")]
@@ -30,7 +30,7 @@ AIRFOIL_TINY = {"pretrain_epochs": "1", "finetune_epochs": "2", "batch_size": "1
 # fails for ConR, and writes predictions.csv for 12 test samples (6 many-, 4 medium-, 2 few-shot) whose errors
 # shrink by method (SupReMix smallest) and change with the seed, with the metrics.json the bundles write for them.
 # SupCon reports no shot groups; RnC and SupReMix report ordinality after both phases, Vanilla after fine-tuning;
-# SupReMix states its protocol.
+# SupReMix states its protocol. `--linear_probe False` halves the errors and `--window W` scales them by W.
 FAKE_BUNDLE = r'''
 import json, math, sys
 from pathlib import Path
@@ -45,7 +45,9 @@ print("training", method, "seed", seed)
 if method == "conr":
     print("RuntimeError: out of memory", file=sys.stderr)
     sys.exit(3)
+probe = args.get("--linear_probe", "True") != "False"
 scale = {"vanilla": 1.0, "supcon": 0.9, "rnc": 0.8, "mixsupcon": 0.85, "supremix": 0.7}[method] * (1 + 0.1 * seed)
+scale *= (1.0 if probe else 0.5) * float(args.get("--window", 1.0))
 ids = [f"s{k:02d}" for k in range(12)]
 target = [10.0 + 2.5 * k for k in range(12)]
 shot = ["many"] * 6 + ["medium"] * 4 + ["few"] * 2
@@ -66,16 +68,16 @@ def ranks(x):  # no ties here
     return [order.index(k) for k in range(len(x))]
 
 metrics = {"method": method, **summary(range(12)), "pearson_r": pearson(pred, target),
-           "spearman_rho": pearson(ranks(pred), ranks(target)), "baseline_mae": 8.0, "linear_probe": True}
+           "spearman_rho": pearson(ranks(pred), ranks(target)), "baseline_mae": 8.0, "linear_probe": probe}
 if method != "supcon":
     metrics["shots"] = {g: summary([k for k in range(12) if shot[k] == g]) for g in ("many", "medium", "few")}
     metrics["shots"]["rule"] = {"bin_width": 1.0, "many": 100, "few": 20}
-if method in ("rnc", "supremix"):
-    metrics["ordinality"] = {"pretrained": {"spearman": 0.5 + 0.1 * seed}, "finetuned": {"spearman": 0.6 - 0.1 * seed}}
+if method in ("rnc", "supremix"):  # keys sorted, as the bundles' metrics.json has them
+    metrics["ordinality"] = {"finetuned": {"spearman": 0.6 - 0.1 * seed}, "pretrained": {"spearman": 0.5 + 0.1 * seed}}
 elif method == "vanilla":  # no pre-training: no pre-trained encoder to score
-    metrics["ordinality"] = {"finetuned": {"spearman": 0.3}}
+    metrics["ordinality"] = {"finetuned": {"spearman": 0.3}, "pretrained": None}
 if method == "supremix":
-    metrics["protocol"] = "pre-train, linear probe (stated)"
+    metrics["protocol"] = f"pre-train, {'linear probe' if probe else 'fine-tune'} (stated)"
 with open(out / "predictions.csv", "w") as csv:
     csv.write("id,age,predicted_age" + (",shot" if "shots" in metrics else "") + "\n")
     for k in range(12):
@@ -217,6 +219,96 @@ def test_bad_requests_are_refused_before_anything_runs(fake_launcher, tmp_path):
     assert not (tmp_path / "calls.txt").exists()
 
 
+# ------------------------------------------------------------------------------------------------ variants
+
+
+def test_parse_variant():
+    assert parse_variant("supremix_ft=supremix:linear_probe=False") == Row("supremix_ft", "supremix",
+                                                                            {"linear_probe": "False"})
+    assert parse_variant(" plain = rnc ") == Row("plain", "rnc", {})
+    row = parse_variant("supremix_t0.1_w0.5=supremix:loss_kwargs#supremix#temperature=0.1,window=0.5")
+    assert row.overrides == {"loss_kwargs#supremix#temperature": "0.1", "window": "0.5"}
+    assert row.describe() == "--method supremix --loss_kwargs#supremix#temperature 0.1 --window 0.5"
+    # commas inside a value stay in it: the list splits only where the next key= starts
+    row = parse_variant("b=supremix:loss_kwargs#supremix#beta=[1.0,4.0],--lds={'kernel': 'laplace', 'sigma': 2}")
+    assert row.overrides == {"loss_kwargs#supremix#beta": "[1.0,4.0]", "lds": "{'kernel': 'laplace', 'sigma': 2}"}
+    for bad, problem in (("supremix", "NAME=METHOD"), ("=supremix", "NAME=METHOD"), ("a=", "NAME=METHOD"),
+                         ("../x=supremix", "letters, digits"), ("a b=supremix", "letters, digits"),
+                         ("x=supremix:linear_probe", "KEY=VALUE"), ("x=supremix:window=", "KEY=VALUE"),
+                         ("x=supremix:window=1,window=2", "twice"), ("x=supremix:seed=3", "set by the comparison")):
+        with pytest.raises(ValueError, match=problem):
+            parse_variant(bad)
+
+
+def test_comparison_rows_order_and_checks():
+    probe, ft = Row("supremix_probe", "supremix", {"linear_probe": "True"}), Row("ft", "supremix", {"linear_probe": "False"})
+    rows = comparison_rows(UKB, ["vanilla", "ft", "rnc"], [probe, ft])
+    assert [r.name for r in rows] == ["vanilla", "ft", "rnc", "supremix_probe"]  # named ones placed, others after
+    assert rows[0] == Row("vanilla", "vanilla") and rows[1] is ft
+    assert [r.name for r in comparison_rows(UKB, None, [ft])][-2:] == ["supremix", "ft"]  # default: every method
+    with pytest.raises(ValueError, match=r"named like methods.*rnc_probe"):
+        comparison_rows(UKB, ["vanilla"], [Row("rnc", "rnc", {"linear_probe": "False"})])
+    with pytest.raises(ValueError, match=r"\['simcse'\] are not configured.*variants: \['s'\]"):
+        comparison_rows(UKB, ["vanilla"], [Row("s", "simcse")])
+    with pytest.raises(ValueError, match="each variant may be given once"):
+        comparison_rows(UKB, ["vanilla"], [ft, ft])
+    with pytest.raises(ValueError, match="each method may be given once"):
+        comparison_rows(UKB, ["vanilla", "ft", "ft"], [ft])
+    with pytest.raises(ValueError, match="may not override"):
+        comparison_rows(UKB, ["vanilla"], [Row("x", "rnc", {"output_dir": "y"})])
+
+
+def test_a_grid_of_variants_runs_resumes_and_reports(fake_launcher, tmp_path):
+    variants = [parse_variant("sm_ft=supremix:linear_probe=False"), parse_variant("sm_w2=supremix:window=2")]
+    overrides = {"pretrain_epochs": "2", "linear_probe": "True"}
+    runs = compare_methods(UKB, tmp_path, ["vanilla", "sm_ft", "supremix"], [0, 1], overrides, launcher=fake_launcher,
+                           variants=variants)
+    assert [(r.row, r.method, r.seed) for r in runs] == [
+        (row, method, seed) for seed in (0, 1) for row, method in
+        (("vanilla", "vanilla"), ("sm_ft", "supremix"), ("supremix", "supremix"), ("sm_w2", "supremix"))]
+    assert _calls(tmp_path) == ["vanilla:0", "supremix:0", "supremix:0", "supremix:0",
+                                "vanilla:1", "supremix:1", "supremix:1", "supremix:1"]
+    ft = runs[1]
+    assert ft.output_dir == tmp_path / "sm_ft" / "seed0" and ft.status == "ran"
+    argv = json.loads((ft.output_dir / "argv.json").read_text())  # the row's value wins over the common one
+    assert argv[argv.index("--linear_probe") + 1] == "False" and argv.count("--linear_probe") == 1
+    assert argv[argv.index("--pretrain_epochs") + 1] == "2"
+    assert json.loads((ft.output_dir / "cell.json").read_text()) == {
+        "row": "sm_ft", "method": "supremix", "seed": 0, "overrides": {"pretrain_epochs": "2", "linear_probe": "False"}}
+    assert ft.metrics["mae"] == pytest.approx(runs[2].metrics["mae"] / 2)
+
+    comparison = write_comparison(runs, tmp_path, UKB, overrides, resamples=50, variants=variants)
+    assert comparison.rows == ["vanilla", "sm_ft", "supremix", "sm_w2"]
+    markdown = (tmp_path / "comparison.md").read_text()
+    summary = _rows(_tables(markdown)[0])
+    assert list(summary) == ["Vanilla", "sm_ft", "SupReMix", "sm_w2"]
+    assert summary["sm_ft"]["Protocol"] == "pre-train, fine-tune (stated)"
+    assert summary["sm_w2"]["Protocol"] == "pre-train, linear probe (stated)"
+    assert ("Variants (their own arguments, after the overrides): sm_ft: `--method supremix --linear_probe False`; "
+            "sm_w2: `--method supremix --window 2`.") in markdown
+    def mae(row, seed):
+        return json.loads((tmp_path / row / f"seed{seed}" / "metrics.json").read_text())["mae"]
+
+    differences = [mae("sm_w2", s) - mae("vanilla", s) for s in (0, 1)]
+    mae_rows = _rows(_tables(markdown)[1])
+    assert mae_rows["sm_w2"]["Mean (seeds)"] == f"{statistics.mean(differences):+.3f} (2)"
+    record = json.loads((tmp_path / "comparison.json").read_text())
+    assert record["variants"]["sm_w2"] == {"method": "supremix", "overrides": {"window": "2"}}
+    assert record["rows"] == ["vanilla", "sm_ft", "supremix", "sm_w2"]  # the order its sorted objects lose
+    assert record["cells"]["sm_ft"]["1"]["method"] == "supremix"
+    assert record["versus_reference"]["sm_ft"]["MAE"]["bootstrap"]["1"]["n"] == 12
+
+    # resumed: every cell reused; a changed variant definition makes its cells stale, and only those run again
+    again = compare_methods(UKB, tmp_path, ["vanilla", "sm_ft", "supremix"], [0, 1], overrides,
+                            launcher=fake_launcher, variants=variants)
+    assert {r.status for r in again} == {"reused"} and len(_calls(tmp_path)) == 8
+    changed = [variants[0], parse_variant("sm_w2=supremix:window=3")]
+    again = compare_methods(UKB, tmp_path, ["vanilla", "sm_ft", "supremix"], [0, 1], overrides,
+                            launcher=fake_launcher, variants=changed)
+    assert [r.row for r in again if r.status == "ran"] == ["sm_w2", "sm_w2"]
+    assert again[3].metrics["mae"] == pytest.approx(1.5 * runs[3].metrics["mae"])
+
+
 # ------------------------------------------------------------------------------------------ the arithmetic
 
 
@@ -353,10 +445,12 @@ def test_shot_bootstrap_needs_the_shot_column_and_is_noted(fake_launcher, tmp_pa
     runs = compare_methods(UKB, tmp_path, methods=["vanilla", "rnc"], launcher=fake_launcher)
     frame = pd.read_csv(runs[0].predictions)
     frame.drop(columns="shot").to_csv(runs[0].predictions, index=False)
-    comparison = build_comparison(runs, resamples=20)
+    more = compare_methods(UKB, tmp_path, methods=["supremix"], launcher=fake_launcher)
+    comparison = build_comparison([*runs, *more], resamples=20)
     assert "MAE" in comparison.bootstrap[("rnc", 0)] and "MAE many" not in comparison.bootstrap[("rnc", 0)]
-    assert comparison.notes == ["RnC seed 0: the reference's predictions.csv has no 'shot' column: no shot-group "
-                                "bootstrap"]
+    assert comparison.notes == ["Vanilla seed 0: predictions.csv has no 'shot' column, so the shot groups have no "
+                                "bootstrap interval (their t-intervals over seeds stand)"]  # once, not per row
+    frame.to_csv(runs[0].predictions, index=False)
     method = pd.read_csv(runs[1].predictions)
     method.iloc[1:].to_csv(runs[1].predictions, index=False)  # a sample missing: paired on the others, noted
     comparison = build_comparison(runs, resamples=20)
@@ -408,8 +502,15 @@ def test_command_line(fake_launcher, tmp_path, monkeypatch, capsys):
     record = json.loads((tmp_path / "comparison.json").read_text())
     assert record["seeds"] == [3, 4] and record["bootstrap"]["resamples"] == 50
     assert compare.main([*argv[:6], "--methods", "conr"]) == 1
+    variant = ["--methods", "vanilla,ft", "--variant", "ft=supremix:linear_probe=False,pretrain_epochs=3"]
+    assert compare.main([*argv[:6], *variant]) == 0
+    assert json.loads((tmp_path / "ft" / "seed0" / "argv.json").read_text())[-4:] == [
+        "--linear_probe", "False", "--pretrain_epochs", "3"]
+    assert json.loads((tmp_path / "comparison.json").read_text())["variants"] == {
+        "ft": {"method": "supremix", "overrides": {"linear_probe": "False", "pretrain_epochs": "3"}}}
     for bad in (["--method", "rnc"], ["--pretrain_epochs"], ["stray"], ["--methods", "rnc", "--shot_metrics", "x"],
-                ["--seeds", "0,a"], ["--seed", "1"], ["--bootstrap", "0"]):
+                ["--seeds", "0,a"], ["--seed", "1"], ["--bootstrap", "0"], ["--variant", "supremix"],
+                ["--variant", "rnc=rnc:window=2"]):
         with pytest.raises(SystemExit) as exit_info:
             compare.main([*argv[:6], *bad])
         assert exit_info.value.code == 2

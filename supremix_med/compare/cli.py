@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from supremix_med.compare.report import check_shot_metrics, write_comparison
-from supremix_med.compare.runs import compare_methods, override_pairs
+from supremix_med.compare.runs import compare_methods, override_pairs, parse_variant
 from supremix_med.compare.stats import BOOTSTRAP_RESAMPLES, CONFIDENCE
 
 __all__ = ["main"]
@@ -20,17 +20,21 @@ logger = logging.getLogger("supremix_med.compare")
 def _parser(prog: str = "python -m supremix_med.compare") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog, allow_abbrev=False,
-        description="Run a bundle once per pre-training method and seed (the same seeds and budget for every "
-                    "method) and write comparison.md / .json / .png: mean ± sd over seeds and paired differences "
-                    "against vanilla with a t-interval over seeds and a bootstrap interval within each seed. "
-                    "Unknown '--key value' arguments are passed to every run.")
+        description="Run a bundle once per row (a method, or a named variant of one) and seed (the same seeds and "
+                    "budget for every row) and write comparison.md / .json / .png: mean ± sd over seeds and paired "
+                    "differences against vanilla with a t-interval over seeds and a bootstrap interval within each "
+                    "seed. Unknown '--key value' arguments are passed to every run.")
     parser.add_argument("--config_file", action="append", required=True,
                         help="bundle config file; repeat for overlays (train.json first)")
     parser.add_argument("--output_dir", required=True,
-                        help="the comparison's folder (one sub-folder <method>/seed<S> per cell)")
+                        help="the comparison's folder (one sub-folder <row>/seed<S> per cell)")
     parser.add_argument("--methods", help="comma-separated methods in row order (default: every method the "
-                                          "bundle configures)")
-    parser.add_argument("--seeds", default="0", help="comma-separated seeds; every method runs once with each "
+                                          "bundle configures); a --variant's name here places that row")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=METHOD[:KEY=VALUE,...]",
+                        help="a row NAME that runs METHOD with these bundle overrides besides the common ones, e.g. "
+                             "supremix_ft=supremix:linear_probe=False; repeat for more rows (after --methods' rows "
+                             "unless --methods names them)")
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds; every row runs once with each "
                                                      "(default 0)")
     parser.add_argument("--overwrite", action="store_true", help="re-run cells whose metrics.json exists")
     parser.add_argument("--shot_metrics", default="mae,gm", help="metrics shown per shot group (default mae,gm)")
@@ -66,14 +70,15 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m supremix_med.
         check_shot_metrics(shot_metrics)
         if args.bootstrap < 1 or not 0 < args.confidence < 1:
             raise ValueError("--bootstrap must be >= 1 and --confidence between 0 and 1.")
+        variants = [parse_variant(text) for text in args.variant]
         runs = compare_methods(args.config_file, args.output_dir, _split(args.methods), _seeds(args.seeds),
-                               overrides, args.overwrite, echo=sys.stdout)
+                               overrides, args.overwrite, echo=sys.stdout, variants=variants)
     except ValueError as err:
         parser.error(str(err))
     write_comparison(runs, args.output_dir, args.config_file, overrides, shot_metrics, args.digits,
-                     args.confidence, args.bootstrap, args.bootstrap_seed)
+                     args.confidence, args.bootstrap, args.bootstrap_seed, variants=variants)
     logger.info("wrote %s", Path(args.output_dir) / "comparison.md")
-    failed = [f"{run.method} seed {run.seed}" for run in runs if run.failed]
+    failed = [f"{run.row} seed {run.seed}" for run in runs if run.failed]
     if failed:
         logger.error("failed: %s (see their run.log)", ", ".join(failed))
     return 1 if failed else 0

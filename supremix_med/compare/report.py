@@ -1,9 +1,10 @@
 """The comparison's numbers and files: per-seed values, mean ± sd, paired differences with intervals.
 
 :func:`write_comparison` turns the cells of a grid (:class:`~supremix_med.compare.runs.CellRun`) into
-``comparison.md``, ``comparison.json`` and ``comparison.png``. Differences are ``method - reference`` (the
-reference is ``vanilla``) on the same seed, so a negative difference is an improvement for MAE, MSE and GM
-and a positive one for Pearson, Spearman and ordinality.
+``comparison.md``, ``comparison.json`` and ``comparison.png``. Cells are grouped by row (a method, or a named
+variant of one: :class:`~supremix_med.compare.runs.Row`). Differences are ``row - reference`` (the reference
+is the ``vanilla`` row) on the same seed, so a negative difference is an improvement for MAE, MSE and GM and a
+positive one for Pearson, Spearman and ordinality.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from supremix_med.compare.plots import plot_comparison
-from supremix_med.compare.runs import CellRun
+from supremix_med.compare.runs import CellRun, Row
 from supremix_med.compare.stats import BOOTSTRAP_RESAMPLES, CONFIDENCE, Interval, paired_bootstrap, t_interval
 from supremix_med.io import atomic_write, atomic_write_json
 from supremix_med.metrics import REGRESSION_METRICS, SHOT_GROUPS
@@ -32,9 +33,9 @@ __all__ = ["Column", "REFERENCE", "DISPLAY_NAMES", "OVERALL_COLUMNS", "display_n
 
 logger = logging.getLogger(__name__)
 
-#: The method every other one is compared with.
+#: The row every other one is compared with (the plain ``vanilla`` method).
 REFERENCE = "vanilla"
-#: Names used in the tables' rows.
+#: Names used in the tables' rows for plain methods (a variant is shown by its name).
 DISPLAY_NAMES = {"vanilla": "Vanilla", "supcon": "SupCon", "rnc": "RnC", "conr": "ConR",
                  "conr_regularizer": "ConR (regulariser)", "mixsupcon": "MixSupCon", "supremix": "SupReMix",
                  "simcse": "SimCSE"}
@@ -43,6 +44,8 @@ OVERALL_COLUMNS = {"mae": "MAE", "mse": "MSE", "gm": "GM", "pearson_r": "Pearson
 #: The metrics.json entry of the ordinality scores: ``{phase: {"spearman": float, ...}}`` (see
 #: :class:`supremix_med.engines.ordinality.OrdinalityHandler`).
 ORDINALITY = "ordinality"
+#: The ordinality phases in training order (metrics.json writes its keys sorted, which would put them backwards).
+ORDINALITY_PHASES = ("pretrained", "finetuned")
 #: Metrics where a larger value is better; lower is better for the rest.
 HIGHER_IS_BETTER = frozenset({"pearson_r", "spearman_rho", ORDINALITY})
 #: Row groups of the paired bootstrap, in the order of their index in the resampling entropy.
@@ -101,8 +104,9 @@ class Column:
         return _number(_entry(_entry(metrics.get("shots"), self.group), self.metric))
 
 
-def display_name(method: str) -> str:
-    return DISPLAY_NAMES.get(method, method)
+def display_name(row: str) -> str:
+    """A row's label: the method's display name for a plain method, else the row's (variant's) name."""
+    return DISPLAY_NAMES.get(row, row)
 
 
 def run_protocol(run: CellRun) -> str:
@@ -131,7 +135,7 @@ def check_shot_metrics(shot_metrics: Sequence[str]) -> None:
 
 def report_columns(runs: Sequence[CellRun], shot_metrics: Sequence[str] = ("mae", "gm")) -> list[Column]:
     """The columns some cell reports: :data:`OVERALL_COLUMNS`, then each of ``shot_metrics`` per shot group,
-    then ordinality per phase (in the order of the run that names the most phases).
+    then ordinality per phase (:data:`ORDINALITY_PHASES` in training order, then any other phase a run names).
 
     Raises:
         ValueError: a name in ``shot_metrics`` is not one of the regression metrics.
@@ -140,36 +144,35 @@ def report_columns(runs: Sequence[CellRun], shot_metrics: Sequence[str] = ("mae"
     reported = [run.metrics for run in runs if run.metrics]
     candidates = [Column(key) for key in OVERALL_COLUMNS]
     candidates += [Column(key, group) for key in shot_metrics for group in SHOT_GROUPS]
-    named = sorted((list(m[ORDINALITY]) for m in reported if isinstance(m.get(ORDINALITY), dict)), key=len,
-                   reverse=True)  # the run naming most phases sets their order (vanilla lacks "pretrained")
-    phases = dict.fromkeys(phase for names in named for phase in names)
+    named = dict.fromkeys(phase for m in reported if isinstance(m.get(ORDINALITY), dict) for phase in m[ORDINALITY])
+    phases = [p for p in ORDINALITY_PHASES if p in named] + [p for p in named if p not in ORDINALITY_PHASES]
     candidates += [Column(ORDINALITY, phase) for phase in phases]
     return [c for c in candidates if any(not math.isnan(c.value(m)) for m in reported)]
 
 
 def cell_values(runs: Sequence[CellRun], columns: Sequence[Column]) -> pd.DataFrame:
-    """Every cell's value of every column: index ``(method, seed)``, one float column per label (nan: none)."""
-    index = pd.MultiIndex.from_tuples([(run.method, run.seed) for run in runs], names=["method", "seed"])
+    """Every cell's value of every column: index ``(row, seed)``, one float column per label (nan: none)."""
+    index = pd.MultiIndex.from_tuples([(run.row, run.seed) for run in runs], names=["row", "seed"])
     return pd.DataFrame({c.label: [c.value(run.metrics) for run in runs] for c in columns}, index=index,
                         dtype=float)
 
 
 def summary_table(values: pd.DataFrame) -> pd.DataFrame:
-    """Per method (in order of appearance) and column: ``mean``, ``sd`` (ddof 1; nan for one seed) and ``n``."""
-    grouped = values.groupby(level="method", sort=False)
+    """Per row (in order of appearance) and column: ``mean``, ``sd`` (ddof 1; nan for one seed) and ``n``."""
+    grouped = values.groupby(level="row", sort=False)
     return pd.concat({"mean": grouped.mean(), "sd": grouped.std(ddof=1), "n": grouped.count()}, axis=1)
 
 
 def seed_differences(values: pd.DataFrame, reference: str = REFERENCE) -> pd.DataFrame:
-    """``value(method, seed) - value(reference, seed)`` for every other method: index ``(method, seed)``.
+    """``value(row, seed) - value(reference, seed)`` for every other row: index ``(row, seed)``.
 
     A seed where either cell has no value gives nan. Empty when ``reference`` has no cell.
     """
-    methods = [m for m in dict.fromkeys(values.index.get_level_values("method")) if m != reference]
-    if reference not in values.index.get_level_values("method") or not methods:
+    rows = [r for r in dict.fromkeys(values.index.get_level_values("row")) if r != reference]
+    if reference not in values.index.get_level_values("row") or not rows:
         return values.iloc[0:0]
-    base = values.xs(reference, level="method")
-    return pd.concat({m: values.xs(m, level="method") - base for m in methods}, names=["method"])
+    base = values.xs(reference, level="row")
+    return pd.concat({r: values.xs(r, level="row") - base for r in rows}, names=["row"])
 
 
 def read_predictions(run: CellRun) -> pd.DataFrame:
@@ -220,7 +223,8 @@ def _paired(reference: pd.DataFrame, method: pd.DataFrame, path: Path) -> pd.Dat
 
 def _bootstrap_cell(reference: pd.DataFrame, method: CellRun, columns: Sequence[Column], resamples: int,
                     bootstrap_seed: int, confidence: float) -> tuple[dict[str, Interval], list[str]]:
-    """Bootstrap intervals of one (method, seed) for every bootstrappable column, and notes on what is missing."""
+    """Bootstrap intervals of one (row, seed) cell for every bootstrappable column, and notes on what is
+    missing."""
     predictions = read_predictions(method)
     paired = _paired(reference, predictions, method.predictions)
     intervals: dict[str, Interval] = {}
@@ -235,8 +239,7 @@ def _bootstrap_cell(reference: pd.DataFrame, method: CellRun, columns: Sequence[
         if group == "all":
             rows = paired
         elif SHOT_COLUMN not in paired.columns:
-            notes.append(f"the reference's predictions.csv has no '{SHOT_COLUMN}' column: no shot-group bootstrap")
-            continue
+            continue  # the reference has no shot column: noted once by bootstrap_differences
         else:
             rows = paired[paired[SHOT_COLUMN] == group]
         if rows.empty:
@@ -251,31 +254,36 @@ def bootstrap_differences(runs: Sequence[CellRun], columns: Sequence[Column], re
                           resamples: int = BOOTSTRAP_RESAMPLES, bootstrap_seed: int = 0,
                           confidence: float = CONFIDENCE) -> tuple[dict[tuple[str, int], dict[str, Interval]],
                                                                    list[str]]:
-    """Paired bootstrap intervals of ``method - reference`` within each seed, from the cells' predictions.csv.
+    """Paired bootstrap intervals of ``row - reference`` within each seed, from the cells' predictions.csv.
 
     Pairs are matched by sample id. Shot-group intervals resample the group's samples only and need a
     ``shot`` column in the reference's predictions.csv. Resample b of seed S and group g (index in
     :data:`BOOTSTRAP_GROUPS`) is drawn from ``numpy.random.default_rng([bootstrap_seed, S, g, b])``.
 
     Returns:
-        ``{(method, seed): {column label: Interval}}`` for every succeeded non-reference cell whose seed's
+        ``{(row, seed): {column label: Interval}}`` for every succeeded non-reference cell whose seed's
         reference cell succeeded, and notes (one line each) on cells or groups that could not be resampled.
     """
     found: dict[tuple[str, int], dict[str, Interval]] = {}
     notes: list[str] = []
     references: dict[int, pd.DataFrame] = {}
     for run in runs:
-        if run.method == reference and not run.failed:
+        if run.row == reference and not run.failed:
             try:
                 references[run.seed] = read_predictions(run)
             except ValueError as err:
                 notes.append(f"{display_name(reference)} seed {run.seed}: no bootstrap for this seed: {err}")
+    unshot = [seed for seed, frame in references.items() if SHOT_COLUMN not in frame.columns]
+    if unshot and any(c.bootstrappable and c.group != "all" for c in columns):
+        notes.append(f"{display_name(reference)} seed{'s' if len(unshot) > 1 else ''} "
+                     f"{', '.join(map(str, unshot))}: predictions.csv has no '{SHOT_COLUMN}' column, so the shot "
+                     "groups have no bootstrap interval (their t-intervals over seeds stand)")
     for run in runs:
-        if run.method == reference or run.failed or run.seed not in references:
+        if run.row == reference or run.failed or run.seed not in references:
             continue
-        where = f"{display_name(run.method)} seed {run.seed}"
+        where = f"{display_name(run.row)} seed {run.seed}"
         try:
-            found[(run.method, run.seed)], cell_notes = _bootstrap_cell(references[run.seed], run, columns,
+            found[(run.row, run.seed)], cell_notes = _bootstrap_cell(references[run.seed], run, columns,
                                                                        resamples, bootstrap_seed, confidence)
         except ValueError as err:
             notes.append(f"{where}: no bootstrap: {err}")
@@ -294,8 +302,8 @@ class Comparison:
         values: :func:`cell_values`.
         summary: :func:`summary_table`.
         differences: :func:`seed_differences`.
-        versus: ``{(method, column label): Interval}``, the t-interval over seeds of :func:`seed_differences`.
-        bootstrap: ``{(method, seed): {column label: Interval}}`` (:func:`bootstrap_differences`).
+        versus: ``{(row, column label): Interval}``, the t-interval over seeds of :func:`seed_differences`.
+        bootstrap: ``{(row, seed): {column label: Interval}}`` (:func:`bootstrap_differences`).
         notes: what could not be computed, one line each.
         reference, confidence, resamples, bootstrap_seed: the settings used.
     """
@@ -314,15 +322,16 @@ class Comparison:
     bootstrap_seed: int = 0
 
     @property
-    def methods(self) -> list[str]:
-        return list(dict.fromkeys(run.method for run in self.runs))
+    def rows(self) -> list[str]:
+        """The rows' names in order (a plain method's row is named after it)."""
+        return list(dict.fromkeys(run.row for run in self.runs))
 
     @property
     def seeds(self) -> list[int]:
         return list(dict.fromkeys(run.seed for run in self.runs))
 
     def best(self, digits: int = 3) -> dict[str, list[str]]:
-        """Per column label, the method(s) whose mean over seeds is best when rounded to ``digits``."""
+        """Per column label, the row(s) whose mean over seeds is best when rounded to ``digits``."""
         best = {}
         for column in self.columns:
             means = self.summary[("mean", column.label)].round(digits)
@@ -343,10 +352,10 @@ def build_comparison(runs: Sequence[CellRun], shot_metrics: Sequence[str] = ("ma
     columns = report_columns(runs, shot_metrics)
     values = cell_values(runs, columns)
     differences = seed_differences(values, reference)
-    versus = {(method, label): t_interval(differences.loc[method, label].to_numpy(), confidence)
-              for method in dict.fromkeys(differences.index.get_level_values("method")) for label in values.columns}
+    versus = {(row, label): t_interval(differences.loc[row, label].to_numpy(), confidence)
+              for row in dict.fromkeys(differences.index.get_level_values("row")) for label in values.columns}
     bootstrap, notes = bootstrap_differences(runs, columns, reference, resamples, bootstrap_seed, confidence)
-    if reference not in {run.method for run in runs}:
+    if reference not in {run.row for run in runs}:
         notes.insert(0, f"no {display_name(reference)} cell: no differences or intervals")
     return Comparison(runs, columns, values, summary_table(values), differences, versus, bootstrap, notes,
                       reference, confidence, resamples, bootstrap_seed)
@@ -371,30 +380,30 @@ def _bounds(interval: Interval | None, digits: int) -> str:
 def _summary_rows(comparison: Comparison, digits: int) -> list[list[str]]:
     best = comparison.best(digits)
     rows = []
-    for method in comparison.methods:
-        cells = [run for run in comparison.runs if run.method == method]
+    for name in comparison.rows:
+        cells = [run for run in comparison.runs if run.row == name]
         ok = [run for run in cells if not run.failed]
         protocols = " / ".join(dict.fromkeys(run_protocol(run) for run in ok)) or DASH
-        row = [display_name(method), protocols, f"{len(ok)}/{len(cells)}"]
+        row = [display_name(name), protocols, f"{len(ok)}/{len(cells)}"]
         for column in comparison.columns:
-            mean, sd, n = (comparison.summary.loc[method, (stat, column.label)] for stat in ("mean", "sd", "n"))
+            mean, sd, n = (comparison.summary.loc[name, (stat, column.label)] for stat in ("mean", "sd", "n"))
             text = _fixed(mean, digits) if n < 2 else f"{mean:.{digits}f} ± {sd:.{digits}f}"
-            row.append(f"**{text}**" if method in best.get(column.label, []) else text)
+            row.append(f"**{text}**" if name in best.get(column.label, []) else text)
         rows.append(row)
     return rows
 
 
 def _versus_rows(comparison: Comparison, column: Column, digits: int) -> list[list[str]]:
     rows = []
-    for method in comparison.methods:
-        interval = comparison.versus.get((method, column.label))
-        boots = [comparison.bootstrap.get((method, seed), {}).get(column.label) for seed in comparison.seeds]
+    for name in comparison.rows:
+        interval = comparison.versus.get((name, column.label))
+        boots = [comparison.bootstrap.get((name, seed), {}).get(column.label) for seed in comparison.seeds]
         if interval is None or (interval.n == 0 and not any(boots)):
-            continue  # nothing measured (a method that always failed, a column the reference lacks)
-        row = [display_name(method), f"{_fixed(interval.estimate, digits, True)} ({interval.n})",
+            continue  # nothing measured (a row that always failed, a column the reference lacks)
+        row = [display_name(name), f"{_fixed(interval.estimate, digits, True)} ({interval.n})",
                _bounds(interval, digits)]
         for seed, boot in zip(comparison.seeds, boots):
-            difference = comparison.differences[column.label].get((method, seed), math.nan)
+            difference = comparison.differences[column.label].get((name, seed), math.nan)
             if boot is None:
                 row.append(_fixed(difference, digits, True))
             else:  # the metrics.json difference; the predictions' own where the runs' metrics lack the column
@@ -451,7 +460,7 @@ def comparison_markdown(comparison: Comparison, title: str, settings: str, digit
              "cells that finished / cells run.", "", summary, "", *_context_lines(comparison, digits)]
     if any(comparison.versus):
         lines += ["", f"## Paired differences against {reference}", "",
-                  f"Each value is method - {reference} on the same seed (same split, initial weights and data order). "
+                  f"Each value is row - {reference} on the same seed (same split, initial weights and data order). "
                   f"Mean (seeds): the mean difference over the seeds where both finished, with its {level} % "
                   f"t-interval over seeds. Seed S: that seed's difference with its {level} % paired bootstrap "
                   f"interval over the test samples ({comparison.resamples} resamples, bootstrap seed "
@@ -467,7 +476,7 @@ def comparison_markdown(comparison: Comparison, title: str, settings: str, digit
         lines.append("")
     if failed:
         lines += ["Failed cells:"]
-        lines += [f"- {display_name(r.method)} seed {r.seed}: {r.error}; log `{r.log}`" for r in failed]
+        lines += [f"- {display_name(r.row)} seed {r.seed}: {r.error}; log `{r.log}`" for r in failed]
     if comparison.notes:
         lines += [*([""] if failed else []), "Notes:", *(f"- {note}" for note in comparison.notes)]
     return "\n".join(lines).rstrip("\n") + "\n"
@@ -483,26 +492,27 @@ def _record(comparison: Comparison, digits: int) -> dict[str, Any]:
     return {
         "reference": comparison.reference, "confidence": comparison.confidence,
         "bootstrap": {"resamples": comparison.resamples, "seed": comparison.bootstrap_seed},
-        "cells": {method: {str(run.seed): {"status": run.status, "returncode": run.returncode,
-                                           "output_dir": str(run.output_dir), "log": str(run.log),
-                                           "error": run.error, "protocol": run_protocol(run) if not run.failed
-                                           else None, "metrics": run.metrics}
-                           for run in comparison.runs if run.method == method} for method in comparison.methods},
+        "cells": {name: {str(run.seed): {"status": run.status, "returncode": run.returncode, "method": run.method,
+                                         "output_dir": str(run.output_dir), "log": str(run.log),
+                                         "error": run.error, "protocol": run_protocol(run) if not run.failed
+                                         else None, "metrics": run.metrics}
+                         for run in comparison.runs if run.row == name} for name in comparison.rows},
+        "rows": comparison.rows,
         "columns": [c.label for c in comparison.columns],
         "table": {m: {c.label: _json(summary.loc[m, ("mean", c.label)]) for c in comparison.columns}
-                  for m in comparison.methods},
+                  for m in comparison.rows},
         "summary": {m: {c.label: {"mean": _json(summary.loc[m, ("mean", c.label)]),
                                   "sd": _json(summary.loc[m, ("sd", c.label)]),
                                   "n": int(summary.loc[m, ("n", c.label)]),
                                   "values": {str(s): _json(v) for s, v in
-                                             comparison.values.xs(m, level="method")[c.label].items()}}
-                        for c in comparison.columns} for m in comparison.methods},
+                                             comparison.values.xs(m, level="row")[c.label].items()}}
+                        for c in comparison.columns} for m in comparison.rows},
         "versus_reference": {m: {label: {"t_interval": interval.to_dict(),
                                          "bootstrap": {str(s): comparison.bootstrap[(m, s)][label].to_dict()
                                                        for s in comparison.seeds
                                                        if label in comparison.bootstrap.get((m, s), {})}}
-                                 for (method, label), interval in comparison.versus.items() if method == m}
-                             for m in dict.fromkeys(method for method, _ in comparison.versus)},
+                                 for (row, label), interval in comparison.versus.items() if row == m}
+                             for m in dict.fromkeys(row for row, _ in comparison.versus)},
         "best": comparison.best(digits),
         "notes": comparison.notes,
     }
@@ -511,14 +521,17 @@ def _record(comparison: Comparison, digits: int) -> dict[str, Any]:
 def write_comparison(runs: Sequence[CellRun], output_dir: str | os.PathLike, config_files: Sequence[str],
                      overrides: dict[str, str] | None = None, shot_metrics: Sequence[str] = ("mae", "gm"),
                      digits: int = 3, confidence: float = CONFIDENCE, resamples: int = BOOTSTRAP_RESAMPLES,
-                     bootstrap_seed: int = 0, reference: str = REFERENCE) -> Comparison:
+                     bootstrap_seed: int = 0, reference: str = REFERENCE, variants: Sequence[Row] = ()) -> Comparison:
     """Write ``comparison.md``, ``comparison.json`` and ``comparison.png`` under ``output_dir``.
 
-    ``comparison.json`` holds the settings (config files, seeds, overrides, confidence, bootstrap), every cell
-    (status, exit status, log, error, protocol, its full ``metrics.json``), ``columns``, ``table`` (the mean
-    of each column per method), ``summary`` (mean, sd, n and the per-seed values), ``versus_reference``
-    (per method and column: the t-interval over seeds and the bootstrap interval of each seed, each as
-    ``{estimate, low, high, n, confidence}``), ``best`` (best mean per column) and ``notes``.
+    ``comparison.json`` holds the settings (config files, seeds, overrides, ``variants``: each variant's
+    method and overrides, confidence, bootstrap), every cell per row (status, exit status, method, log,
+    error, protocol, its full ``metrics.json``), ``columns``, ``table`` (the mean of each column per row),
+    ``summary`` (mean, sd, n and the per-seed values), ``versus_reference`` (per row and column: the
+    t-interval over seeds and the bootstrap interval of each seed, each as ``{estimate, low, high, n,
+    confidence}``), ``best`` (best mean per column), ``rows`` (the row order; the JSON objects are written with
+    sorted keys) and ``notes``. ``comparison.md`` states the same settings,
+    each variant as the arguments its cells add (``supremix_ft``: ``--method supremix --linear_probe False``).
 
     Returns:
         The :class:`Comparison` written.
@@ -530,9 +543,14 @@ def write_comparison(runs: Sequence[CellRun], output_dir: str | os.PathLike, con
     seeds = ", ".join(map(str, comparison.seeds))
     settings = (f"Bundle `{name}`: {', '.join(f'`{f}`' for f in config_files)}; seeds {seeds}; overrides: "
                 + (" ".join(f"`--{k} {v}`" for k, v in overrides.items()) or "none") + ".")
+    variants = [v for v in variants if v.name in comparison.rows]
+    if variants:
+        settings += ("\n\nVariants (their own arguments, after the overrides): "
+                     + "; ".join(f"{display_name(v.name)}: `{v.describe()}`" for v in variants) + ".")
     markdown = comparison_markdown(comparison, f"Method comparison: {name}", settings, digits)
     atomic_write(output_dir / "comparison.md", lambda tmp: tmp.write_text(markdown, encoding="utf-8"))
     record = {"config_files": [str(f) for f in config_files], "seeds": comparison.seeds, "overrides": overrides,
+              "variants": {v.name: {"method": v.method, "overrides": dict(v.overrides)} for v in variants},
               **_record(comparison, digits)}
     atomic_write_json(record, output_dir / "comparison.json")
     plot_comparison(comparison.values, output_dir / "comparison.png", display_name)

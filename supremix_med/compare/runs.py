@@ -1,11 +1,17 @@
-"""Running the grid of a comparison: one bundle run per method and seed (a *cell*), resumable, failure-tolerant.
+"""Running the grid of a comparison: one bundle run per row and seed (a *cell*), resumable, failure-tolerant.
 
-A cell is ``python -m monai.bundle run --config_file "[...]" --method M --output_dir DIR/M/seed<S> --seed S
---overwrite True`` plus the comparison's overrides (:func:`bundle_command` builds it: the one place that knows how a cell is
-launched). Its output is streamed to ``DIR/M/seed<S>/run.log`` (and the console). A cell whose
-``metrics.json`` is there already is reused, not run again, unless ``overwrite``; a failing cell is recorded
-with its log and the others still run. A cell that runs again moves its earlier attempt to the cell's
-``previous/`` folder (the bundle's ``--overwrite True``).
+A *row* (:class:`Row`) is a name, the ``--method`` it runs and bundle overrides of its own: a plain method is
+the row named after it with no overrides; a *variant* (:func:`parse_variant`, ``--variant`` on the command line)
+names a method run with other settings, e.g. ``supremix_ft=supremix:linear_probe=False``.
+
+A cell is ``python -m monai.bundle run --config_file "[...]" --method M --output_dir DIR/<row>/seed<S> --seed S
+--overwrite True`` plus the comparison's overrides, then the row's (:func:`bundle_command` builds it: the one place that knows how
+a cell is launched). Its output is streamed to ``DIR/<row>/seed<S>/run.log`` (and the console), and what was
+asked of it (row, method, seed, overrides) to ``DIR/<row>/seed<S>/cell.json``. A cell whose ``metrics.json`` is
+there already is reused, not run again, unless ``overwrite`` or its ``cell.json`` records other settings than
+those asked for now (then it is stale and runs again); a failing cell is recorded with its log and the others
+still run. A cell that runs again moves its earlier attempt to the cell's ``previous/`` folder (the bundle's
+``--overwrite True``).
 """
 
 from __future__ import annotations
@@ -13,10 +19,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -25,8 +32,9 @@ from monai.bundle import ConfigParser
 from supremix_med.bundles import bundles_dir
 from supremix_med.engines import METHODS, loss_entry
 
-__all__ = ["CellRun", "BUNDLE_LAUNCHER", "RESERVED_OVERRIDES", "bundle_methods", "override_pairs", "bundle_command",
-           "cell_dir", "run_bundle", "run_cell", "compare_methods"]
+__all__ = ["CellRun", "Row", "BUNDLE_LAUNCHER", "RESERVED_OVERRIDES", "bundle_methods", "override_pairs",
+           "parse_variant", "comparison_rows", "bundle_command", "cell_dir", "run_bundle", "run_cell",
+           "compare_methods"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +42,33 @@ logger = logging.getLogger(__name__)
 BUNDLE_LAUNCHER = (sys.executable, "-m", "monai.bundle", "run")
 #: Options that the comparison sets per cell and a bundle override may not set.
 RESERVED_OVERRIDES = frozenset({"method", "output_dir", "seed", "config_file", "overwrite", "resume"})
+#: A row's name is its cells' folder name: letters, digits and ``. _ + -``, starting with a letter or digit.
+_ROW_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+#: Where a variant's override list splits: at a comma followed by the next ``key=`` (keys are config paths such as
+#: ``loss_kwargs#supremix#temperature``), so a value may hold commas (``beta=[2.0,8.0]``).
+_NEXT_OVERRIDE = re.compile(r",(?=\s*(?:--)?[A-Za-z_][\w#]*=)")
+#: What a cell records of its request, beside its outputs.
+CELL_FILE = "cell.json"
+
+
+@dataclass
+class Row:
+    """One row of a comparison: its name, the ``--method`` its cells run and the bundle overrides of its own.
+
+    Attributes:
+        name: the row's label in the report and the folder of its cells (``<output_dir>/<name>/seed<S>``).
+        method: the ``--method`` value.
+        overrides: ``{key: value}`` bundle overrides (values unparsed, as on the command line), applied after
+            the comparison's own: the row's value wins for a key both set. Empty for a plain method.
+    """
+
+    name: str
+    method: str
+    overrides: dict[str, str] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """``--method supremix --linear_probe False``: how the row's cells differ from the comparison's command."""
+        return " ".join([f"--method {self.method}", *(f"--{k} {v}" for k, v in self.overrides.items())])
 
 
 @dataclass
@@ -50,6 +85,7 @@ class CellRun:
         returncode: the bundle process's exit status (None when it was not run).
         metrics: the run's ``metrics.json`` (None when failed).
         error: why it failed (None otherwise).
+        row: the name of its row (:class:`Row`); defaults to ``method``.
     """
 
     method: str
@@ -60,6 +96,10 @@ class CellRun:
     returncode: int | None = None
     metrics: dict[str, Any] | None = None
     error: str | None = None
+    row: str = ""
+
+    def __post_init__(self) -> None:
+        self.row = self.row or self.method
 
     @property
     def failed(self) -> bool:
@@ -121,6 +161,80 @@ def override_pairs(tokens: Sequence[str], reserved: Collection[str] = RESERVED_O
     return pairs
 
 
+def parse_variant(text: str) -> Row:
+    """``NAME=METHOD[:KEY=VALUE[,KEY=VALUE...]]`` -> :class:`Row` (the ``--variant`` syntax).
+
+    Keys are bundle override keys without the dashes (``linear_probe``, ``loss_kwargs#supremix#temperature``);
+    values are passed to the bundle unparsed, as after ``--key`` on a command line. The list splits at a comma
+    followed by the next ``key=``, so a value may hold commas: ``supremix_b=supremix:loss_kwargs#supremix#beta=[1,4]``.
+
+    Examples:
+        ``supremix_ft=supremix:linear_probe=False`` -> ``Row("supremix_ft", "supremix", {"linear_probe": "False"})``;
+        ``supremix_t0.1_w0.5=supremix:loss_kwargs#supremix#temperature=0.1,window=0.5``.
+
+    Raises:
+        ValueError: no ``NAME=METHOD``, a name that cannot be a folder name, an override without ``=`` or a
+            value, a repeated key, or a key the comparison sets (:data:`RESERVED_OVERRIDES`).
+    """
+    name, sep, rest = text.partition("=")
+    method, _, settings = rest.partition(":")
+    name, method = name.strip(), method.strip()
+    if not sep or not name or not method:
+        raise ValueError(f"a variant is NAME=METHOD[:KEY=VALUE,...], got {text!r}.")
+    if not _ROW_NAME.fullmatch(name):
+        raise ValueError(f"variant name {name!r} (in {text!r}): use letters, digits and . _ + - (it names the "
+                         "variant's folder).")
+    overrides: dict[str, str] = {}
+    for item in _NEXT_OVERRIDE.split(settings) if settings.strip() else []:
+        key, sep, value = item.partition("=")
+        key = key.strip().removeprefix("--")
+        if not sep or not key or not value.strip():
+            raise ValueError(f"variant {name!r}: overrides are KEY=VALUE, got {item!r}.")
+        if key in overrides:
+            raise ValueError(f"variant {name!r} sets {key!r} twice.")
+        if key in RESERVED_OVERRIDES:
+            raise ValueError(f"variant {name!r}: --{key} is set by the comparison for every run; the method goes "
+                             "after '=' (NAME=METHOD:...).")
+        overrides[key] = value.strip()
+    return Row(name, method, overrides)
+
+
+def comparison_rows(config_files: Sequence[str | os.PathLike], methods: Sequence[str] | None = None,
+                    variants: Sequence[Row] = ()) -> list[Row]:
+    """The rows of a comparison, in order: each name of ``methods`` (a method, or a variant's name, which places
+    that variant), then the variants ``methods`` does not name, in their order.
+
+    Args:
+        config_files: the bundle's config files.
+        methods: plain methods and variant names in row order; default :func:`bundle_methods`.
+        variants: named variants (:func:`parse_variant`).
+
+    Raises:
+        ValueError: a method the bundle does not configure (named or run by a variant), a repeated name, a
+            variant named like a method (its cells would share the method's folder), or a variant override of a
+            key the comparison sets.
+    """
+    supported = bundle_methods(config_files)
+    variants = {v.name: v for v in _unique(list(variants), "variant", key=lambda v: v.name, allow_empty=True)}
+    clash = sorted(set(variants).intersection(METHODS))
+    if clash:
+        raise ValueError(f"variants {clash} are named like methods; give a variant a name of its own "
+                         f"(e.g. {clash[0]}_probe).")
+    names = _unique(supported if methods is None else methods, "method")
+    rows = [variants.get(name) or Row(name, name) for name in names]
+    rows += [v for name, v in variants.items() if name not in names]
+    unsupported = sorted({row.method for row in rows if row.method not in supported})
+    if unsupported:
+        raise ValueError(f"methods {unsupported} are not configured by {[str(f) for f in config_files]}; "
+                         f"it supports {list(supported)} (a method needs an entry in loss_kwargs"
+                         + (f"; variants: {list(variants)}" if variants else "") + ").")
+    for row in rows:
+        reserved = RESERVED_OVERRIDES.intersection(row.overrides)
+        if reserved:
+            raise ValueError(f"row {row.name!r} may not override {sorted(reserved)}: the comparison sets them.")
+    return rows
+
+
 def bundle_command(config_files: Sequence[str | os.PathLike], method: str, output_dir: str | os.PathLike,
                    seed: int = 0, overrides: dict[str, str] | None = None,
                    launcher: Sequence[str] = BUNDLE_LAUNCHER) -> list[str]:
@@ -136,9 +250,9 @@ def bundle_command(config_files: Sequence[str | os.PathLike], method: str, outpu
     return command
 
 
-def cell_dir(output_dir: str | os.PathLike, method: str, seed: int) -> Path:
-    """The folder of one cell: ``<output_dir>/<method>/seed<seed>``."""
-    return Path(output_dir) / method / f"seed{seed}"
+def cell_dir(output_dir: str | os.PathLike, row: str, seed: int) -> Path:
+    """The folder of one cell: ``<output_dir>/<row>/seed<seed>`` (a plain method's row is named after it)."""
+    return Path(output_dir) / row / f"seed{seed}"
 
 
 def run_bundle(command: Sequence[str], log: str | os.PathLike, echo: TextIO | None = None) -> int:
@@ -172,81 +286,112 @@ def _read_metrics(path: Path) -> dict[str, Any]:
     return metrics
 
 
+def _stale(run_dir: Path, request: dict[str, Any]) -> str | None:
+    """Why the finished cell in ``run_dir`` is not the one requested now (None: it is, or it records nothing)."""
+    try:
+        recorded = json.loads((run_dir / CELL_FILE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None  # a cell from before cell.json was written: its metrics.json is trusted, as it always was
+    recorded = recorded if isinstance(recorded, dict) else {}
+    changed = [key for key in request if recorded.get(key) != request[key]]
+    if not changed:
+        return None
+    return (f"its {CELL_FILE} records {json.dumps({k: recorded.get(k) for k in changed})}, asked now "
+            f"{json.dumps({k: request[k] for k in changed})}")
+
+
 def run_cell(config_files: Sequence[str | os.PathLike], method: str, seed: int, output_dir: str | os.PathLike,
              overrides: dict[str, str] | None = None, overwrite: bool = False,
-             launcher: Sequence[str] = BUNDLE_LAUNCHER, echo: TextIO | None = None) -> CellRun:
-    """Run (or reuse) one cell into :func:`cell_dir` of ``output_dir``; a failure is returned, not raised."""
-    run_dir = cell_dir(output_dir, method, seed)
+             launcher: Sequence[str] = BUNDLE_LAUNCHER, echo: TextIO | None = None, row: str | None = None) -> CellRun:
+    """Run (or reuse) one cell of row ``row`` (default: the plain method's row) into :func:`cell_dir` of
+    ``output_dir``; ``overrides`` are all of the cell's (the comparison's merged with the row's). A finished
+    cell whose ``cell.json`` records another method, seed or overrides runs again. A failure is returned, not
+    raised."""
+    row = row or method
+    run_dir = cell_dir(output_dir, row, seed)
     metrics_path, log = run_dir / "metrics.json", run_dir / "run.log"
+    request = {"row": row, "method": method, "seed": seed,
+               "overrides": {key: str(value) for key, value in (overrides or {}).items()}}
+    where = f"{row} seed {seed}"
     if metrics_path.is_file() and not overwrite:
         try:
             metrics = _read_metrics(metrics_path)
         except ValueError as err:
-            logger.warning("%s; running %s seed %d again", err, method, seed)
+            logger.warning("%s; running %s again", err, where)
         else:
-            logger.info("%s seed %d: %s exists, not run again (--overwrite re-runs it)", method, seed, metrics_path)
-            return CellRun(method, seed, "reused", run_dir, log, metrics=metrics)
+            stale = _stale(run_dir, request)
+            if stale is None:
+                logger.info("%s: %s exists, not run again (--overwrite re-runs it)", where, metrics_path)
+                return CellRun(method, seed, "reused", run_dir, log, metrics=metrics, row=row)
+            logger.warning("%s: %s; running it again", where, stale)
     metrics_path.unlink(missing_ok=True)  # a failed re-run must not leave the old result looking current
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / CELL_FILE).write_text(json.dumps(request, indent=2), encoding="utf-8")
     command = bundle_command(config_files, method, run_dir, seed, overrides, launcher)
-    logger.info("%s seed %d: running (log: %s)", method, seed, log)
+    logger.info("%s: running (log: %s)", where, log)
+
+    def outcome(status: str, returncode: int | None = None, **found: Any) -> CellRun:
+        return CellRun(method, seed, status, run_dir, log, returncode, row=row, **found)
+
     try:
         returncode = run_bundle(command, log, echo)
     except OSError as err:  # the launcher itself could not start
-        return CellRun(method, seed, "failed", run_dir, log, error=f"could not start {command[0]!r}: {err}")
+        return outcome("failed", error=f"could not start {command[0]!r}: {err}")
     if returncode != 0:
-        return CellRun(method, seed, "failed", run_dir, log, returncode, error=f"exit status {returncode}")
+        return outcome("failed", returncode, error=f"exit status {returncode}")
     try:
         metrics = _read_metrics(metrics_path)
     except ValueError as err:
-        return CellRun(method, seed, "failed", run_dir, log, returncode, error=str(err))
-    return CellRun(method, seed, "ran", run_dir, log, returncode, metrics=metrics)
+        return outcome("failed", returncode, error=str(err))
+    return outcome("ran", returncode, metrics=metrics)
 
 
-def _unique(values: Sequence, what: str) -> list:
+def _unique(values: Sequence, what: str, key=lambda value: value, allow_empty: bool = False) -> list:
     values = list(values)
-    if not values:
+    if not values and not allow_empty:
         raise ValueError(f"a comparison needs at least one {what}.")
-    if len(set(values)) != len(values):
-        raise ValueError(f"each {what} may be given once, got {values}.")
+    keys = [key(value) for value in values]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"each {what} may be given once, got {keys}.")
     return values
 
 
 def compare_methods(config_files: Sequence[str | os.PathLike], output_dir: str | os.PathLike,
                     methods: Sequence[str] | None = None, seeds: Sequence[int] = (0,),
                     overrides: dict[str, str] | None = None, overwrite: bool = False,
-                    launcher: Sequence[str] | None = None, echo: TextIO | None = None) -> list[CellRun]:
-    """Run every method with every seed, seed by seed (each seed's methods together: a paired replicate).
+                    launcher: Sequence[str] | None = None, echo: TextIO | None = None,
+                    variants: Sequence[Row] = ()) -> list[CellRun]:
+    """Run every row with every seed, seed by seed (each seed's rows together: a paired replicate).
 
     Args:
         config_files: the bundle's config files (``train.json`` first, then overlays).
-        output_dir: the comparison's folder; cell (M, S) runs in ``<output_dir>/<M>/seed<S>``.
-        methods: methods to run, in row order; default :func:`bundle_methods`.
-        seeds: ``--seed`` values; every method runs once with each.
+        output_dir: the comparison's folder; cell (row R, seed S) runs in ``<output_dir>/<R>/seed<S>``.
+        methods: methods (and variant names) in row order; default :func:`bundle_methods`
+            (see :func:`comparison_rows`).
+        seeds: ``--seed`` values; every row runs once with each.
         overrides: bundle overrides given to every run (``{"pretrain_epochs": "10", ...}``).
         overwrite: run cells again whose ``metrics.json`` exists.
         launcher: the command that runs a bundle; default :data:`BUNDLE_LAUNCHER` (tests inject a fake one).
         echo: where the runs' output is streamed besides their logs (None: logs only; the CLI streams to stdout).
+        variants: named rows of a method with overrides of their own (:func:`parse_variant`); a variant's
+            overrides are applied after ``overrides``.
 
     Returns:
-        One :class:`CellRun` per cell, seed-major (all methods of the first seed, then the next seed).
+        One :class:`CellRun` per cell, seed-major (all rows of the first seed, then the next seed).
         Failed cells are returned, not raised.
 
     Raises:
-        ValueError: no config file, a method the bundle does not configure, a repeated method or seed, or a
-            reserved key in ``overrides``.
+        ValueError: no config file, a method the bundle does not configure, a repeated row or seed, a variant
+            named like a method, or a reserved key in ``overrides`` or a variant's.
     """
     if not config_files:
         raise ValueError("compare_methods needs at least one bundle config file.")
-    supported = bundle_methods(config_files)
-    methods = _unique(supported if methods is None else methods, "method")
-    unsupported = [m for m in methods if m not in supported]
-    if unsupported:
-        raise ValueError(f"methods {unsupported} are not configured by {[str(f) for f in config_files]}; "
-                         f"it supports {list(supported)} (a method needs an entry in loss_kwargs).")
+    rows = comparison_rows(config_files, methods, variants)
     seeds = [int(s) for s in _unique(seeds, "seed")]
     reserved = RESERVED_OVERRIDES.intersection(overrides or {})
     if reserved:
         raise ValueError(f"overrides may not set {sorted(reserved)}: the comparison sets them for every run.")
     launcher = BUNDLE_LAUNCHER if launcher is None else launcher
-    return [run_cell(config_files, method, seed, output_dir, dict(overrides or {}), overwrite, launcher, echo)
-            for seed in seeds for method in methods]
+    return [run_cell(config_files, row.method, seed, output_dir, {**(overrides or {}), **row.overrides}, overwrite,
+                     launcher, echo, row=row.name)
+            for seed in seeds for row in rows]
