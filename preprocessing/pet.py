@@ -643,11 +643,7 @@ def _build(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: build a cache from a manifest with ``supremix_med.data.cache.build_cache``.
-
-    A refused input (bad manifest, missing column, changed parameters) prints one line and exits with status 2;
-    ``--debug`` shows the traceback (see ``preprocessing._common.run_cli``).
-    """
+    """``python -m preprocessing.pet``: build the cache (:func:`_build`); a refused input ends in one line, status 2."""
     run_cli(_parser(), argv, _build)
 
 
