@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -139,3 +141,46 @@ def test_training_without_data_names_the_missing_folder(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError) as missing:
         workflow.run()
     assert str(tmp_path / "no_cache") in str(missing.value.__cause__)
+
+
+# ------------------------------------------------------------------- what `$` expressions name is imported
+_MODULE_PATH = re.compile(r"\bsupremix_med(?:\.[A-Za-z_]\w*)+")
+_WORKFLOWS = (("train.json",), ("train.json", "evaluate.json"), ("train.json", "multi_gpu_train.json"),
+              ("train.json", "demo.json"), ("inference.json",))
+#: Run in a fresh interpreter: the config's imports only, then every dotted name must resolve. In-process the
+#: test session has imported everything already, which is how a missing import once went unnoticed.
+_RESOLVE = """
+import json, sys
+imports, names = json.load(sys.stdin)
+scope = {}
+for statement in imports:
+    exec(statement.lstrip("$"), scope)
+missing = []
+for name in names:
+    head, *rest = name.split(".")
+    value = scope[head]
+    for part in rest:
+        if not hasattr(value, part):
+            missing.append(name)
+            break
+        value = getattr(value, part)
+print(json.dumps(missing))
+"""
+
+
+def test_every_module_an_expression_names_is_in_the_imports():
+    """MONAI evaluates ``$`` expressions with the config's ``imports`` only: ``supremix_med.x.y`` in an expression
+    needs ``supremix_med.x`` imported there, whatever else the process happens to have imported."""
+    by_imports: dict[tuple[str, ...], set[str]] = {}
+    for name in NAMES:
+        for files in _WORKFLOWS:
+            if not all((BUNDLES / name / f).is_file() for f in files):
+                continue
+            config = load_config(name, *files, folder=BUNDLES)
+            names = {match for text in _strings(config) if text.startswith("$")
+                     for match in _MODULE_PATH.findall(text)}
+            by_imports.setdefault(tuple(config["imports"]), set()).update(names)
+    for imports, names in by_imports.items():
+        done = subprocess.run([sys.executable, "-c", _RESOLVE], input=json.dumps([imports, sorted(names)]),
+                              capture_output=True, text=True, cwd=REPO, check=True)
+        assert json.loads(done.stdout) == [], f"imports {imports} do not reach {done.stdout}"
