@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 from monai.bundle import ConfigParser, ConfigWorkflow, verify_net_in_out
 
 from supremix_med.bundles import BASE, ENV_VAR, bundle_names, bundles_dir, load_config, resolve_macros
+from supremix_med.cli.refusals import DEBUG_ENV, EXIT_REFUSED
 
 from conftest import BUNDLES, REPO
 
@@ -141,6 +143,43 @@ def test_training_without_data_names_the_missing_folder(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError) as missing:
         workflow.run()
     assert str(tmp_path / "no_cache") in str(missing.value.__cause__)
+
+
+def _bundle_run(config: str, tmp_path: Path, debug: bool = False, **overrides: str) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle run`` of bundles/<config> in a fresh process, as a user runs it."""
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(BUNDLES / config)]
+    for key, value in overrides.items():
+        command += [f"--{key}", value]
+    env = {**os.environ, DEBUG_ENV: "1" if debug else "0"}
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _errors(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if "error" in line.lower() or "Traceback" in line]
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_a_refused_bundle_run_ends_in_one_line_with_status_2(debug, tmp_path):
+    """Under MONAI's runner a refusal is one line naming the path (exit 2); SUPREMIX_MED_DEBUG=1 keeps the
+    traceback."""
+    done = _bundle_run("ukb_brainage/train.json", tmp_path, debug, dataset_dir=str(tmp_path / "no_cache"),
+                       output_dir=str(tmp_path / "out"))
+    if debug:
+        assert done.returncode == 1 and "Traceback" in done.stderr
+        return
+    assert done.returncode == EXIT_REFUSED, done.stderr
+    assert _errors(done.stderr) == [f"supremix-med: error: {tmp_path / 'no_cache'} is not a supremix-med cache (no "
+                                    f"such folder): build one with python -m preprocessing.<modality> (the bundle's "
+                                    f"README names it) or give --dataset_dir the folder of one."]
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["state"] == "failed"
+
+
+def test_inference_without_a_model_ends_in_one_line(tmp_path):
+    done = _bundle_run("airfoil/inference.json", tmp_path, ckpt_dir=str(tmp_path / "no_model"),
+                       dataset_dir=str(tmp_path / "none"), output_dir=str(tmp_path / "out"))
+    assert done.returncode == EXIT_REFUSED, done.stderr
+    [line] = _errors(done.stderr)
+    assert line.startswith("supremix-med: error: ") and f"no model.pt in {tmp_path / 'no_model'}" in line
 
 
 # ------------------------------------------------------------------- what `$` expressions name is imported

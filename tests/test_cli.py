@@ -168,6 +168,19 @@ def test_train_is_the_bundle_runner_with_absolute_paths(tmp_path, monkeypatch, c
     assert stop.value.code == 2 and "unknown bundle 'nope'; the bundles are ['agedb'" in capsys.readouterr().err
 
 
+def test_a_refused_training_run_is_one_line_and_debug_shows_the_traceback(tmp_path, capfd):
+    """The bundle run's refusal (its own process) reaches the user as one line and status 2; ``--debug`` passes
+    SUPREMIX_MED_DEBUG=1 on, so the run shows its traceback."""
+    missing = tmp_path / "no_cache"
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "airfoil", "--dataset_dir", str(missing), "--output_dir", str(tmp_path / "a")])
+    errors = [line for line in capfd.readouterr().err.splitlines() if "error" in line.lower() or "Traceback" in line]
+    assert stop.value.code == 2 and len(errors) == 1 and str(missing) in errors[0], errors
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "airfoil", "--debug", "--dataset_dir", str(missing), "--output_dir", str(tmp_path / "b")])
+    assert stop.value.code == 1 and "Traceback" in capfd.readouterr().err
+
+
 def test_the_console_script_is_declared():
     try:
         import tomllib

@@ -1,19 +1,24 @@
-"""How every supremix-med command line ends: one-line refusals and exit statuses (the ``supremix-med`` commands and
-the preprocessing modules' ``python -m preprocessing.<module>`` alike)."""
+"""How every supremix-med command line ends: one-line refusals and exit statuses (the ``supremix-med`` commands, the
+preprocessing modules' ``python -m preprocessing.<module>`` and bundle runs under ``python -m monai.bundle run``
+alike)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
 
-__all__ = ["EXIT_FAILED", "EXIT_REFUSED", "add_debug_argument", "one_line", "run_cli"]
+__all__ = ["DEBUG_ENV", "EXIT_FAILED", "EXIT_REFUSED", "add_debug_argument", "one_line", "refuse_in_one_line", "run_cli"]
 
 #: Exit status of a refused run: bad input (manifest, parameters, columns, a missing file), as argparse's own.
 EXIT_REFUSED = 2
 #: Exit status of a run its environment stopped: a full disk, a dead worker, an unwritable folder.
 EXIT_FAILED = 1
+#: Environment variable: set (to anything but ``0``) to see the traceback of a bundle run's error instead of its one
+#: line, as ``--debug`` does for the command lines.
+DEBUG_ENV = "SUPREMIX_MED_DEBUG"
 
 
 def add_debug_argument(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -43,6 +48,9 @@ def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
     - ``EXIT_FAILED`` (1) for the environment: another ``OSError`` (a full disk, a folder without write
       permission) or ``RuntimeError`` (a worker process died).
 
+    The error named is the one inside MONAI's ``RuntimeError("Failed to evaluate ...")`` wrappers when it is of a
+    kind above (a bundle config run in this process), else the error itself.
+
     Warnings (e.g. samples left out of a cache) print as one line each, ``<prog>: warning: <message>``.
     With ``--debug`` nothing is caught: errors and warnings show in full, with their traceback.
 
@@ -60,16 +68,53 @@ def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
     warnings.formatwarning = lambda message, *_args, **_kwargs: f"{parser.prog}: warning: {one_line(message)}\n"
     try:
         run(args)
-    except (ValueError, FileNotFoundError) as error:
-        _exit(parser.prog, error, EXIT_REFUSED)
-    except (OSError, RuntimeError) as error:
-        _exit(parser.prog, error, EXIT_FAILED)
+    except (ValueError, OSError, RuntimeError) as error:
+        named = _unwrap(error)
+        if _status(named) is None:  # MONAI's wrapper around another kind of error: name the wrapper
+            named = error
+        print(f"{parser.prog}: error: {one_line(named)}", file=sys.stderr)
+        raise SystemExit(_status(named)) from error
     finally:
         warnings.formatwarning = format_warning
 
 
-def _exit(prog: str, error: BaseException, status: int) -> None:
-    print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
-    raise SystemExit(status) from error
+def refuse_in_one_line(prog: str = "supremix-med") -> None:
+    """End this process as :func:`run_cli` ends a command line when an expected error escapes: one line on stderr,
+    ``<prog>: error: <message>``, and exit status 2 (refused) or 1 (environment).
+
+    For a bundle run under MONAI's runner (the shared recipe's ``initialize`` calls it): MONAI wraps an error
+    raised inside a config expression in ``RuntimeError("Failed to evaluate ...")``, which is looked through to
+    the error itself. Any other error (a bug, an interrupt) keeps Python's full traceback, and with
+    :data:`DEBUG_ENV` set every error does. Installed once per process (``sys.excepthook``).
+    """
+    if os.environ.get(DEBUG_ENV, "0") != "0" or getattr(sys.excepthook, "one_line", False):
+        return
+    fallback = sys.excepthook
+
+    def hook(kind: type[BaseException], error: BaseException, traceback) -> None:
+        named = _unwrap(error)
+        status = _status(named)
+        if status is None:
+            fallback(kind, error, traceback)
+            return
+        print(f"{prog}: error: {one_line(named)}", file=sys.stderr)
+        raise SystemExit(status)  # raised by the hook, it becomes the process's exit status
+
+    hook.one_line = True
+    sys.excepthook = hook
 
 
+def _unwrap(error: BaseException) -> BaseException:
+    """The error inside MONAI's wrappers: plain ``RuntimeError`` s raised ``from`` another error."""
+    while type(error) is RuntimeError and error.__cause__ is not None:
+        error = error.__cause__
+    return error
+
+
+def _status(error: BaseException) -> int | None:
+    """The exit status of an error the commands expect (see :func:`run_cli`), or None for any other error."""
+    if isinstance(error, (ValueError, FileNotFoundError)):
+        return EXIT_REFUSED
+    if isinstance(error, (OSError, RuntimeError)):
+        return EXIT_FAILED
+    return None

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from supremix_med.cli.refusals import add_debug_argument, run_cli
+from supremix_med.cli.refusals import DEBUG_ENV, add_debug_argument, run_cli
 
 __all__ = ["main", "parser", "train_command"]
 
@@ -94,7 +94,8 @@ def _train(args: argparse.Namespace) -> None:
     if args.dry_run:
         print(subprocess.list2cmdline(command))
         return
-    code = subprocess.call(command, cwd=bundles_dir().parent, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **({DEBUG_ENV: "1"} if args.debug else {})}
+    code = subprocess.call(command, cwd=bundles_dir().parent, env=env)
     if code:
         raise SystemExit(code)
 

@@ -264,7 +264,10 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as err:
-        raise ValueError(f"{path.parent} is not a supremix-med cache: {path.name} is missing.") from err
+        what = f"{path.name} is missing" if path.parent.is_dir() else "no such folder"
+        raise ValueError(f"{path.parent} is not a supremix-med cache ({what}): build one with python -m "
+                         f"preprocessing.<modality> (the bundle's README names it) or give --dataset_dir the folder "
+                         f"of one.") from err
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err}).") from err
     if info.get("format") != FORMAT:

@@ -71,6 +71,9 @@ FEATURES_KEY = "features"
 def _read_cells(path: Path) -> pd.DataFrame:
     """Every cell of ``path`` as text (missing cells NaN), with the layout's column names."""
     airfoil = path.suffix.lower() == ".dat"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file; give --dataset_dir the folder holding {AIRFOIL_FILE} (UCI "
+                                f"Airfoil Self-Noise) or --data_file a CSV table.")
     try:
         if airfoil:
             cells = pd.read_csv(path, sep=r"\s+", header=None, dtype=str)
