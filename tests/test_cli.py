@@ -91,6 +91,23 @@ def test_a_folder_a_tsv_manifest_and_strict(models, scans, tmp_path, capsys):
     assert len(list((out / "previous").iterdir())) == 1
 
 
+def test_a_folder_of_scans_and_a_csv_manifest(models, scans, tmp_path):
+    """A folder gives one row per scan file in it (ids from the file names); a comma-separated manifest gives its
+    ids and ages."""
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    shutil.copy(scans["nifti"], folder / "first.nii.gz")
+    shutil.copy(scans["other"], folder / "second.nii.gz")
+    manifest = tmp_path / "manifest.csv"
+    pd.DataFrame({"id": ["sub-c"], "path": [str(scans["nifti"])], "age": [61.5]}).to_csv(manifest, index=False)
+    out = tmp_path / "out"
+    assert predict("--model", str(models), str(folder), str(manifest), "--output", str(out)) == 0
+    table = pd.read_csv(out / "predictions.csv").set_index("id")
+    assert sorted(table.index) == ["first", "second", "sub-c"] and table["error"].isna().all()
+    assert table.loc["sub-c", "age"] == 61.5 and np.isnan(table.loc["first", "age"])
+    assert table.loc["sub-c", "predicted_age"] == pytest.approx(table.loc["first", "predicted_age"], abs=1e-4)
+
+
 def test_several_inputs_need_unique_ids_and_all_failed_exits_2(models, scans, tmp_path, capsys):
     assert predict("--model", str(models), str(scans["corrupt"]), "--output", str(tmp_path / "out")) == 2
     assert "predicted 0 of 1 scans (1 failed" in capsys.readouterr().out
@@ -151,7 +168,8 @@ def test_help_and_unknown_commands(capsys):
     assert stop.value.code == 0 and "examples:" in capsys.readouterr().out
     with pytest.raises(SystemExit) as stop:
         main(["compare", "--help"])
-    assert stop.value.code == 0 and capsys.readouterr().out.startswith("usage: supremix-med compare")
+    help_text = capsys.readouterr().out
+    assert stop.value.code == 0 and help_text.startswith("usage: supremix-med compare") and "examples:" in help_text
 
 
 def test_train_is_the_bundle_runner_with_absolute_paths(tmp_path, monkeypatch, capsys):
@@ -161,6 +179,9 @@ def test_train_is_the_bundle_runner_with_absolute_paths(tmp_path, monkeypatch, c
     assert json.loads(command[5].replace("'", '"')) == [str(BUNDLES / "ukb_brainage" / f) for f in
                                                          ("train.json", "demo.json")]
     assert command[6:] == ["--dataset_dir", str(tmp_path / "cache"), "--output_dir", "$'x'", "--method", "rnc"]
+    uris = train_command("airfoil", (), {"mlflow_uri": "sqlite:///runs/mlflow.db", "tracking_uri": "sqlite:////abs.db"})
+    assert uris[6:] == ["--mlflow_uri", f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}",
+                        "--tracking_uri", "sqlite:////abs.db"]
     assert main(["train", "ukb_brainage", "--dry_run", "--finetune_epochs", "3"]) == 0
     assert "--finetune_epochs 3" in capsys.readouterr().out
     with pytest.raises(SystemExit) as stop:

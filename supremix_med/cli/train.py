@@ -4,7 +4,8 @@ A thin front-end: ``python -m monai.bundle run --config_file "[<bundle>/train.js
 in the folder that holds ``bundles/`` (:func:`~supremix_med.bundles.bundles_dir`'s parent, where the configs'
 macros resolve), with absolute paths, so it runs from any working directory. Every ``--key value`` is a bundle
 override exactly as ``monai.bundle run`` takes it; values of path knobs (keys ending in ``_dir``, ``_path`` or
-``_file``) are made absolute against the caller's working directory.
+``_file``) and relative ``sqlite:///`` URIs of ``_uri`` knobs are made absolute against the caller's working
+directory.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ __all__ = ["main", "parser", "train_command"]
 
 PROG = "supremix-med train"
 _PATH_KNOBS = ("_dir", "_path", "_file")
+_URI_KNOB = "_uri"
+_SQLITE = "sqlite:///"
 
 EXAMPLES = """\
 examples:
@@ -30,7 +33,7 @@ examples:
 
   # the demo settings (small network, few epochs) with another method, tracked in MLflow
   supremix-med train ukb_brainage --overlay demo --method rnc --dataset_dir cache/ --output_dir runs/rnc \\
-      --tracking mlflow --mlflow_uri sqlite:///runs/mlruns.db
+      --mlflow_uri sqlite:///runs/mlflow.db
 
   # print the bundle command without running it
   supremix-med train airfoil --output_dir runs/airfoil --dry_run
@@ -55,8 +58,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _absolute(key: str, value: str) -> str:
-    """``value`` made absolute when ``key`` is a path knob and ``value`` a plain relative path."""
-    if not key.endswith(_PATH_KNOBS) or value[:1] in ("$", "@", "%") or value in ("None", "null", ""):
+    """``value`` made absolute when ``key`` is a path knob and ``value`` a plain relative path, or ``key`` a URI
+    knob (``_uri``) and ``value`` a relative ``sqlite:///`` database (the run's working directory is not the
+    caller's)."""
+    if value[:1] in ("$", "@", "%") or value in ("None", "null", ""):
+        return value
+    if key.endswith(_URI_KNOB) and value.startswith(_SQLITE) and not value[len(_SQLITE):].startswith("/"):
+        return _SQLITE + str(Path(value[len(_SQLITE):]).expanduser().resolve())
+    if not key.endswith(_PATH_KNOBS):
         return value
     return str(Path(value).expanduser().resolve())
 

@@ -17,9 +17,23 @@ __all__ = ["main"]
 logger = logging.getLogger("supremix_med.compare")
 
 
+EXAMPLES = """\
+examples:
+  # every method the airfoil bundle configures, 3 seeds, a short budget
+  supremix-med compare --config_file bundles/airfoil/train.json --output_dir runs/airfoil_cmp \\
+      --seeds 0,1,2 --dataset_dir /data/airfoil --pretrain_epochs 20 --finetune_epochs 30
+  # vanilla against SupReMix probed and fine-tuned, as named rows, on the brain-age demo settings
+  supremix-med compare --config_file bundles/ukb_brainage/train.json --config_file bundles/ukb_brainage/demo.json \\
+      --output_dir runs/ukb_cmp --seeds 0,1 --methods vanilla,supremix_probe,supremix_ft \\
+      --variant supremix_probe=supremix:linear_probe=True --variant supremix_ft=supremix:linear_probe=False \\
+      --dataset_dir cache/
+Re-running the same command resumes: finished cells are kept (--overwrite re-runs them).
+"""
+
+
 def _parser(prog: str = "python -m supremix_med.compare") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=prog, allow_abbrev=False,
+        prog=prog, allow_abbrev=False, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Run a bundle once per row (a method, or a named variant of one) and seed (the same seeds and "
                     "budget for every row) and write comparison.md / .json / .png: mean ± sd over seeds and paired "
                     "differences against vanilla with a t-interval over seeds and a bootstrap interval within each "
