@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from monai.bundle import ConfigParser, ConfigWorkflow, verify_net_in_out
 
 from supremix_med.bundles import BASE, ENV_VAR, bundle_names, bundles_dir, load_config, resolve_macros
@@ -126,13 +127,31 @@ def test_inference_config_opens_and_checks_without_a_model(name, tmp_path, monke
     assert f"no model.pt in {tmp_path / 'no_model'}" in str(missing.value.__cause__)
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if n != "stsb"])  # stsb's input is token ids: no random tensor
+@pytest.mark.parametrize("name", [n for n in NAMES if n != "stsb"])  # stsb: token ids, checked below
 @pytest.mark.parametrize("workflow", ["train.json", "inference.json"])
 def test_network_shapes_from_declared_sizes(name, workflow, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     verify_net_in_out(net_id="network_def", meta_file=str(BUNDLES / name / "metadata.json"),
                       config_file=str(BUNDLES / name / workflow), dataset_dir=str(tmp_path / "none"),
                       ckpt_dir=str(tmp_path / "none"), **_IN_OUT)
+
+
+@pytest.mark.parametrize("workflow", ["train.json", "inference.json"])
+def test_stsb_network_shapes_from_declared_sizes_with_token_ids(workflow, tmp_path, monkeypatch):
+    """verify_net_in_out's check for stsb, whose int64 token ids ``torch.rand`` cannot draw: random right-padded
+    ids of the metadata's shape [1, 2, L] through ``network_def`` give the declared output [1, 1]."""
+    monkeypatch.chdir(REPO)
+    meta = json.loads((BUNDLES / "stsb" / "metadata.json").read_text())["network_data_format"]
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLES / "stsb" / workflow))
+    parser.update({"dataset_dir": str(tmp_path / "none"), "ckpt_dir": str(tmp_path / "none")})
+    network = parser.get_parsed_content("network_def").eval()
+    channels = meta["inputs"]["image"]["num_channels"]
+    ids = torch.randint(1, network.encoder.embedding.num_embeddings, (1, channels, 7), dtype=torch.int64)
+    ids[..., 5:] = 0  # right-padded, as the metadata's channel_def says
+    with torch.no_grad():
+        out = network(ids)
+    assert tuple(out.shape) == (1, meta["outputs"]["pred"]["num_channels"]) and out.dtype == torch.float32
 
 
 def test_training_without_data_names_the_missing_folder(tmp_path, monkeypatch):
