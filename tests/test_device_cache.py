@@ -65,6 +65,22 @@ def test_every_epoch_is_a_new_permutation_of_the_shard(cache):
     assert [i for b in loader for i in b["id"]] == first
 
 
+def test_a_checkpoint_restores_the_next_permutation(cache):
+    """The training checkpoint's loader state (engines.checkpoints) of a DeviceCacheLoader is its epoch: a resumed
+    loader gives the order the interrupted one would have given next."""
+    from supremix_med.engines.checkpoints import _load_loader_state, _loader_state
+
+    dataset = CachedDataset(cache, "train")
+    loader = DeviceCacheLoader(dataset, batch_size=3, device="cpu", seed=3)
+    for _ in range(2):
+        list(loader)
+    state = _loader_state(loader)
+    expected = [i for b in loader for i in b["id"]]
+    resumed = DeviceCacheLoader(dataset, batch_size=3, device="cpu", seed=3)
+    _load_loader_state(resumed, state)
+    assert state == {"own": {"epoch": 2}} and [i for b in resumed for i in b["id"]] == expected
+
+
 def test_ranks_hold_disjoint_equal_shards(cache):
     dataset = CachedDataset(cache, ["train", "val"])
     shards = [DeviceCacheLoader(dataset, 2, "cpu", rank=r, world_size=3).ids for r in range(3)]

@@ -161,6 +161,14 @@ class DeviceCacheLoader:
         """Make the next ``iter()`` epoch ``epoch`` (its permutation is seeded ``seed + epoch``)."""
         self.epoch = epoch
 
+    def state_dict(self) -> dict[str, int]:
+        """What a training checkpoint saves to resume the same order: the next epoch."""
+        return {"epoch": self.epoch}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Restore :meth:`state_dict`: the next ``iter()`` gives the permutation the saved loader would have."""
+        self.set_epoch(int(state["epoch"]))
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         n = len(self.records)
         if self.shuffle:

@@ -12,7 +12,8 @@ completes and when a pre-emption signal arrives:
   ``validator``'s best metric and the :class:`~supremix_med.engines.SelectedModel`);
 - ``loader``: the training DataLoader's generator (the shuffling order; the sampler's epoch follows the trainer's
   epoch, which MONAI passes to a ``DistributedSampler`` at every epoch start) and the random states of the
-  dataset's MONAI transforms (they draw in the main process when ``num_workers`` is 0);
+  dataset's MONAI transforms (they draw in the main process when ``num_workers`` is 0); a loader with its own
+  ``state_dict`` (:class:`~supremix_med.data.device_cache.DeviceCacheLoader`: the epoch that seeds its permutation) saves that;
 - ``rng``: the Python, NumPy, torch and CUDA random states of every rank.
 
 :class:`RunCheckpoints` owns the folder: files are written atomically, the newest ``keep`` are kept, and a newest
@@ -132,7 +133,10 @@ def _randomizables(root: Any) -> list[Any]:
 
 
 def _loader_state(loader: DataLoader) -> dict[str, Any]:
-    """The loader's generator state and its dataset transforms' random states."""
+    """The loader's generator state and its dataset transforms' random states; for a loader that keeps its own
+    state (``state_dict``, e.g. :class:`~supremix_med.data.device_cache.DeviceCacheLoader`'s epoch), that state."""
+    if hasattr(loader, "state_dict"):
+        return {"own": loader.state_dict()}
     generator = getattr(loader, "generator", None)
     dataset = loader.dataset
     transforms = _randomizables(getattr(dataset, "transform", dataset))
@@ -141,6 +145,9 @@ def _loader_state(loader: DataLoader) -> dict[str, Any]:
 
 
 def _load_loader_state(loader: DataLoader, state: Mapping[str, Any]) -> None:
+    if "own" in state:
+        loader.load_state_dict(state["own"])
+        return
     if state["generator"] is not None:
         loader.generator.set_state(state["generator"])
     dataset = loader.dataset
