@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -147,6 +148,29 @@ def test_sigterm_on_the_command_line_checkpoints_and_exits_75_then_resumes(table
     assert record["state"] == "finished" and "iteration 3" in record["sessions"][1]["resumed_from"]
     assert sorted((out / "checkpoints").glob("checkpoint-*.pt"))[-1].name.endswith("epoch2-iteration16.pt")
     assert check_model_set(out / "models") == record["run_id"]
+
+
+def test_supremix_med_train_passes_sigterm_on_to_the_run(table_dir, tmp_path):
+    """``docker stop`` signals the container's first process: ``supremix-med train`` passes SIGTERM on to its bundle
+    run, which checkpoints and exits 75, and the front-end exits with the run's status."""
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "supremix_med.cli", "train", "airfoil", "--overlay", "demo",
+               "--dataset_dir", str(table_dir), "--output_dir", str(out), "--method", "vanilla",
+               "--pretrain_epochs", "0", "--finetune_epochs", "1000", "--batch_size", "16"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    front = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+    try:
+        for _ in range(1200):  # until the first epoch's checkpoint is written (at most 10 minutes)
+            if list((out / "checkpoints").glob("checkpoint-*.pt")) or front.poll() is not None:
+                break
+            time.sleep(0.5)
+        front.send_signal(signal.SIGTERM)
+        log, _ = front.communicate(timeout=300)
+    finally:
+        front.kill()
+    assert front.returncode == EXIT_INTERRUPTED, log[-3000:]
+    assert "SIGTERM received" in log and _json(out / "run.json")["state"] == "interrupted"
 
 
 def test_sigusr1_during_pretraining_stops_with_a_checkpoint(table_dir, tmp_path):

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from supremix_med.cli.refusals import DEBUG_ENV, add_debug_argument, run_cli
 
-__all__ = ["main", "parser", "train_command"]
+__all__ = ["main", "parser", "run_passing_signals", "train_command"]
 
 PROG = "supremix-med train"
 _PATH_KNOBS = ("_dir", "_path", "_file")
@@ -104,9 +105,26 @@ def _train(args: argparse.Namespace) -> None:
         print(subprocess.list2cmdline(command))
         return
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **({DEBUG_ENV: "1"} if args.debug else {})}
-    code = subprocess.call(command, cwd=bundles_dir().parent, env=env)
+    code = run_passing_signals(command, cwd=bundles_dir().parent, env=env)
     if code:
         raise SystemExit(code)
+
+
+def run_passing_signals(command: Sequence[str], cwd: str | os.PathLike, env: Mapping[str, str]) -> int:
+    """Run ``command`` and return its exit status, passing the pre-emption signals this process receives
+    (SIGTERM from ``docker stop`` to the container's first process, SIGUSR1 from SLURM) on to it, so the bundle
+    run checkpoints and exits 75 as it does when started directly (a signal it also gets directly only repeats
+    the request)."""
+    from supremix_med.engines.preemption import PREEMPTION_SIGNALS  # the engines load only when a run starts
+
+    child = subprocess.Popen(list(command), cwd=cwd, env=dict(env))
+    previous = {signum: signal.signal(signum, lambda signum, _frame: child.send_signal(signum))
+                for signum in PREEMPTION_SIGNALS}
+    try:
+        return child.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
