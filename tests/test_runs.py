@@ -241,6 +241,7 @@ def test_a_finished_run_resumed_with_more_epochs_trains_them(reference, table_di
         "checkpoint-000005-finetune-epoch3-iteration24.pt"  # the last epoch: its completion
     assert _json(out / "progress.json")["epoch"] == 3 and check_model_set(out / "models") == record["run_id"]
     assert _json(out / "metrics.json")["finetune_epochs"] == 3
+    assert record["config"]["finetune_epochs"] == 3 and record["sessions"][1]["changed"] == {"finetune_epochs": [2, 3]}
 
 
 def test_evaluation_and_inference_never_write_over_earlier_results(reference, table_dir, tmp_path):

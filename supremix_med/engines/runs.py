@@ -143,6 +143,13 @@ def config_differences(recorded: Mapping[str, Any], current: Mapping[str, Any]) 
     return sorted(k for k in before.keys() | after.keys() if before.get(k, missing) != after.get(k, missing))
 
 
+def _changed_settings(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, list[Any]]:
+    """``{key: [recorded, current]}`` of the :data:`RESUMABLE_CHANGES` a resumed session changed."""
+    missing = object()
+    return {key: [recorded.get(key), current.get(key)] for key in RESUMABLE_CHANGES
+            if recorded.get(key, missing) != current.get(key, missing)}
+
+
 def _git(root: Path, *args: str) -> str:
     return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10,
                           check=True).stdout.strip()
@@ -337,8 +344,12 @@ class RunDirectory:
                              f"{point.path.name} was written by {written_by}; resume with the same number (torchrun "
                              f"--nnodes x --nproc_per_node), since the batches of every step depend on it.")
         self._point: ResumePoint = point
-        record = dict(existing, state="running", updated=_now(), error=None)
-        record["sessions"] = [*existing.get("sessions", []), self._session(point.describe())]
+        record = dict(existing, state="running", updated=_now(), error=None, config=config)
+        session = self._session(point.describe())
+        changed = _changed_settings(existing.get("config", {}), config)
+        if changed:
+            session["changed"] = changed
+        record["sessions"] = [*existing.get("sessions", []), session]
         self._write(record)
         return record, str(point.path)
 
