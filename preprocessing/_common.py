@@ -1,6 +1,8 @@
 """Pieces the preprocessing modules share: library versions and file digests for fingerprints, NIfTI reading
-with a size check, and the manifest -> cache command line (its arguments; its refusals and exit codes are
-:mod:`supremix_med.cli.refusals`, shared with the ``supremix-med`` commands)."""
+with a size check, the manifest -> cache command line (its arguments; its refusals and exit codes are
+:mod:`supremix_med.cli.refusals`, shared with the ``supremix-med`` commands), and the report of the samples a
+dataset-layout reader leaves out of the manifest it builds (``excluded.csv`` in the command's output folder, see
+:mod:`supremix_med.data.exclusions`)."""
 
 from __future__ import annotations
 
@@ -8,8 +10,9 @@ import argparse
 import functools
 import hashlib
 import os
+import warnings
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -20,11 +23,12 @@ import pandas as pd
 
 from supremix_med.cli.refusals import EXIT_FAILED, EXIT_REFUSED, add_debug_argument, one_line, run_cli
 from supremix_med.data.cache import build_cache
+from supremix_med.data.exclusions import report_exclusions
 from supremix_med.data.manifest import load_manifest
 
 __all__ = ["EXIT_FAILED", "EXIT_REFUSED", "add_cache_arguments", "add_debug_argument", "build_cache_from_cli",
-           "cache_parser", "file_sha256", "library_versions", "load_cli_manifest", "load_nifti", "one_line",
-           "read_voxels", "run_cli"]
+           "cache_parser", "file_sha256", "left_out_rows", "library_versions", "load_cli_manifest", "load_nifti",
+           "one_line", "read_voxels", "report_left_out", "run_cli"]
 
 def library_versions(*packages: str) -> dict[str, str]:
     """``{package: installed version}`` for the given distribution names (``importlib.metadata.version``).
@@ -174,3 +178,30 @@ def build_cache_from_cli(
         **options,
     )
     print(f"{len(cached)} {noun} in the cache at {args.output}")
+
+
+def left_out_rows(ids: Iterable[str], reason: str) -> pd.DataFrame:
+    """``id, reason`` rows (sorted by id) of the samples a manifest builder leaves out for one ``reason``."""
+    return pd.DataFrame({"id": sorted(map(str, ids)), "reason": reason}, columns=["id", "reason"])
+
+
+def report_left_out(left_out: pd.DataFrame, source: str | os.PathLike, output_dir: str | os.PathLike,
+                    kept: int) -> Path | None:
+    """Record what a command's manifest builder left out in ``<output_dir>/excluded.csv``, and warn in one line.
+
+    The warning counts the samples left out of all the builder found (``kept`` + left out), names a few with
+    their reasons and the report's path; the command line prints it as ``<prog>: warning: ...``. The report has
+    the columns of :data:`~supremix_med.data.exclusions.EXCLUDED_COLUMNS` (``split`` empty); a re-run replaces the
+    rows an earlier run reported from ``source``. A cache command reports once its cache is built: the build
+    needs an empty folder or a cache, and ``--overwrite`` replaces the folder.
+
+    Args:
+        left_out: ``id, reason`` of the samples left out (may be empty), e.g. from :func:`left_out_rows`.
+        source: the dataset folder or table they were found in.
+        output_dir: the command's output folder (the cache folder, or the folder of the manifest written).
+        kept: how many samples the manifest holds.
+
+    Returns:
+        the report's path (see :func:`~supremix_med.data.exclusions.report_exclusions`).
+    """
+    return report_exclusions(left_out, source, [""], output_dir, total=kept + len(left_out), warn=warnings.warn)

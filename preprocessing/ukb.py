@@ -7,13 +7,15 @@ Accepted layouts under ``ukb_root`` (one folder per subject; ``<eid>`` is the pa
   (T1 structural brain images, NIfTI). Only folders of the requested ``instance`` (2: first imaging visit;
   3: repeat imaging visit) are used, array index 0; plain ``<eid>`` folders are taken to be of that instance.
 
-Other folder names are ignored (and counted in a warning). A subject with both layouts is an error: which
-scan to use is the user's decision.
+Other folders are left out. A subject with both layouts is an error: which scan to use is the user's decision.
 
 The age table is a CSV with an ``eid`` column and an age column (e.g. ``age`` or UKB's field
 ``21003-2.0``, age at the imaging visit), optionally sex and site columns (e.g. fields ``31-0.0`` and
-``54-2.0``). Subjects with an image but no age, and subjects of the table without an image, are left out
-and reported with ``warnings.warn`` (counts and a few ids).
+``54-2.0``). Subjects with an image but no age, and subjects of the table without an image, are left out.
+
+Nothing is left out silently: the command line lists every folder and subject left out, with the reason, in
+``excluded.csv`` beside the manifest (columns ``id, split, reason, source``; ``id`` is the folder name or the
+eid, ``source`` the UK Biobank folder) and warns in one line how many and where the list is.
 
 Command line::
 
@@ -31,7 +33,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from preprocessing._common import add_debug_argument, run_cli
+from preprocessing._common import add_debug_argument, left_out_rows, report_left_out, run_cli
 from supremix_med.io import atomic_write
 
 __all__ = ["IMAGE_RELATIVE_PATH", "build_ukb_manifest", "main"]
@@ -47,8 +49,8 @@ def _examples(ids: Iterable[str]) -> str:
     return ", ".join(ids[:_SHOWN]) + more
 
 
-def _subject_folders(ukb_root: Path, instance: int) -> dict[str, Path]:
-    """eid -> subject folder of the requested instance; warns about folders that are skipped."""
+def _subject_folders(ukb_root: Path, instance: int) -> tuple[dict[str, Path], pd.DataFrame]:
+    """eid -> subject folder of the requested instance, and the folders left out (``id, reason``)."""
     folders: dict[str, list[Path]] = {}
     unmatched, other_instance = [], []
     for folder in sorted(p for p in ukb_root.iterdir() if p.is_dir()):
@@ -59,18 +61,6 @@ def _subject_folders(ukb_root: Path, instance: int) -> dict[str, Path]:
             other_instance.append(folder.name)
         else:
             folders.setdefault(match["eid"], []).append(folder)
-    if unmatched:
-        warnings.warn(
-            f"{ukb_root}: ignored {len(unmatched)} folders not named <eid> or <eid>_20252_<instance>_<array>: "
-            f"{_examples(unmatched)}",
-            stacklevel=3,
-        )
-    if other_instance:
-        warnings.warn(
-            f"{ukb_root}: ignored {len(other_instance)} folders of another instance/array than {instance}_0: "
-            f"{_examples(other_instance)}",
-            stacklevel=3,
-        )
     duplicated = {eid: paths for eid, paths in folders.items() if len(paths) > 1}
     if duplicated:
         shown = "; ".join(" and ".join(p.name for p in paths) for paths in list(duplicated.values())[:_SHOWN])
@@ -78,7 +68,11 @@ def _subject_folders(ukb_root: Path, instance: int) -> dict[str, Path]:
             f"{ukb_root}: {len(duplicated)} subjects have both an <eid> and an <eid>_20252_{instance}_0 folder "
             f"({shown}); keep one of each."
         )
-    return {eid: paths[0] for eid, paths in folders.items()}
+    skipped = pd.concat([
+        left_out_rows(unmatched, "folder not named <eid> or <eid>_20252_<instance>_<array>"),
+        left_out_rows(other_instance, f"folder of another instance/array than {instance}_0"),
+    ], ignore_index=True)
+    return {eid: paths[0] for eid, paths in folders.items()}, skipped
 
 
 def _read_age_table(
@@ -125,7 +119,7 @@ def build_ukb_manifest(
     sex_column: str | None = "sex",
     site_column: str | None = "site",
     instance: int = 2,
-) -> pd.DataFrame:
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Find the UK Biobank ``T1_brain_to_MNI`` images under ``ukb_root`` and join their ages.
 
     Args:
@@ -137,8 +131,10 @@ def build_ukb_manifest(
         instance: UKB instance of the ``<eid>_20252_<instance>_0`` folders to use.
 
     Returns:
-        one row per subject with an image and an age, sorted by id: ``id`` (eid, str), ``path`` (absolute),
-        ``age`` (float), and ``sex``/``site`` when found.
+        ``(manifest, left_out)``: the manifest has one row per subject with an image and an age, sorted by id:
+        ``id`` (eid, str), ``path`` (absolute), ``age`` (float), and ``sex``/``site`` when found; ``left_out``
+        has one row (``id, reason``) per folder and subject left out: folders named otherwise or of another
+        instance (``id``: the folder name), subjects without an image or without an age (``id``: the eid).
 
     Raises:
         FileNotFoundError: ``ukb_root`` or ``age_table`` does not exist.
@@ -149,25 +145,16 @@ def build_ukb_manifest(
     if not ukb_root.is_dir():
         raise FileNotFoundError(f"UK Biobank folder not found: {ukb_root}")
     table, covariates = _read_age_table(age_table, age_column, {"sex": sex_column, "site": site_column})
-    folders = _subject_folders(ukb_root, instance)
+    folders, skipped = _subject_folders(ukb_root, instance)
     images = {eid: folder / IMAGE_RELATIVE_PATH for eid, folder in folders.items()}
     images = {eid: path for eid, path in images.items() if path.is_file()}
     with_age = set(table.index[table[age_column].notna()])
-
-    no_image = (set(folders) - set(images)) | (set(table.index) - set(folders))
-    if no_image:
-        warnings.warn(
-            f"{len(no_image)} subjects have no {IMAGE_RELATIVE_PATH} under {ukb_root} and are left out: "
-            f"{_examples(no_image)}",
-            stacklevel=2,
-        )
-    no_age = set(images) - with_age
-    if no_age:
-        warnings.warn(
-            f"{len(no_age)} subjects with an image have no {age_column!r} in {age_table} and are left out: "
-            f"{_examples(no_age)}",
-            stacklevel=2,
-        )
+    left_out = pd.concat([
+        skipped,
+        left_out_rows(set(folders) - set(images), f"no {IMAGE_RELATIVE_PATH} in its folder"),
+        left_out_rows(set(table.index) - set(folders), f"in {age_table.name} but no subject folder"),
+        left_out_rows(set(images) - with_age, f"no {age_column!r} in {age_table.name}"),
+    ], ignore_index=True)
     eids = sorted(set(images) & with_age)
     if not eids:
         raise ValueError(f"no subject has both an image under {ukb_root} and an age in {age_table}.")
@@ -180,7 +167,7 @@ def build_ukb_manifest(
     )
     for name, column in covariates.items():
         manifest[name] = table.loc[eids, column].to_numpy()
-    return manifest
+    return manifest, left_out
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -196,10 +183,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _write_manifest(args: argparse.Namespace) -> None:
-    manifest = build_ukb_manifest(
+    """Write the manifest, then ``excluded.csv`` beside it (what was left out, see the module docstring)."""
+    manifest, left_out = build_ukb_manifest(
         args.ukb_root, args.age_table, args.age_column, args.sex_column, args.site_column, args.instance
     )
     atomic_write(args.output, lambda temporary: manifest.to_csv(temporary, index=False))
+    report_left_out(left_out, args.ukb_root, args.output.parent, kept=len(manifest))
     print(f"{len(manifest)} subjects written to {args.output}")
 
 

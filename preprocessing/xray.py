@@ -49,7 +49,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -71,8 +70,10 @@ from preprocessing._common import (
     add_cache_arguments,
     build_cache_from_cli,
     cache_parser,
+    left_out_rows,
     library_versions,
     load_cli_manifest,
+    report_left_out,
     run_cli,
 )
 from supremix_med.data.manifest import validate_manifest
@@ -99,7 +100,6 @@ QC_FIELDS = {"format": "", "modality": "", "photometric_interpretation": "", "in
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 _PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B")
-_SHOWN = 5  # ids listed in a warning
 _Stepped = tuple[np.ndarray, tuple[float, float], str]  # (image, output range (low, high), what was done)
 
 
@@ -375,7 +375,7 @@ def fingerprint(**params: Any) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------- RSNA
-def build_rsna_manifest(image_dir: str | os.PathLike, csv: str | os.PathLike) -> pd.DataFrame:
+def build_rsna_manifest(image_dir: str | os.PathLike, csv: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Manifest of the RSNA Pediatric Bone Age layout: ``<image_dir>/<id>.png`` and a CSV ``id,boneage,male``.
 
     Args:
@@ -383,9 +383,9 @@ def build_rsna_manifest(image_dir: str | os.PathLike, csv: str | os.PathLike) ->
         csv: table with the columns ``id``, ``boneage`` (months) and ``male`` (True/False).
 
     Returns:
-        validated manifest with columns ``id`` (str), ``path`` (absolute), ``boneage`` (float, months) and
-        ``sex`` ("M"/"F"), in the CSV's row order. Rows without an image are left out with a warning, as are
-        images without a row.
+        ``(manifest, left_out)``: the validated manifest with columns ``id`` (str), ``path`` (absolute),
+        ``boneage`` (float, months) and ``sex`` ("M"/"F"), in the CSV's row order, and one row (``id, reason``)
+        per row of the CSV without an image and per image without a row, which the manifest leaves out.
 
     Raises:
         FileNotFoundError: ``image_dir`` or ``csv`` does not exist.
@@ -410,18 +410,14 @@ def build_rsna_manifest(image_dir: str | os.PathLike, csv: str | os.PathLike) ->
     manifest = pd.DataFrame({"id": table["id"].str.strip(), "boneage": boneage.astype(float),
                              "sex": male.map({True: "M", False: "F"})})
     manifest.insert(1, "path", manifest["id"].map(lambda i: str(paths[i]) if i in paths else None))
-    _warn_unmatched(sorted(manifest["id"][manifest["path"].isna()]), f"rows of {csv} have no image in {image_dir}")
-    _warn_unmatched(sorted(set(paths) - set(manifest["id"])), f"images in {image_dir} have no row in {csv}")
+    left_out = pd.concat([
+        left_out_rows(manifest["id"][manifest["path"].isna()], f"no image <id>.png in {image_dir}"),
+        left_out_rows(set(paths) - set(manifest["id"]), f"an image in {image_dir} without a row"),
+    ], ignore_index=True)
     manifest = manifest.dropna(subset=["path"])
     if manifest.empty:
         raise ValueError(f"{csv}: no row has an image <id>.png in {image_dir}.")
-    return validate_manifest(manifest, source=str(csv))
-
-
-def _warn_unmatched(ids: list[str], what: str) -> None:
-    if ids:
-        more = f", ... ({len(ids) - _SHOWN} more)" if len(ids) > _SHOWN else ""
-        warnings.warn(f"left out: {len(ids)} {what}: {', '.join(ids[:_SHOWN])}{more}", stacklevel=3)
+    return validate_manifest(manifest, source=str(csv)), left_out
 
 
 # --------------------------------------------------------------------------------------------------- CLI
@@ -441,18 +437,21 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _build(args: argparse.Namespace) -> None:
+    """Cache the manifest or the RSNA layout; for the latter, ``excluded.csv`` in the cache lists what it left out."""
     if (args.rsna_images is None) != (args.rsna_csv is None):
         raise ValueError("--rsna_images and --rsna_csv go together: give both.")
     if args.manifest is not None:
-        manifest, target = load_cli_manifest(args.manifest), args.target or "age"
+        manifest, left_out, target = load_cli_manifest(args.manifest), None, args.target or "age"
     else:
-        manifest, target = build_rsna_manifest(args.rsna_images, args.rsna_csv), args.target or "boneage"
+        (manifest, left_out), target = build_rsna_manifest(args.rsna_images, args.rsna_csv), args.target or "boneage"
     if target not in manifest.columns:
         raise ValueError(f"the manifest has no target column {target!r} (columns: {list(manifest.columns)}); "
                          "choose it with --target.")
     params = {"size": args.size, "normalize": args.normalize}
     build_cache_from_cli(manifest, args, preprocess_with_qc, fingerprint, params, "radiographs", stratify=target,
                          sample_shape=(1, args.size, args.size))
+    if left_out is not None:
+        report_left_out(left_out, args.rsna_csv, args.output, kept=len(manifest))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -110,7 +110,10 @@ def test_a_folder_of_scans_and_a_csv_manifest(models, scans, tmp_path):
 
 def test_several_inputs_need_unique_ids_and_all_failed_exits_2(models, scans, tmp_path, capsys):
     assert predict("--model", str(models), str(scans["corrupt"]), "--output", str(tmp_path / "out")) == 2
-    assert "predicted 0 of 1 scans (1 failed" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "predicted 0 of 1 scans (1 failed" in captured.out and "failed: corrupt: " in captured.err
+    assert f"predict: error: {scans['corrupt']}: every one of the 1 inputs failed" in captured.err
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["state"] == "failed"
     nested = tmp_path / "a"
     nested.mkdir()
     shutil.copy(scans["nifti"], nested / "T1_brain_to_MNI.nii.gz")

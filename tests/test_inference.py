@@ -113,6 +113,26 @@ def test_csv_with_relative_paths_and_ages_gives_gaps(scan_dir, model_dir, tmp_pa
         correction.corrected_gap([good["predicted_age"]], [AGE])[0])
     assert "NaN" in table.loc["sub-b", "error"] and np.isnan(table.loc["sub-b", "brain_age_gap"])
     assert "not found" in table.loc["sub-c", "error"] and np.isnan(table.loc["sub-c", "age"])
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["state"] == "finished"  # one scan was predicted
+
+
+def test_a_run_in_which_every_input_failed_fails(scan_dir, model_dir, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for name in ("corrupt.nii.gz", "slice.nii.gz"):
+        shutil.copy(scan_dir / name, bad)
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError) as raised:
+        run_bundle(bad, model_dir, out)
+    cause = raised.value.__cause__
+    assert isinstance(cause, ValueError)
+    assert str(cause).startswith(f"{bad}: every one of the 2 inputs failed, none was predicted (the first: corrupt: ")
+    assert str(cause).endswith(f"the error of each input is in the 'error' column of {out / 'predictions.csv'}.")
+    table = pd.read_csv(out / "predictions.csv")
+    assert sorted(table["id"]) == ["corrupt", "slice"] and table["error"].notna().all()
+    record = json.loads((out / "run.json").read_text())
+    assert record["state"] == "failed" and record["sessions"][-1]["state"] == "failed"
+    assert record["error"] == f"inference: NothingPredicted: {cause}"
 
 
 def test_bundle_properties_are_complete(scan_dir, model_dir, tmp_path):

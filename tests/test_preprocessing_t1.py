@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import json
 import locale
-import warnings
 from pathlib import Path
 
 import nibabel as nib
@@ -379,24 +378,23 @@ def _ukb_tree(root: Path) -> None:
         (root / folder / "T1" / "T1_brain_to_MNI.nii.gz").write_bytes(gzip.compress(b""))
 
 
-def test_ukb_manifest_joins_images_and_ages(tmp_path):
+def test_ukb_manifest_joins_images_and_ages_and_lists_what_it_leaves_out(tmp_path):
     _ukb_tree(tmp_path / "ukb")
     ages = pd.DataFrame({"eid": [1000001, 1000002, 1000003, 1000006], "age": [61.5, 70.25, None, 55.0],
                          "sex": ["F", "M", "F", "M"], "site": [11025, 11026, 11027, 11025]})
     ages.to_csv(tmp_path / "age.csv", index=False)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        manifest = ukb.build_ukb_manifest(tmp_path / "ukb", tmp_path / "age.csv")
+    manifest, left_out = ukb.build_ukb_manifest(tmp_path / "ukb", tmp_path / "age.csv")
     assert list(manifest.columns) == ["id", "path", "age", "sex", "site"]
     assert manifest["id"].tolist() == ["1000001", "1000002"] and manifest["age"].tolist() == [61.5, 70.25]
     assert manifest["sex"].tolist() == ["F", "M"] and manifest["site"].tolist() == [11025, 11026]
     assert manifest["path"][1] == str((tmp_path / "ukb/1000002_20252_2_0/T1/T1_brain_to_MNI.nii.gz").resolve())
-    messages = " | ".join(str(w.message) for w in caught)
-    assert "1 folders not named" in messages and "notes" in messages
-    assert "1 folders of another instance" in messages and "1000004_20252_3_0" in messages
-    assert "2 subjects have no T1/T1_brain_to_MNI.nii.gz" in messages
-    assert "1000005" in messages and "1000006" in messages
-    assert "1 subjects with an image have no 'age'" in messages and "1000003" in messages
+    assert dict(zip(left_out["id"], left_out["reason"])) == {
+        "notes": "folder not named <eid> or <eid>_20252_<instance>_<array>",
+        "1000004_20252_3_0": "folder of another instance/array than 2_0",
+        "1000005": "no T1/T1_brain_to_MNI.nii.gz in its folder",
+        "1000006": "in age.csv but no subject folder",
+        "1000003": "no 'age' in age.csv",
+    }
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
@@ -406,7 +404,7 @@ def test_ukb_manifest_errors(tmp_path):
     with pytest.raises(ValueError, match="missing \\['age'\\]"):
         ukb.build_ukb_manifest(tmp_path / "ukb", tmp_path / "age.csv")
     with pytest.warns(UserWarning, match="no column 'sex'"):
-        manifest = ukb.build_ukb_manifest(
+        manifest, _ = ukb.build_ukb_manifest(
             tmp_path / "ukb", tmp_path / "age.csv", age_column="21003-2.0", site_column=None
         )
     assert manifest["id"].tolist() == ["1000001"]
@@ -417,13 +415,28 @@ def test_ukb_manifest_errors(tmp_path):
         ukb.build_ukb_manifest(tmp_path / "ukb", tmp_path / "nowhere.csv")
 
 
-def test_ukb_cli_writes_manifest(tmp_path, capsys):
+def test_ukb_cli_writes_manifest_and_the_report_of_what_it_left_out(tmp_path, capsys):
     _ukb_tree(tmp_path / "ukb")
     pd.DataFrame({"eid": [1000001, 1000003], "age": [60.0, 65.0]}).to_csv(tmp_path / "age.csv", index=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ukb.main(["--ukb_root", str(tmp_path / "ukb"), "--age_table", str(tmp_path / "age.csv"),
-                  "--output", str(tmp_path / "out" / "manifest.csv")])
+    out = tmp_path / "out"
+    arguments = ["--ukb_root", str(tmp_path / "ukb"), "--age_table", str(tmp_path / "age.csv"),
+                 "--output", str(out / "manifest.csv")]
+    with pytest.warns(UserWarning) as caught:
+        ukb.main(arguments)
     assert "2 subjects written" in capsys.readouterr().out
-    written = pd.read_csv(tmp_path / "out" / "manifest.csv", dtype={"id": str})
+    written = pd.read_csv(out / "manifest.csv", dtype={"id": str})
     assert written["id"].tolist() == ["1000001", "1000003"] and written["age"].tolist() == [60.0, 65.0]
+    report = pd.read_csv(out / "excluded.csv", dtype=str, keep_default_na=False)
+    assert list(report.columns) == ["id", "split", "reason", "source"]
+    assert sorted(report["id"]) == ["1000002", "1000004_20252_3_0", "1000005", "notes"]
+    assert set(report["source"]) == {str(tmp_path / "ukb")} and set(report["split"]) == {""}
+    assert report.set_index("id").loc["1000002", "reason"] == "no 'age' in age.csv"
+    warned = [str(w.message) for w in caught if "left out" in str(w.message)]
+    assert len(warned) == 1 and "left out 4 of 6 sample(s)" in warned[0]
+    assert f"listed in {out / 'excluded.csv'}" in warned[0]
+    pd.DataFrame({"eid": [1000001, 1000002, 1000003], "age": [60.0, 61.0, 65.0]}).to_csv(tmp_path / "age.csv",
+                                                                                           index=False)
+    with pytest.warns(UserWarning, match="left out 3 of 6"):
+        ukb.main(arguments)  # a re-run replaces the earlier rows of the same folder
+    report = pd.read_csv(out / "excluded.csv", dtype=str)
+    assert sorted(report["id"]) == ["1000004_20252_3_0", "1000005", "notes"]

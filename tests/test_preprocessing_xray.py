@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 from pathlib import Path
 
@@ -310,21 +311,31 @@ def test_cli_caches_the_demo_cohort_by_bone_age(cohort, tmp_path, capsys):
     assert refused.value.code == 2 and "no target column 'age'" in capsys.readouterr().err
 
 
-def test_rsna_layout(cohort, tmp_path):
+def test_rsna_layout_and_the_report_of_what_it_left_out(cohort, tmp_path):
     manifest = pd.read_csv(cohort / "manifest.csv")
     table = pd.DataFrame({"id": manifest["id"], "boneage": manifest["boneage"], "male": manifest["sex"] == "M"})
     table.loc[len(table)] = ["xr-9999", 100.0, True]  # a row without an image
     table.to_csv(tmp_path / "boneage.csv", index=False)
-    with pytest.warns(UserWarning, match="1 rows of .* have no image"):
-        rsna = xray.build_rsna_manifest(cohort, tmp_path / "boneage.csv")
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in manifest["id"]:
+        shutil.copy(cohort / f"{name}.png", images)
+    shutil.copy(cohort / f"{manifest['id'][0]}.png", images / "stray.png")  # an image without a row
+    rsna, left_out = xray.build_rsna_manifest(images, tmp_path / "boneage.csv")
     assert list(rsna.columns) == ["id", "path", "boneage", "sex"]
     assert list(rsna["sex"]) == list(manifest["sex"]) and list(rsna["boneage"]) == list(manifest["boneage"])
     assert all(Path(p).is_absolute() and Path(p).exists() for p in rsna["path"])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        xray.main(["--rsna_images", str(cohort), "--rsna_csv", str(tmp_path / "boneage.csv"),
+    assert dict(zip(left_out["id"], left_out["reason"])) == {"xr-9999": f"no image <id>.png in {images}",
+                                                             "stray": f"an image in {images} without a row"}
+    with pytest.warns(UserWarning) as caught:
+        xray.main(["--rsna_images", str(images), "--rsna_csv", str(tmp_path / "boneage.csv"),
                    "--output", str(tmp_path / "cache"), "--size", "32"])
     assert read_cache_info(tmp_path / "cache").samples and len(pd.read_csv(tmp_path / "cache" / "manifest.csv")) == 4
+    report = pd.read_csv(tmp_path / "cache" / "excluded.csv", dtype=str, keep_default_na=False)
+    assert sorted(report["id"]) == ["stray", "xr-9999"] and set(report["source"]) == {str(tmp_path / "boneage.csv")}
+    warned = [str(w.message) for w in caught if "left out" in str(w.message)]
+    assert len(warned) == 1 and "left out 2 of 6 sample(s)" in warned[0]
+    assert f"listed in {tmp_path / 'cache' / 'excluded.csv'}" in warned[0]
     table.drop(columns="male").to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(ValueError, match="missing column"):
-        xray.build_rsna_manifest(cohort, tmp_path / "bad.csv")
+        xray.build_rsna_manifest(images, tmp_path / "bad.csv")

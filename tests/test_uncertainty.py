@@ -127,12 +127,28 @@ def test_spreads_are_required_when_calibrated_with_them():
         fitted.interval([3.0])
 
 
-def test_non_finite_cases_are_left_out(caplog):
+def test_non_finite_cases_are_left_out_and_recorded_by_id(caplog, tmp_path):
     with caplog.at_level(logging.WARNING):
-        fitted = ConformalInterval.fit([1.0, np.nan, 3.0, 4.0], [1.0, 2.0, np.inf, 4.5], alpha=0.5)
-    assert fitted.n == 2 and "2 of 4" in caplog.text
+        fitted = ConformalInterval.fit([1.0, np.nan, 3.0, 4.0, np.nan], [1.0, 2.0, np.inf, 4.5, None], alpha=0.5,
+                                       ids=["a", "b", "c", "d", "e"])
+    assert fitted.n == 2
+    assert fitted.left_out == {"b": "prediction not finite", "c": "target not finite",
+                               "e": "prediction and target not finite"}
+    assert "left out 3 of 5 validation cases: 'b' (prediction not finite); 'c'" in caplog.text
+    fitted.save(tmp_path / "conformal.json")
+    assert json.loads((tmp_path / "conformal.json").read_text())["left_out"] == fitted.left_out
+    assert ConformalInterval.load(tmp_path / "conformal.json") == fitted
+    unnamed = ConformalInterval.fit([1.0, 2.0, 3.0], [1.0, 2.0, 3.0], [1.0, np.nan, 1.0], alpha=0.5)
+    assert unnamed.left_out == {"case 1": "spread not finite"}
     report = coverage_report(fitted, [1.0, np.nan], [1.2, 3.0])
     assert report["n"] == 1 and report["coverage"] == 1.0
+
+
+def test_intervals_saved_before_left_out_was_recorded_still_load(tmp_path):
+    record = ConformalInterval.fit([1.0, 2.0, 3.0, 4.0], [1.1, 2.3, 2.8, 4.4], alpha=0.5).to_dict()
+    del record["left_out"]
+    (tmp_path / "conformal.json").write_text(json.dumps(record))
+    assert ConformalInterval.load(tmp_path / "conformal.json").left_out == {}
 
 
 @pytest.mark.parametrize("kwargs", [{"alpha": 0.0}, {"alpha": 1.0}, {"spread_floor": 0.0}])

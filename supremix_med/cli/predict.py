@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from supremix_med.cli.refusals import EXIT_FAILED, EXIT_REFUSED, add_debug_argument, run_cli
+from supremix_med.cli.refusals import EXIT_FAILED, add_debug_argument, run_cli
 
 __all__ = ["main", "parser", "resolve_models"]
 
@@ -152,10 +152,11 @@ def _run_config(config: dict[str, Any], overrides: dict[str, Any]) -> Any:
     return config_parser.get_parsed_content("writer")
 
 
-def _summary(table: Any, output: Path) -> tuple[int, int]:
-    """Print the failed scans (a few) and the closing line; return (n scans, n failed)."""
-    errors = table["error"].fillna("").astype(str)
-    failed = errors != ""
+def _summary(table: Any, output: Path) -> int:
+    """Print the failed scans (a few) and the closing line; return how many failed."""
+    from supremix_med.inference import failed_inputs
+
+    errors, failed = table["error"], failed_inputs(table)
     flagged = int((table["qc_flag"].fillna("").astype(str) != "").sum()) if "qc_flag" in table else 0
     for scan_id, error in list(zip(table["id"][failed], errors[failed]))[:_SHOWN]:
         print(f"{PROG}: failed: {scan_id}: {error}", file=sys.stderr)
@@ -163,22 +164,28 @@ def _summary(table: Any, output: Path) -> tuple[int, int]:
         print(f"{PROG}: ... and {int(failed.sum()) - _SHOWN} more failed scans (see predictions.csv)", file=sys.stderr)
     print(f"predicted {int((~failed).sum())} of {len(table)} scans ({int(failed.sum())} failed, {flagged} flagged); "
           f"see {output / 'predictions.csv'} and {output / 'report.html'}")
-    return len(table), int(failed.sum())
+    return int(failed.sum())
 
 
 def _predict(args: argparse.Namespace) -> None:
+    """Run the bundle's inference; a run in which every scan failed ends as a refusal (the recipe raises
+    :class:`~supremix_med.inference.NothingPredicted`: status 2), one with some failed scans exits 1 with
+    ``--strict``."""
     from supremix_med.bundles import load_config
+    from supremix_med.inference import NothingPredicted
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     models = resolve_models(args.model)
     config = load_config(_bundle(args, models), "inference.json")
     overrides = _overrides(args, config, models)
-    writer = _run_config(config, overrides)
-    n, failed = _summary(writer.table, Path(overrides["output_dir"]))
-    if failed == n:
-        raise SystemExit(EXIT_REFUSED)
-    if failed and args.strict:
+    output = Path(overrides["output_dir"])
+    try:
+        writer = _run_config(config, overrides)
+    except NothingPredicted as error:
+        _summary(error.table, output)
+        raise
+    if _summary(writer.table, output) and args.strict:
         raise SystemExit(EXIT_FAILED)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -56,29 +56,33 @@ def _merged(path: Path, rows: pd.DataFrame, source: str, splits: Sequence[str]) 
 
 
 def report_exclusions(excluded: pd.DataFrame, source: str | os.PathLike, splits: Sequence[str],
-                      output_dir: str | os.PathLike | None = None, total: int | None = None) -> Path | None:
-    """Log the left-out samples as one warning and record them in ``<output_dir>/excluded.csv``.
+                      output_dir: str | os.PathLike | None = None, total: int | None = None,
+                      warn: Callable[[str], object] | None = None) -> Path | None:
+    """Warn about the left-out samples in one line and record them in ``<output_dir>/excluded.csv``.
 
     Args:
         excluded: ``id, split, reason`` of the samples left out (may be empty).
         source: the file or cache folder they were read from.
         splits: the splits that were checked (their earlier rows from ``source`` are replaced; ``""`` for a
             table without splits).
-        output_dir: the run's output folder; ``None`` only logs.
+        output_dir: the run's output folder; ``None`` only warns.
         total: how many samples were checked, for the message.
+        warn: what shows the one-line message; ``None`` logs it at level WARNING (the preprocessing commands
+            pass ``warnings.warn``, which their command line prints as ``<prog>: warning: ...``).
 
     Returns:
         the report's path, or None when nothing was written (no ``output_dir``, or a rank other than 0).
     """
     source = str(source)
-    rows = excluded.reindex(columns=["id", "split", "reason"]).fillna("").astype(str).assign(source=source)
+    rows = excluded.reindex(columns=["id", "split", "reason"]).astype(object).fillna("").astype(str)
+    rows = rows.assign(source=source)
     if len(rows):
         shown = "; ".join(f"{i!r} ({r})" for i, r in zip(rows["id"][:_SHOWN], rows["reason"][:_SHOWN]))
         more = f"; and {len(rows) - _SHOWN} more" if len(rows) > _SHOWN else ""
         of = f" of {total}" if total is not None else ""
+        of_splits = f" of split(s) {list(splits)}" if any(splits) else ""
         where = f"; listed in {Path(output_dir) / EXCLUDED_FILE}" if output_dir is not None else ""
-        logger.warning("%s: left out %d%s sample(s) of split(s) %s: %s%s%s", source, len(rows), of,
-                       list(splits), shown, more, where)
+        (warn or logger.warning)(f"{source}: left out {len(rows)}{of} sample(s){of_splits}: {shown}{more}{where}")
     if output_dir is None or not _writes_files():
         return None
     path = Path(output_dir) / EXCLUDED_FILE

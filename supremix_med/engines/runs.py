@@ -42,6 +42,7 @@ handle on its parser, so :func:`running_config` finds the nearest one on the cal
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
 import os
@@ -51,7 +52,7 @@ import shutil
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -417,10 +418,8 @@ class RunDirectory:
             Preempted: a pre-emption signal arrived; the checkpoint is written (exit status
                 :data:`~supremix_med.engines.preemption.EXIT_INTERRUPTED`).
         """
-        if self.record is None:
-            raise RuntimeError(f"run_phase({phase!r}) before start(): the run directory must be opened first.")
         trained = self.checkpoints is not None and phase in PHASES
-        try:
+        with self._recorded(phase):
             if trained:
                 self.checkpoints.run(phase, engine)
             else:
@@ -431,13 +430,28 @@ class RunDirectory:
                            f"{self.checkpoints.directory}; continue with --resume True (exit status {EXIT_INTERRUPTED}).")
                 logger.warning(message)
                 raise Preempted(message)
+
+    def run_step(self, step: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Return ``function(*args, **kwargs)``, a step of the run besides its engines (e.g. refusing an inference
+        in which every input failed), recording its failure in ``run.json`` as :meth:`run_phase` does."""
+        with self._recorded(step):
+            return function(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def _recorded(self, step: str) -> Iterator[None]:
+        """Mark the run failed (error ``<step>: <type>: <message>``) or interrupted (Ctrl-C) when the block raises;
+        a pre-emption is marked where it is detected."""
+        if self.record is None:
+            raise RuntimeError(f"{step!r} before start(): the run directory must be opened first.")
+        try:
+            yield
         except Preempted:
             raise
         except KeyboardInterrupt:
             self._set_state("interrupted", error="KeyboardInterrupt")
             raise
         except BaseException as error:
-            self._set_state("failed", error=f"{phase}: {type(error).__name__}: {error}")
+            self._set_state("failed", error=f"{step}: {type(error).__name__}: {error}")
             raise
 
     def interrupted(self) -> None:

@@ -6,7 +6,8 @@
 - :class:`PreprocessScan`: a pipeline's (``preprocessing.<modality>``) preprocessing per item, errors captured
   instead of raised, QC fields from the pipeline's ``QC_FIELDS``;
 - :class:`PredictionWriter`: ignite handler writing ``predictions.csv`` (predictions, intervals, gaps, QC, flags,
-  errors) atomically; :class:`ScanProgress`: a progress bar over the scans;
+  errors) atomically; :class:`ScanProgress`: a progress bar over the scans; :func:`require_predictions`: a run
+  in which every input failed is an error (:class:`NothingPredicted`), counted by :func:`failed_inputs`;
 - :mod:`~supremix_med.inference.uncertainty`: test-time augmentation, deep ensembles, split conformal intervals;
 - :mod:`~supremix_med.inference.reference`: what training stores beside the model for intervals, flags and report;
   :class:`ConformalCalibration`: the training recipe's handler that stores it and reports the test coverage;
@@ -46,7 +47,7 @@ from .uncertainty import (
     coverage_report,
     load_ensemble,
 )
-from .writer import PredictionWriter, ScanProgress
+from .writer import NothingPredicted, PredictionWriter, ScanProgress, failed_inputs, require_predictions
 
 __all__ = [
     "ConformalCalibration",
@@ -73,10 +74,13 @@ __all__ = [
     "DICOM_LAYOUTS",
     "FINGERPRINT_IGNORED",
     "NIFTI_SUFFIXES",
+    "NothingPredicted",
     "PredictionWriter",
     "PreprocessScan",
     "ScanProgress",
     "check_fingerprint",
+    "failed_inputs",
     "list_scans",
     "qc_fields",
+    "require_predictions",
 ]

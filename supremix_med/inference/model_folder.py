@@ -201,7 +201,7 @@ class StoredModel:
         calibration = ConformalInterval.fit(pooled[f"predicted_{target}"], pooled[target],
                                             spread if (spread.to_numpy(float) > 0).any() else None,
                                             alpha=first.calibration.alpha, target=target,
-                                            spread_source=first.calibration.spread_source)
+                                            spread_source=first.calibration.spread_source, ids=pooled["id"])
         correction = None
         if first.bias_correction is not None:
             correction = BiasCorrection(first.bias_correction.method).fit(pooled[f"predicted_{target}"],

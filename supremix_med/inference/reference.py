@@ -5,7 +5,8 @@ writes beside the model (``ckpt_dir``):
 
 - ``validation_predictions.csv``: ``id, <target>, predicted_<target>[, predicted_<target>_spread]`` of the
   validation split: the reference cloud of the report's predicted-vs-target plot and the calibration data;
-- ``conformal.json``: the :class:`~supremix_med.inference.uncertainty.ConformalInterval` fitted on them;
+- ``conformal.json``: the :class:`~supremix_med.inference.uncertainty.ConformalInterval` fitted on them, with the
+  ids of the validation cases it left out (a non-finite prediction, target or spread) under ``left_out``;
 - ``reference.json`` (:class:`TrainingReference`): the training targets' range, the validation gaps' mean and
   standard deviation (bias-corrected when a correction is given) and, when training inputs are given, robust
   statistics of per-input features (:func:`input_features`), with the mean training input on a coarse grid in
@@ -228,7 +229,7 @@ def fit_model_reference(validation: pd.DataFrame, train_targets: Sequence[float]
     columns = ["id", target, f"predicted_{target}"] + ([spread_column(target)] if spread is not None else [])
     table = validation[columns]
     interval = ConformalInterval.fit(table[f"predicted_{target}"], table[target], spread, alpha=alpha, target=target,
-                                     spread_source=spread_source if spread is not None else None)
+                                     spread_source=spread_source if spread is not None else None, ids=table["id"])
     reference = TrainingReference.fit(train_targets, table, target, bias_correction, train_inputs, max_inputs)
     return table, interval, reference
 

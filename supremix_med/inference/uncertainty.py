@@ -63,6 +63,7 @@ logger = logging.getLogger(__name__)
 CONFORMAL_FILE = "conformal.json"
 #: Conformal scores: ``|y - mu|`` and ``|y - mu| / sigma``.
 SCORES = ("absolute", "normalised")
+_SHOWN = 5  # left-out calibration cases named in the warning
 
 
 def spread_column(target: str) -> str:
@@ -283,6 +284,25 @@ def _vectors(pred: Any, truth: Any = None, spread: Any = None) -> tuple[np.ndarr
     return tuple(arrays)
 
 
+def _left_out_cases(arrays: Sequence[np.ndarray], ids: Sequence[Any] | None) -> dict[str, str]:
+    """Case -> reason of every case with a non-finite value in ``arrays`` (prediction, target[, spread]), with
+    one warning naming them; a case is its id, or ``"case <i>"`` (its position) without ``ids``."""
+    finite = [np.isfinite(a) for a in arrays]
+    cases = [f"case {i}" for i in range(len(finite[0]))] if ids is None else [str(i) for i in ids]
+    if len(cases) != len(finite[0]):
+        raise ValueError(f"conformal: {len(cases)} ids for {len(finite[0])} validation cases.")
+    names = ("prediction", "target", "spread")
+    left_out = {cases[i]: " and ".join(name for name, ok in zip(names, finite) if not ok[i]) + " not finite"
+                for i in np.flatnonzero(~np.logical_and.reduce(finite))}
+    if left_out:
+        shown = "; ".join(f"{case!r} ({reason})" for case, reason in list(left_out.items())[:_SHOWN])
+        more = f"; and {len(left_out) - _SHOWN} more" if len(left_out) > _SHOWN else ""
+        logger.warning("conformal calibration: left out %d of %d validation cases: %s%s; the interval lists them "
+                       "under 'left_out' (in %s once saved)", len(left_out), len(finite[0]), shown, more,
+                       CONFORMAL_FILE)
+    return left_out
+
+
 @dataclass(frozen=True)
 class ConformalInterval:
     """A split-conformal interval fitted on validation predictions (see the module docstring).
@@ -297,6 +317,8 @@ class ConformalInterval:
         spread_source: how the calibration spreads were made (e.g. :attr:`TestTimeAugmentationInferer.settings`
             plus the ensemble size); inference must make its spreads the same way, so a config builds its
             inferer from this record.
+        left_out: the validation cases :meth:`fit` left out, case -> reason (e.g. ``{"sub-07": "prediction not
+            finite"}``); a case is named by its id, or ``"case <i>"`` (0-based position) when no ids were given.
     """
 
     alpha: float
@@ -307,13 +329,19 @@ class ConformalInterval:
     spread_floor: float = 1e-6
     target: str = "age"
     spread_source: dict = field(default_factory=dict)
+    left_out: dict = field(default_factory=dict)
 
     @classmethod
     def fit(cls, pred: Any, truth: Any, spread: Any = None, alpha: float = 0.1, spread_floor: float = 1e-6,
-            target: str = "age", spread_source: Mapping[str, Any] | None = None) -> ConformalInterval:
+            target: str = "age", spread_source: Mapping[str, Any] | None = None,
+            ids: Sequence[Any] | None = None) -> ConformalInterval:
         """Fit on validation predictions [N], targets [N] and, for the normalised score, spreads [N].
 
-        Cases with a non-finite prediction, target or spread are left out (and counted in a warning).
+        Cases with a non-finite (NaN, missing, infinite) prediction, target or spread are left out: one warning
+        counts and names them, and :attr:`left_out` records each with its reason (saved in ``conformal.json``).
+
+        Args:
+            ids: the cases' ids [N], naming the left-out cases; None names them by position.
 
         Raises:
             ValueError: ``alpha`` not in (0, 1), ``spread_floor <= 0``, mismatched lengths, no usable case.
@@ -325,9 +353,7 @@ class ConformalInterval:
         usable = np.logical_and.reduce([np.isfinite(a) for a in arrays])
         if not usable.any():
             raise ValueError("ConformalInterval.fit: no validation case with a finite prediction and target.")
-        if not usable.all():
-            logger.warning("conformal calibration: %d of %d validation cases without a finite prediction, target or "
-                           "spread are left out", int((~usable).sum()), len(usable))
+        left_out = _left_out_cases(arrays, ids)
         score = "absolute" if spread is None else "normalised"
         calibration = cls(alpha, score, math.inf, int(usable.sum()), 0, spread_floor, target,
                           dict(spread_source or {}))
@@ -337,7 +363,8 @@ class ConformalInterval:
             logger.warning("conformal calibration: %d validation cases are too few for alpha=%g (need >= %d); the "
                            "interval is unbounded", len(scores), alpha, math.ceil(1 / alpha - 1))
         quantile = float(scores[rank - 1]) if rank <= len(scores) else math.inf
-        return cls(alpha, score, quantile, len(scores), rank, spread_floor, target, calibration.spread_source)
+        return cls(alpha, score, quantile, len(scores), rank, spread_floor, target, calibration.spread_source,
+                   left_out)
 
     def _sigma(self, spread: Any, n: int) -> np.ndarray:
         if self.score == "absolute":
@@ -386,6 +413,7 @@ class ConformalInterval:
             record = json.loads(path.read_text())
             fields = {k: record[k] for k in ("alpha", "score", "quantile", "n", "rank", "spread_floor", "target")}
             fields["spread_source"] = dict(record.get("spread_source", {}))
+            fields["left_out"] = dict(record.get("left_out", {}))
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise ValueError(f"ConformalInterval: {str(path)!r} is not a saved conformal interval ({err!r}).") from err
         if fields["score"] not in SCORES:

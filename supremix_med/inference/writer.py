@@ -10,6 +10,9 @@ that looks complete. It is the only writer of the table: ``report.html`` (:class
 InferenceReport`) shows what it wrote.
 
 :class:`ScanProgress` shows a progress bar over the scans of such a run.
+
+:func:`failed_inputs` tells the inputs that failed from a written table, and :func:`require_predictions` refuses a
+run in which every input failed (the inference recipe's last step; ``supremix-med predict`` exits 2 on it).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from .reference import TrainingReference
 from .scans import qc_fields
 from .uncertainty import ConformalInterval, SpreadCollector, spread_column
 
-__all__ = ["PredictionWriter", "ScanProgress"]
+__all__ = ["NothingPredicted", "PredictionWriter", "ScanProgress", "failed_inputs", "require_predictions"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +48,12 @@ def _to_list(values) -> list:
     if isinstance(values, torch.Tensor):
         return values.detach().cpu().reshape(-1).tolist()
     return list(values)
+
+
+def failed_inputs(table: pd.DataFrame) -> pd.Series:
+    """True for each row of a predictions table (:class:`PredictionWriter`'s) whose input failed: a non-empty
+    ``error``."""
+    return table["error"].fillna("").astype(str) != ""
 
 
 class PredictionWriter(SpreadCollector):
@@ -188,8 +197,45 @@ class PredictionWriter(SpreadCollector):
         atomic_write(self.output_path, lambda tmp: table.to_csv(tmp, index=False))
         self.table = table
         logger.info("wrote %d predictions to %s (%d failed, %d flagged)", len(table), self.output_path,
-                    int(table["error"].astype(bool).sum()), int(table[list(FLAGS)].any(axis=1).sum()))
+                    int(failed_inputs(table).sum()), int(table[list(FLAGS)].any(axis=1).sum()))
         return table
+
+
+class NothingPredicted(ValueError):
+    """Not a single input of an inference run was predicted (see :func:`require_predictions`).
+
+    Attributes:
+        table: the run's predictions table; every row's ``error`` says why its input failed.
+    """
+
+    def __init__(self, message: str, table: pd.DataFrame) -> None:
+        super().__init__(message)
+        self.table = table
+
+
+def require_predictions(table: pd.DataFrame, inputs: str | os.PathLike | Sequence[str | os.PathLike],
+                        predictions_file: str | os.PathLike) -> None:
+    """Refuse an inference run in which every input failed (:func:`failed_inputs`); a run that predicted at
+    least one input passes, its failures listed in its table.
+
+    Args:
+        table: the run's predictions table (:attr:`PredictionWriter.table`).
+        inputs: what the run read (``dataset_dir``: a folder, a CSV, a scan file, or a list of them), for the
+            message.
+        predictions_file: where the table was written (the per-input errors), for the message.
+
+    Raises:
+        NothingPredicted: a ``ValueError`` saying that every one of the N inputs of ``inputs`` failed, with the
+            first error, and where the per-input errors are.
+    """
+    failed = failed_inputs(table)
+    if not failed.all():
+        return
+    where = ", ".join(map(str, inputs)) if isinstance(inputs, (list, tuple)) else str(inputs)
+    first = f"{table['id'].iloc[0]}: {table['error'].iloc[0]}" if len(table) else "none"
+    raise NothingPredicted(f"{where}: every one of the {len(table)} inputs failed, none was predicted (the first: "
+                           f"{first}); the error of each input is in the 'error' column of {predictions_file}.",
+                           table)
 
 
 class ScanProgress:
