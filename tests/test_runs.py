@@ -176,7 +176,7 @@ def test_a_folder_with_another_run_is_refused_until_overwrite_moves_it_aside(ref
     old = _json(out / "run.json")
     old_files = _files(out)
     assert {"excluded.csv", "ordinality_pretrained.json", "ordinality_pretrained.png", "ordinality_finetuned.json",
-            "models/input_reference.npy"} <= old_files.keys()
+            "models/model_set.json", "models/input_reference.npy"} <= old_files.keys()
     message = refusal(out, table_dir)
     assert message.startswith(f"{out} holds another run (run {old['run_id']}, finished")
     assert "--resume True" in message and "--overwrite True" in message
@@ -281,9 +281,38 @@ def test_inference_refuses_a_models_folder_that_mixes_runs(reference, table_dir,
     run_id = _json(reference / "run.json")["run_id"]
     assert str(error.value.__cause__) == (
         f"{models} mixes files of different training runs: model.pt, model_final.pt, pretrained_encoder.pt, "
-        f"model_config.json (run {run_id}); preprocessing.json (run 20240101-000000-abcdef); use the models folder "
-        f"of one run as it was published.")
+        f"model_config.json, bundle.json, conformal.json, input_reference.npy, reference.json, "
+        f"validation_predictions.csv (run {run_id}); preprocessing.json (run 20240101-000000-abcdef); use the models "
+        f"folder of one run as it was published.")
     assert not (tmp_path / "predictions" / "predictions.csv").exists()
+
+
+def test_a_models_folder_with_a_file_its_run_did_not_publish_is_refused(reference, tmp_path):
+    """Files that cannot name their run (NumPy arrays, tables) or do not (calibration, reference) are named by the
+    model set's manifest with their sha256."""
+    models = tmp_path / "models"
+    shutil.copytree(reference / "models", models)
+    run_id = check_model_set(models)
+    manifest = _json(models / "model_set.json")
+    assert manifest["run_id"] == run_id and sorted(manifest["files"]) == sorted(
+        p.name for p in (reference / "models").iterdir() if p.name != "model_set.json")
+    (models / "input_reference.npy").write_bytes((models / "input_reference.npy").read_bytes()[:-4] + b"\0\0\0\0")
+    conformal = _json(models / "conformal.json")
+    (models / "conformal.json").write_text(json.dumps({**conformal, "n": conformal["n"] + 1}))
+    shutil.copy(models / "reference.json", models / "notes.json")
+    with pytest.raises(ValueError) as error:
+        check_model_set(models)
+    assert str(error.value) == (
+        f"{models} mixes files of different training runs: model.pt, model_final.pt, pretrained_encoder.pt, "
+        f"model_config.json, preprocessing.json, bundle.json, reference.json, validation_predictions.csv "
+        f"(run {run_id}); conformal.json, input_reference.npy (changed since run {run_id} published it); "
+        f"notes.json (not in the model set run {run_id} published); use the models folder of one run as it was "
+        f"published.")
+    for name in ("notes.json", "model_final.pt", "pretrained_encoder.pt"):  # a set may leave out what it publishes
+        (models / name).unlink()
+    for name in ("input_reference.npy", "conformal.json"):
+        shutil.copy(reference / "models" / name, models / name)
+    assert check_model_set(models) == run_id
 
 
 def _publish(folder: Path, run_id: str, die_after: int | None = None) -> None:
