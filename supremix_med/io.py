@@ -1,10 +1,12 @@
-"""Atomic file writes and generator records, shared by the cache, the demo cohorts and the run reports.
+"""Atomic file writes, file digests and generator records, shared by the cache, the demo cohorts, the run reports and
+the model sets.
 
 Light on purpose (standard library only) so that preprocessing workers can import it without torch or MONAI.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -12,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RUN_ID_KEY", "atomic_write", "atomic_write_json", "check_generator_record"]
+__all__ = ["RUN_ID_KEY", "atomic_write", "atomic_write_json", "check_generator_record", "file_sha256"]
 
 #: The entry naming the training run a file comes from, in every JSON file of a model set and in ``metrics.json``.
 RUN_ID_KEY = "run_id"
@@ -50,6 +52,15 @@ def atomic_write_json(data: Any, path: str | os.PathLike, durable: bool = False)
     """Write ``data`` as indented, key-sorted JSON to ``path`` atomically (see :func:`atomic_write`)."""
     text = json.dumps(data, indent=2, sort_keys=True, default=float) + "\n"
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), durable=durable)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The hex sha256 of a file's content (read in 1 MiB chunks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def check_generator_record(path: str | os.PathLike, parameters: dict[str, Any]) -> None:

@@ -24,7 +24,6 @@ supremix_med package, which must be installed where the bundle runs.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -37,6 +36,7 @@ from typing import Any
 
 from supremix_med import __version__
 from supremix_med.bundles import BASE, MACRO, bundles_dir, load_config
+from supremix_med.io import file_sha256
 
 __all__ = ["CONFIGS", "URL_PLACEHOLDER", "ZOO_PATHS", "export_bundle", "main", "model_files", "zoo_config"]
 
@@ -77,7 +77,7 @@ def zoo_config(name: str, file: str, folder: str | os.PathLike | None = None) ->
 def model_files(models: str | os.PathLike) -> list[Path]:
     """What inference needs from a training run's models folder: ``model.pt`` and every file beside it that is not
     a checkpoint (``model_config.json``, ``preprocessing.json``, ``bias_correction.json``, ``vocab.txt``,
-    ``embeddings.npy``, ...), sorted by name.
+    ``embeddings.npy``, ..., and the manifest ``model_set.json`` by which inference checks them), sorted by name.
 
     Raises:
         FileNotFoundError: ``models`` has no ``model.pt``.
@@ -97,14 +97,6 @@ def _data_files(source: Path) -> list[Path]:
                   and not (path.parent == source and (path.suffix == ".json" or path.name in _BUNDLE_OWN)))
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _large_files(bundle: str, version: str, root: Path, files: list[Path]) -> str:
     """``large_files.yml`` (the format of ``python -m monai.bundle download_large_files``) listing ``files``."""
     lines = ["# Files of this bundle too large for a code repository. Upload each one, replace its url (a",
@@ -119,7 +111,7 @@ def _large_files(bundle: str, version: str, root: Path, files: list[Path]) -> st
         url = URL_PLACEHOLDER.format(bundle=bundle, version=version, path=relative)
         # JSON strings are YAML double-quoted scalars
         lines += [f"  - path: {json.dumps(relative)}", f"    url: {json.dumps(url)}",
-                  f"    hash_val: {json.dumps(_sha256(path))}", '    hash_type: "sha256"']
+                  f"    hash_val: {json.dumps(file_sha256(path))}", '    hash_type: "sha256"']
     return "\n".join([*lines, ""])
 
 

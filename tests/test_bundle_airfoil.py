@@ -49,9 +49,12 @@ def test_train_writes_every_output(trained, table_dir):
 
 
 def test_evaluate_overlay_reuses_the_stored_model(trained, table_dir):
+    exclusions = (trained / "excluded.csv").stat().st_ino
     run_workflow(_configs("train", "demo", "evaluate"), dataset_dir=str(table_dir), output_dir=str(trained), batch_size=16)
     evaluated = json.loads((trained / "eval" / "metrics.json").read_text())
     assert evaluated["mae"] == pytest.approx(json.loads((trained / "metrics.json").read_text())["mae"], rel=1e-5)
+    # its exclusion report goes to its own folder; the training run's stays as training wrote it
+    assert (trained / "eval" / "excluded.csv").is_file() and (trained / "excluded.csv").stat().st_ino == exclusions
 
 
 def test_monai_bundle_tools(trained, table_dir, tmp_path):

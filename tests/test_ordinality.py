@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -157,3 +158,17 @@ def test_handler_with_an_inferer_and_on_an_empty_loader(tmp_path):
         OrdinalityHandler(encoder, [], tmp_path, "empty")()
     with pytest.raises(ValueError, match="file-name part"):
         OrdinalityHandler(encoder, [], tmp_path, "a/b")
+
+
+def test_a_later_process_reads_back_only_a_measurement_of_its_own_run(tmp_path):
+    x = torch.linspace(0, 1, 10)[:, None]
+    encoder = nn.Identity()
+    encoder.register_parameter("anchor", nn.Parameter(torch.zeros(1)))
+    batches = [{"image": x, "label": x[:, 0]}]
+    result = OrdinalityHandler(encoder, batches, tmp_path, "pretrained", run=SimpleNamespace(run_id="run-a"))()
+    assert json.loads((tmp_path / "ordinality_pretrained.json").read_text()) == {**result, "run_id": "run-a"}
+    resumed = OrdinalityHandler(encoder, batches, tmp_path, "pretrained", run=SimpleNamespace(run_id="run-a"))
+    assert resumed.result == result  # a resumed run's later process: the phase was measured before it started
+    another = OrdinalityHandler(encoder, batches, tmp_path, "pretrained", run=SimpleNamespace(run_id="run-b"))
+    assert another.result is None  # a file another run left is never this run's measurement
+    assert OrdinalityHandler(encoder, batches, tmp_path, "pretrained").result is None  # no run: this process's only

@@ -187,31 +187,48 @@ def test_sigusr1_during_pretraining_stops_with_a_checkpoint(table_dir, tmp_path)
     assert train(out, table_dir, resume=True)["state"] == "finished"
 
 
+def _files(folder: Path, skip: str | None = None) -> dict[str, int]:
+    """Every file under ``folder`` (but the top-level folder ``skip``) by relative path, with its inode: a file moved
+    within the file system keeps its inode, and no new file can take the inode of one that still exists."""
+    return {str(p.relative_to(folder)): p.stat().st_ino for p in folder.rglob("*")
+            if p.is_file() and p.relative_to(folder).parts[0] != skip}
+
+
 def test_a_folder_with_another_run_is_refused_until_overwrite_moves_it_aside(reference, table_dir, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(reference, out)
     old = _json(out / "run.json")
+    old_files = _files(out)
+    assert {"excluded.csv", "ordinality_pretrained.json", "ordinality_pretrained.png", "ordinality_finetuned.json",
+            "models/model_set.json", "models/input_reference.npy"} <= old_files.keys()
     message = refusal(out, table_dir)
     assert message.startswith(f"{out} holds another run (run {old['run_id']}, finished")
     assert "--resume True" in message and "--overwrite True" in message
+    assert _files(out) == old_files  # the refused run wrote nothing (its data are read once the folder is its own)
     # the issue's stale-model case: a re-run that never validates must report its own model, not the old one
     record = train(out, table_dir, overwrite=True, method="vanilla", pretrain_epochs=0, finetune_epochs=1,
                    val_interval=5)
     assert record["state"] == "finished" and record["run_id"] != old["run_id"]
     moved = Path(record["previous"])
     assert moved.parent == out / "previous" and _json(moved / "run.json")["run_id"] == old["run_id"]
-    for name in ("metrics.json", "predictions.csv", "models/model.pt", "checkpoints", "tensorboard"):
-        assert (moved / name).exists(), name
+    assert _files(moved) == old_files  # every file of the old run, moved as it was
+    new_files = _files(out, skip="previous")
+    assert not set(new_files.values()) & set(old_files.values())  # the top level holds only the new run's files
+    assert {"run.json", "metrics.json", "excluded.csv", "ordinality_finetuned.json", "models/model.pt"} <= \
+        new_files.keys() and not any(name.startswith("ordinality_pretrained") for name in new_files)
     assert (moved / "models" / "model.pt").read_bytes() == (reference / "models" / "model.pt").read_bytes()
     metrics = _json(out / "metrics.json")
     assert metrics["run_id"] == record["run_id"] and metrics["method"] == "vanilla"
+    assert metrics["ordinality"]["pretrained"] is None and metrics["ordinality"]["finetuned"]["n_samples"] == 15
     assert check_model_set(out / "models") == record["run_id"] and not (out / "models" / "pretrained_encoder.pt").exists()
     new_weights = torch.load(out / "models" / "model.pt", weights_only=True)
     old_weights = torch.load(moved / "models" / "model.pt", weights_only=True)
     assert any(not torch.equal(new_weights[k], old_weights[k]) for k in new_weights)
+    trained = _files(out, skip="eval")
     train(out, table_dir, "train", "demo", "evaluate")  # evaluating the published model gives the report's MAE
     assert _json(out / "eval" / "metrics.json")["mae"] == pytest.approx(metrics["mae"], rel=1e-6)
     assert _json(out / "eval" / "run.json")["model_run_id"] == record["run_id"]
+    assert (out / "eval" / "excluded.csv").is_file() and _files(out, skip="eval") == trained  # its own folder only
 
 
 def test_what_resume_and_overwrite_refuse(reference, table_dir, tmp_path):
@@ -256,6 +273,8 @@ def test_evaluation_and_inference_never_write_over_earlier_results(reference, ta
     record = _json(out / "eval" / "run.json")
     assert record["run_id"] != first and _json(Path(record["previous"]) / "run.json")["run_id"] == first
     assert Path(record["previous"]).parent == out / "eval" / "previous"
+    assert sorted(_files(Path(record["previous"]))) == ["excluded.csv", "metrics.json", "predictions.csv",
+                                                        "predictions.png", "run.json"]
     predictions = tmp_path / "predictions"
     infer = {"ckpt_dir": str(out / "models"), "data_file": str(table_dir / "demo_table.csv")}
     for attempt in range(2):
@@ -268,6 +287,11 @@ def test_evaluation_and_inference_never_write_over_earlier_results(reference, ta
             assert str(error.value.__cause__).startswith(f"{predictions} holds the results of another inference")
     record = _json(predictions / "run.json")
     assert record["kind"] == "inference" and record["model_run_id"] == _json(out / "run.json")["run_id"]
+    written = _files(predictions)
+    assert sorted(written) == ["predictions.csv", "report.html", "run.json"]
+    _workflow(predictions, table_dir, "inference", workflow_type="infer", overwrite=True, **infer).run()
+    moved = Path(_json(predictions / "run.json")["previous"])
+    assert _files(moved) == written and not set(_files(predictions, skip="previous").values()) & set(written.values())
 
 
 def test_inference_refuses_a_models_folder_that_mixes_runs(reference, table_dir, tmp_path):
@@ -282,9 +306,38 @@ def test_inference_refuses_a_models_folder_that_mixes_runs(reference, table_dir,
     run_id = _json(reference / "run.json")["run_id"]
     assert str(error.value.__cause__) == (
         f"{models} mixes files of different training runs: model.pt, model_final.pt, pretrained_encoder.pt, "
-        f"model_config.json (run {run_id}); preprocessing.json (run 20240101-000000-abcdef); use the models folder "
-        f"of one run as it was published.")
+        f"model_config.json, bundle.json, conformal.json, input_reference.npy, reference.json, "
+        f"validation_predictions.csv (run {run_id}); preprocessing.json (run 20240101-000000-abcdef); use the models "
+        f"folder of one run as it was published.")
     assert not (tmp_path / "predictions" / "predictions.csv").exists()
+
+
+def test_a_models_folder_with_a_file_its_run_did_not_publish_is_refused(reference, tmp_path):
+    """Files that cannot name their run (NumPy arrays, tables) or do not (calibration, reference) are named by the
+    model set's manifest with their sha256."""
+    models = tmp_path / "models"
+    shutil.copytree(reference / "models", models)
+    run_id = check_model_set(models)
+    manifest = _json(models / "model_set.json")
+    assert manifest["run_id"] == run_id and sorted(manifest["files"]) == sorted(
+        p.name for p in (reference / "models").iterdir() if p.name != "model_set.json")
+    (models / "input_reference.npy").write_bytes((models / "input_reference.npy").read_bytes()[:-4] + b"\0\0\0\0")
+    conformal = _json(models / "conformal.json")
+    (models / "conformal.json").write_text(json.dumps({**conformal, "n": conformal["n"] + 1}))
+    shutil.copy(models / "reference.json", models / "notes.json")
+    with pytest.raises(ValueError) as error:
+        check_model_set(models)
+    assert str(error.value) == (
+        f"{models} mixes files of different training runs: model.pt, model_final.pt, pretrained_encoder.pt, "
+        f"model_config.json, preprocessing.json, bundle.json, reference.json, validation_predictions.csv "
+        f"(run {run_id}); conformal.json, input_reference.npy (changed since run {run_id} published it); "
+        f"notes.json (not in the model set run {run_id} published); use the models folder of one run as it was "
+        f"published.")
+    for name in ("notes.json", "model_final.pt", "pretrained_encoder.pt"):  # a set may leave out what it publishes
+        (models / name).unlink()
+    for name in ("input_reference.npy", "conformal.json"):
+        shutil.copy(reference / "models" / name, models / name)
+    assert check_model_set(models) == run_id
 
 
 def _publish(folder: Path, run_id: str, die_after: int | None = None) -> None:

@@ -162,7 +162,7 @@ def test_training_an_export_writes_under_its_eval_and_models(trained, exports):
 def test_shipped_model_is_what_inference_needs_listed_with_its_sha256(trained, shipped):
     # the weights, how to build and feed the network, and what the interval, flags and report need
     needed = ["bundle.json", "conformal.json", "input_reference.npy", "model.pt", "model_config.json",
-              "preprocessing.json", "reference.json", "validation_predictions.csv"]
+              "model_set.json", "preprocessing.json", "reference.json", "validation_predictions.csv"]
     assert [path.name for path in model_files(trained / "models")] == needed
     assert sorted(path.name for path in (shipped / "models").iterdir()) == needed
     entries = {entry["path"]: entry for entry in zoo_checks.large_files(shipped)}

@@ -23,7 +23,7 @@ from ignite.engine import Engine, Events
 from torch import nn
 
 from supremix_med.engines.distributed import writes_files
-from supremix_med.io import atomic_write, atomic_write_json
+from supremix_med.io import RUN_ID_KEY, atomic_write, atomic_write_json
 from supremix_med.metrics.ordinality import MAX_PAIRS, embed_2d, ordinality_pairs, ordinality_spearman
 
 __all__ = ["OrdinalityHandler", "plot_embedding"]
@@ -68,7 +68,7 @@ class OrdinalityHandler:
     and the global random states (iterating a loader draws from torch's generator; a measurement after
     pre-training must not change the fine-tuning that follows), and writes under ``output_dir``:
 
-    - ``ordinality_<name>.json``: :attr:`result`;
+    - ``ordinality_<name>.json``: :attr:`result`, with the ``run_id`` of ``run`` when one is given;
     - ``ordinality_<name>.png``: the features' 2-D embedding coloured by the (first) label.
 
     :attr:`result` (also returned by a call) is ``{"spearman": float or None, "n_samples", "n_pairs",
@@ -88,11 +88,15 @@ class OrdinalityHandler:
         inferer: optional ``inferer(inputs, encoder) -> features`` (MONAI inferer convention).
         max_pairs, seed, distance: of :func:`~supremix_med.metrics.ordinality.ordinality_spearman`.
         embedding: ``"pca"`` (default), ``"umap"`` or ``"auto"`` (:func:`~supremix_med.metrics.ordinality.embed_2d`).
+        run: the training run's :class:`~supremix_med.engines.RunDirectory`: the JSON file names its run, and a
+            resumed run's later process takes the measurement an earlier one wrote from the file when it names
+            this run (never a file another run left). Without it, :attr:`result` is this process's measurement only.
 
     Example (a bundle's ``train#handlers``)::
 
         {"_target_": "supremix_med.engines.OrdinalityHandler", "encoder": "$@network.encoder",
-         "data_loader": "@validate#dataloader", "output_dir": "@output_dir", "name": "finetuned"}
+         "data_loader": "@validate#dataloader", "output_dir": "@output_dir", "name": "finetuned",
+         "run": "@run_directory"}
     """
 
     def __init__(self, encoder: nn.Module, data_loader: Iterable, output_dir: str | os.PathLike, name: str,
@@ -100,7 +104,7 @@ class OrdinalityHandler:
                  image_key: str = "image", label_key: str = "label",
                  inferer: Callable[[torch.Tensor, nn.Module], torch.Tensor] | None = None,
                  max_pairs: int = MAX_PAIRS, seed: int = 0, distance: str = "euclidean",
-                 embedding: str = "pca") -> None:
+                 embedding: str = "pca", run=None) -> None:
         if not name or any(c in name for c in "/\\"):
             raise ValueError(f"OrdinalityHandler: name must be a non-empty file-name part, got {name!r}.")
         self.encoder = encoder
@@ -112,6 +116,7 @@ class OrdinalityHandler:
         self.image_key, self.label_key = image_key, label_key
         self.inferer = inferer
         self.max_pairs, self.seed, self.distance, self.embedding = max_pairs, seed, distance, embedding
+        self.run = run
         self._result: dict[str, Any] | None = None
 
     def _device(self) -> torch.device:
@@ -158,7 +163,8 @@ class OrdinalityHandler:
                        "n_pairs": ordinality_pairs(n, self.max_pairs),
                        "pairs": "all" if n * (n - 1) // 2 <= self.max_pairs else "sampled",
                        "distance": self.distance, "embedding": method, "plot": plot.name}
-        atomic_write_json(self._result, self._file)
+        run_id = self._run_id()
+        atomic_write_json(self._result if run_id is None else {**self._result, RUN_ID_KEY: run_id}, self._file)
         logger.info("ordinality %s: %.4f over %d samples (%s pairs)", self.name, score, n, self._result["pairs"])
         return self._result
 
@@ -166,10 +172,17 @@ class OrdinalityHandler:
     def _file(self) -> Path:
         return self.output_dir / f"ordinality_{self.name}.json"
 
+    def _run_id(self) -> str | None:
+        """The id of :attr:`run` (``None``: no run given, or not started)."""
+        return None if self.run is None else self.run.run_id
+
     @property
     def result(self) -> dict[str, Any] | None:
-        """The measurement (see the class docstring): this process's, else the one a resumed run's earlier process
-        wrote under ``output_dir``; ``None`` when the phase was not measured."""
-        if self._result is None and self._file.is_file():
-            self._result = json.loads(self._file.read_text(encoding="utf-8"))
+        """The measurement (see the class docstring): this process's, else the one an earlier process of this run
+        (resumed) wrote under ``output_dir``; ``None`` when this run did not measure the phase."""
+        run_id = self._run_id()
+        if self._result is None and run_id is not None and self._file.is_file():
+            record = json.loads(self._file.read_text(encoding="utf-8"))
+            if isinstance(record, dict) and record.get(RUN_ID_KEY) == run_id:
+                self._result = {key: value for key, value in record.items() if key != RUN_ID_KEY}
         return self._result

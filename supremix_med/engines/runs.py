@@ -61,6 +61,7 @@ import torch
 from ignite.engine import Engine
 
 import supremix_med
+from supremix_med.data.exclusions import EXCLUDED_FILE
 from supremix_med.engines.checkpoints import PHASES, ResumePoint, RunCheckpoints
 from supremix_med.engines.distributed import broadcast_from_rank0, world_size, writes_files
 from supremix_med.engines.model_set import check_model_set
@@ -83,14 +84,20 @@ PREVIOUS = "previous"
 MODEL_FILES = "model_set"
 KINDS = ("train", "evaluate", "inference")
 STATES = ("running", "finished", "failed", "interrupted")
-_REPORT = ("metrics.json", "predictions.csv", "predictions.png")
-#: What each kind of run writes into its folder (training also owns ``ckpt_dir``): found there, it marks another
-#: run (except :data:`UNMARKED`); ``--overwrite`` moves it. ``eval`` is the report folder of ``evaluate.json``, part
-#: of the trained run.
+_REPORT = ("metrics.json", "predictions.csv", "predictions.png", EXCLUDED_FILE)
+#: What each kind of run writes into its folder, as names or glob patterns (training also owns ``ckpt_dir``):
+#: found there, it marks another run (except :data:`UNMARKED`); ``--overwrite`` moves it. The report files are the
+#: test report's (:func:`~supremix_med.engines.reporting.write_report`) and the exclusion report
+#: (:mod:`~supremix_med.data.exclusions`); ``ordinality_<phase>.json/.png`` are the
+#: :class:`~supremix_med.engines.OrdinalityHandler` s'; ``eval`` is the report folder of ``evaluate.json``, part of
+#: the trained run; inference writes ``predictions.csv`` and ``report.html`` (its scan previews are inside the page).
+#: Not run items: the files of MONAI's ``--tracking mlflow`` (``config_<time>.json``, written before the run opens
+#: its folder, and the store ``mlruns.db`` with ``mlruns/``, which gathers many runs).
 RUN_ITEMS = {
-    "train": (RUN_RECORD, PROGRESS, CHECKPOINTS, *_REPORT, "tensorboard", "eval"),
+    "train": (RUN_RECORD, PROGRESS, CHECKPOINTS, *_REPORT, "ordinality_*.json", "ordinality_*.png", "tensorboard",
+              "eval"),
     "evaluate": (RUN_RECORD, *_REPORT),
-    "inference": (RUN_RECORD, "predictions.csv"),
+    "inference": (RUN_RECORD, "predictions.csv", "report.html"),
 }
 #: Run items that alone do not mark another run: MONAI's TensorBoard handlers write their files as soon as the
 #: engines are built, which a caller may do before the run opens its folder (``ConfigWorkflow.check_properties``).
@@ -199,7 +206,9 @@ class RunDirectory:
         overwrite: move a run found in ``output_dir`` to ``previous/`` and start anew.
         seed: the run's seed (recorded).
         fingerprint: the data's preprocessing fingerprint (recorded; a resumed run must have the same), or a
-            function of no argument giving it when the run starts (the data are read then, not when the config is built).
+            function of no argument giving it when the run starts (the data are read then, not when the config is
+            built: by rank 0, once the folder is this run's, so what the reader writes there, its exclusion report,
+            never lands in another run's folder).
         checkpoint_interval, keep_checkpoints: training: checkpoint every that many epochs, keep the newest that
             many (:class:`~supremix_med.engines.checkpoints.RunCheckpoints`).
         phase_epochs: training: the epochs of the phases after pre-training (``{"finetune": n}``), for
@@ -273,18 +282,21 @@ class RunDirectory:
             raise ValueError(f"--resume True and --overwrite True together: choose one (resume continues the run in "
                              f"{self.output_dir}; overwrite moves it to {self.output_dir / PREVIOUS}/ and starts anew).")
         config = _plain_json(self.config if self.config is not None else running_config() or {})
-        fingerprint = self._fingerprint() if callable(self._fingerprint) else self._fingerprint
-        self.fingerprint = None if fingerprint is None else _plain_json(dict(fingerprint))
         decision: tuple = ()
+        failure: Exception | None = None
         if writes_files():
             try:
                 decision = ("ok", *self._open(config))
-            except (ValueError, FileNotFoundError) as error:
-                decision = ("error", type(error).__name__, str(error))
+            except Exception as error:  # every rank must hear of it, or the others wait in the broadcast
+                failure, decision = error, ("error", type(error).__name__, str(error))
         decision = broadcast_from_rank0(decision)
+        if failure is not None:
+            raise failure
         if decision[0] == "error":
-            raise {"ValueError": ValueError, "FileNotFoundError": FileNotFoundError}[decision[1]](decision[2])
+            raise {"ValueError": ValueError, "FileNotFoundError": FileNotFoundError}.get(decision[1], RuntimeError)(
+                decision[2])
         self.record, point = decision[1], decision[2]
+        self.fingerprint = self.record.get("fingerprint")
         if self.kind == "train":
             if point is not None:
                 self.checkpoints.resume_point = self._point if writes_files() else self.checkpoints.load(point)
@@ -305,6 +317,7 @@ class RunDirectory:
             if not self.overwrite:
                 raise ValueError(self._refusal(existing, found))
             moved = self._move_aside(existing, found)
+        self.fingerprint = self._read_fingerprint()
         now = _now()
         run_id = f"{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
         record = {"run_id": run_id, "kind": self.kind,
@@ -327,6 +340,7 @@ class RunDirectory:
                     f"--overwrite True)" if found else "; start the run without --resume True")
             raise FileNotFoundError(f"nothing to resume in {where}: it holds no {RUN_RECORD}{hint}.")
         run = existing.get("run_id")
+        self.fingerprint = self._read_fingerprint()
         differing = config_differences(existing.get("config", {}), config)
         if differing:
             raise ValueError(f"cannot resume run {run} in {where}: the config differs in {differing} (only epoch "
@@ -354,12 +368,19 @@ class RunDirectory:
         self._write(record)
         return record, str(point.path)
 
+    def _read_fingerprint(self) -> dict[str, Any] | None:
+        """The data's fingerprint (calling the function given for it: the data are read now)."""
+        fingerprint = self._fingerprint() if callable(self._fingerprint) else self._fingerprint
+        return None if fingerprint is None else _plain_json(dict(fingerprint))
+
     def _session(self, resumed_from: str | None) -> dict[str, Any]:
         return {"started": _now(), "state": "running", "host": socket.gethostname(), "pid": os.getpid(),
                 "world_size": world_size(), "cwd": os.getcwd(), "argv": list(sys.argv), "resumed_from": resumed_from}
 
     def _items(self) -> list[Path]:
-        items = [self.output_dir / name for name in RUN_ITEMS[self.kind]]
+        """The paths of :data:`RUN_ITEMS` present in the folder (patterns expanded), then ``ckpt_dir`` and the staging
+        folders of a killed publication beside it."""
+        items = [path for pattern in RUN_ITEMS[self.kind] for path in sorted(self.output_dir.glob(pattern))]
         if self.ckpt_dir is not None:
             items.append(self.ckpt_dir)
             items.extend(sorted(self.ckpt_dir.parent.glob(f".{self.ckpt_dir.name}.*")))  # a killed publication
