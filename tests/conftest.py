@@ -32,13 +32,14 @@ def tiny_cohort(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_cache(tiny_cohort, tmp_path_factory) -> Path:
-    """The tiny cohort preprocessed by preprocessing.t1 into a cache folder."""
+    """The tiny cohort preprocessed by preprocessing.t1 into a cache folder, with its QC record (as the command line
+    builds it)."""
     import pandas as pd
 
     manifest = pd.read_csv(tiny_cohort / "manifest.csv")
     manifest["path"] = [str(tiny_cohort / p) for p in manifest["path"]]
     folder = tmp_path_factory.mktemp("cache") / "cache"
-    build_cache(manifest, folder, preprocess=functools.partial(t1.preprocess, register="never"),
+    build_cache(manifest, folder, preprocess=functools.partial(t1.preprocess_with_qc, register="never"),
                 fingerprint=t1.fingerprint(register="never"), workers=2, progress=False)
     return folder
 

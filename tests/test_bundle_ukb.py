@@ -15,6 +15,7 @@ from monai.bundle import ckpt_export, verify_metadata, verify_net_in_out
 
 from _bundle_runs import bundle_configs, run_workflow
 from conftest import BUNDLES, REPO, TINY_TRAINING
+from supremix_med.data.cache import read_cache_qc
 
 BUNDLE = BUNDLES / "ukb_brainage"
 
@@ -82,6 +83,24 @@ def test_every_method_runs_the_recipe(method, tiny_cache, tmp_path):
          pretrain_epochs=1, finetune_epochs=1, batch_size=4, num_workers=0)
     assert json.loads((tmp_path / "metrics.json").read_text())["method"] == method
     assert (tmp_path / "models" / "pretrained_encoder.pt").is_file() == (method != "vanilla")
+
+
+def test_rows_failing_qc_are_left_out_of_the_run_and_listed(tiny_cache, tmp_path):
+    """The cache's QC record travels with the data into training: with the default ``qc_policy`` ("exclude") the
+    scan whose registration similarity is below ``--qc_limits`` is left out of its split and listed in the run's
+    ``excluded.csv``; ``qc_policy`` "fail" refuses the run instead, naming it."""
+    qc = read_cache_qc(tiny_cache).sort_values("registration_similarity")
+    worst, runner_up = qc["registration_similarity"].iloc[:2]
+    limit = {"registration_similarity": [(worst + runner_up) / 2, None]}
+    run_workflow(_configs("train", "demo"), dataset_dir=str(tiny_cache), output_dir=str(tmp_path / "exclude"),
+                 method="vanilla", finetune_epochs=1, batch_size=4, num_workers=0, qc_limits=limit)
+    excluded = pd.read_csv(tmp_path / "exclude" / "excluded.csv")
+    assert list(excluded["id"]) == [qc["id"].iloc[0]] and "registration similarity" in excluded["reason"][0]
+    with pytest.raises(RuntimeError) as refused:
+        run_workflow(_configs("train", "demo"), dataset_dir=str(tiny_cache), output_dir=str(tmp_path / "fail"),
+                     method="vanilla", finetune_epochs=1, batch_size=4, num_workers=0, qc_limits=limit,
+                     qc_policy="fail")
+    assert qc["id"].iloc[0] in str(refused.value.__cause__)
 
 
 def test_mlflow_tracking(tiny_cache, tmp_path):

@@ -554,6 +554,35 @@ def test_a_real_airfoil_cell_and_its_paired_bootstrap(airfoil_table, tmp_path, m
     assert (tmp_path / "comparison.png").is_file()
 
 
+def test_a_real_airfoil_grid_of_methods_and_seeds_checked_by_hand(airfoil_table, tmp_path, monkeypatch):
+    """Two methods x two seeds of the real airfoil bundle; the report's means, sd and t-interval (t_{0.975, 1} =
+    12.706205) recomputed from the cells' own metrics.json, and each seed's bootstrap estimate equal to that seed's
+    difference."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    overrides = {"data_file": str(airfoil_table), **AIRFOIL_TINY}
+    runs = compare_methods(AIRFOIL, tmp_path, methods=["vanilla", "supremix"], seeds=[0, 1], overrides=overrides)
+    assert sorted((r.method, r.seed, r.status) for r in runs) == [("supremix", 0, "ran"), ("supremix", 1, "ran"),
+                                                                   ("vanilla", 0, "ran"), ("vanilla", 1, "ran")]
+    write_comparison(runs, tmp_path, AIRFOIL, overrides=overrides, resamples=200)
+    record = json.loads((tmp_path / "comparison.json").read_text())
+    mae = {(r.method, r.seed): r.metrics["mae"] for r in runs}
+    differences = [mae["supremix", s] - mae["vanilla", s] for s in (0, 1)]
+    mean = (differences[0] + differences[1]) / 2
+    sd = abs(differences[0] - differences[1]) / math.sqrt(2)  # the sd of two values
+    half = 12.706205 * sd / math.sqrt(2)
+    summary = record["summary"]["supremix"]["MAE"]
+    assert summary["mean"] == pytest.approx((mae["supremix", 0] + mae["supremix", 1]) / 2)
+    assert summary["sd"] == pytest.approx(abs(mae["supremix", 0] - mae["supremix", 1]) / math.sqrt(2))
+    versus = record["versus_reference"]["supremix"]["MAE"]
+    assert versus["t_interval"]["estimate"] == pytest.approx(mean) and versus["t_interval"]["n"] == 2
+    assert versus["t_interval"]["low"] == pytest.approx(mean - half, abs=1e-6)
+    assert versus["t_interval"]["high"] == pytest.approx(mean + half, abs=1e-6)
+    for seed, difference in zip(("0", "1"), differences):
+        boot = versus["bootstrap"][seed]
+        assert boot["estimate"] == pytest.approx(difference, abs=1e-5) and boot["n"] == 15
+        assert boot["low"] <= boot["estimate"] <= boot["high"]
+
+
 def test_same_seed_gives_every_method_the_same_start(airfoil_table, tmp_path):
     """The paired design the compare docstring states: one seed, the same split, initial weights and
     fine-tuning batch order for every method (the loaders carry their own seeded generator)."""
