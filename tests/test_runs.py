@@ -403,12 +403,31 @@ def test_two_torchrun_launchers_meet_at_one_rendezvous(table_dir, tmp_path):
                "-m", "monai.bundle", "run", "--config_file", str(configs), "--dataset_dir", str(table_dir),
                "--output_dir", str(out), "--pretrain_epochs", "1", "--finetune_epochs", "1", "--batch_size", "16"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    _launch_two(command, env)
+    assert _json(out / "metrics.json")["world_size"] == 2
+    record = _json(out / "run.json")
+    assert record["world_size"] == 2 and record["state"] == "finished"
+    assert check_model_set(out / "models") == record["run_id"]
+    # resumed by two launchers again (a new rendezvous): rank 0 decides, every rank loads the checkpoint
+    rendezvous = command.index("--rdzv_endpoint") + 1
+    command[rendezvous] = f"localhost:{_free_port()}"
+    _launch_two([*command, "--resume", "True", "--finetune_epochs", "2"], env)
+    record = _json(out / "run.json")
+    assert record["state"] == "finished" and "finetune epoch 1" in record["sessions"][1]["resumed_from"]
+    assert _json(out / "progress.json")["epoch"] == 2 and check_model_set(out / "models") == record["run_id"]
+    # one process cannot resume what two wrote
+    alone = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
+             *command[command.index("-m", 3):], "--resume", "True", "--finetune_epochs", "3"]
+    done = subprocess.run(alone, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    log = done.stdout + done.stderr
+    assert done.returncode != 0 and "with 1 process(es): its checkpoint" in log, log[-2000:]
+    assert _json(out / "run.json")["state"] == "finished"  # the refused attempt left the finished run as it was
+
+
+def _launch_two(command: list[str], env: dict[str, str]) -> None:
+    """Start ``command`` twice (the two launchers of a two-node run) and wait for both to succeed."""
     launchers = [subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                   text=True) for _ in range(2)]
     outputs = [launcher.communicate(timeout=600)[0] for launcher in launchers]
     for launcher, output in zip(launchers, outputs):
         assert launcher.returncode == 0, output[-3000:]
-    assert _json(out / "metrics.json")["world_size"] == 2
-    record = _json(out / "run.json")
-    assert record["world_size"] == 2 and record["state"] == "finished"
-    assert check_model_set(out / "models") == record["run_id"]

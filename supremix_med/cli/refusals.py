@@ -85,7 +85,9 @@ def refuse_in_one_line(prog: str = "supremix-med") -> None:
     For a bundle run under MONAI's runner (the shared recipe's ``initialize`` calls it): MONAI wraps an error
     raised inside a config expression in ``RuntimeError("Failed to evaluate ...")``, which is looked through to
     the error itself. Any other error (a bug, an interrupt) keeps Python's full traceback, and with
-    :data:`DEBUG_ENV` set every error does. Installed once per process (``sys.excepthook``).
+    :data:`DEBUG_ENV` set every error does. Installed once per process (``sys.excepthook``), after
+    ``torch.distributed.init_process_group`` where there is one: that installs a hook which buffers the hook it
+    replaces to prefix ``[rank<N>]``, and an exit raised inside it would lose the buffered line.
     """
     if os.environ.get(DEBUG_ENV, "0") != "0" or getattr(sys.excepthook, "one_line", False):
         return
