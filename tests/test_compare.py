@@ -421,7 +421,7 @@ def test_grid_report_means_intervals_and_layout(fake_launcher, tmp_path):
     assert tables[0][0] == ["Method", "Protocol", "Seeds", *labels]
     summary = _rows(tables[0])
     assert summary["SupReMix"]["MAE"] == f"**{statistics.mean(maes):.3f} ± {statistics.stdev(maes):.3f}**"
-    assert summary["Vanilla"]["Protocol"] == "end to end" and summary["RnC"]["Protocol"] == "pre-train, linear probe"
+    assert summary["Vanilla"]["Protocol"] == "end to end" and summary["RnC"]["Protocol"] == "pre-train, then linear probe"
     assert summary["SupReMix"]["Protocol"] == "pre-train, linear probe (stated)"
     assert summary["Vanilla"]["Ordinality pretrained"] == "–" and summary["SupCon"]["MAE many"] == "–"
     assert summary["Vanilla"]["Ordinality finetuned"] == "0.300 ± 0.000"
@@ -477,9 +477,10 @@ def test_protocol_defaults_and_stated():
         return CellRun(method, 0, "ran", Path("x"), Path("x/run.log"), 0, {"mae": 1.0, **metrics})
 
     assert run_protocol(cell("vanilla", linear_probe=False)) == "end to end"
-    assert run_protocol(cell("supremix", linear_probe=True)) == "pre-train, linear probe"
-    assert run_protocol(cell("supcon", linear_probe=False)) == "pre-train, fine-tune"
-    assert run_protocol(cell("conr")) == "joint pre-train (ConR + L1), fine-tune"
+    assert run_protocol(cell("supremix", linear_probe=True)) == "pre-train, then linear probe"
+    assert run_protocol(cell("supcon", linear_probe=False)) == "pre-train, then fine-tune"
+    assert run_protocol(cell("conr")) == "joint pre-train (L1 + ConR), then fine-tune"
+    assert run_protocol(cell("conr_regularizer")) == "end to end + conr regulariser"
     assert run_protocol(cell("conr", protocol="regulariser, end to end")) == "regulariser, end to end"
 
 

@@ -110,20 +110,15 @@ def display_name(row: str) -> str:
 
 
 def run_protocol(run: CellRun) -> str:
-    """How the cell trained: ``metrics["protocol"]`` when the run states it, else what its other entries imply.
-
-    Without a ``protocol`` entry: ``vanilla`` is ``end to end``; ``conr`` pre-trained jointly with the L1
-    regression loss (``joint pre-train (ConR + L1)``); other methods pre-trained on their loss alone; the
-    second phase is ``linear probe`` when ``metrics["linear_probe"]`` is true, else ``fine-tune``.
-    """
+    """How the cell trained: ``metrics["protocol"]`` when the run states it, else (a run from before the entry)
+    what the recipe's :func:`~supremix_med.engines.pretraining.protocol` says of its method and
+    ``metrics["linear_probe"]``."""
     metrics = run.metrics or {}
     if isinstance(metrics.get("protocol"), str):
         return metrics["protocol"]
-    if run.method == REFERENCE:
-        return "end to end"
-    second = "linear probe" if metrics.get("linear_probe") is True else "fine-tune"
-    first = "joint pre-train (ConR + L1)" if run.method == "conr" else "pre-train"
-    return f"{first}, {second}"
+    from supremix_med.engines.pretraining import protocol  # the engines load only for such an old run
+
+    return protocol(run.method, metrics.get("linear_probe") is True)
 
 
 def check_shot_metrics(shot_metrics: Sequence[str]) -> None:

@@ -32,7 +32,7 @@ from supremix_med.losses import ConRLoss, get_loss
 from supremix_med.networks import ContrastiveRegressor, JointProjectorRegressor, MultiViewProjector, ProjectingRegressor
 
 __all__ = ["PRETRAINING_METHODS", "SENTENCE_PAIR_METHODS", "REGULARISED_METHODS", "METHODS", "ConRObjective",
-           "RegularisedLoss", "SentenceEmbedder", "Pretraining", "loss_entry", "pretraining_setup"]
+           "RegularisedLoss", "SentenceEmbedder", "Pretraining", "loss_entry", "pretraining_setup", "protocol"]
 
 PRETRAINING_METHODS = ("supremix", "supcon", "rnc", "conr", "mixsupcon")
 #: Methods for sentence-pair encoders only (they need ``encoder.encode_sentences``).
@@ -145,7 +145,8 @@ class Pretraining:
             :class:`~supremix_med.networks.ProjectingRegressor` around it.
         regulariser: the contrastive term added to the fine-tuning loss (:meth:`finetune_loss`), or ``None``.
         regulariser_weight: its weight.
-        protocol: how the method trains, in words (reported in ``metrics.json`` and comparisons).
+        protocol: how the method trains, in words (:func:`protocol`; reported in ``metrics.json`` and
+            comparisons).
     """
 
     network: nn.Module
@@ -156,13 +157,24 @@ class Pretraining:
     finetune_network: nn.Module | None = None
     regulariser: nn.Module | None = None
     regulariser_weight: float = 1.0
-    protocol: str = "end to end"
+    protocol: str = ""
 
     def finetune_loss(self, base: nn.Module) -> nn.Module:
         """The fine-tuning loss: ``base`` itself, or ``base`` plus the method's regulariser."""
         if self.regulariser is None:
             return base
         return RegularisedLoss(base, self.regulariser, self.finetune_network, self.regulariser_weight)
+
+
+def protocol(method: str, linear_probe: bool = False) -> str:
+    """How ``method`` trains, in words (``metrics.json``'s ``protocol``, the comparisons' Protocol column)."""
+    method = method.lower()
+    if method == "vanilla":
+        return "end to end"
+    if method in REGULARISED_METHODS:
+        return f"end to end + {loss_entry(method)} regulariser"
+    first = "joint pre-train (L1 + ConR), then " if method == "conr" else "pre-train, then "
+    return first + ("linear probe" if linear_probe else "fine-tune")
 
 
 def pretraining_setup(method: str, model: ContrastiveRegressor, loss_kwargs: Mapping[str, Mapping] | None = None,
@@ -188,15 +200,15 @@ def pretraining_setup(method: str, model: ContrastiveRegressor, loss_kwargs: Map
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"pretraining_setup: epochs must be an integer >= 0, got {epochs!r}.")
     if method == "vanilla":
-        return Pretraining(MultiViewProjector(model), None, ContrastiveBatch(view_keys), finetune_network=model)
+        return Pretraining(MultiViewProjector(model), None, ContrastiveBatch(view_keys), finetune_network=model,
+                           protocol=protocol(method))
     loss = get_loss(loss_entry(method), **dict((loss_kwargs or {}).get(loss_entry(method), {})))
     if method in REGULARISED_METHODS:
         return Pretraining(MultiViewProjector(model), None, ContrastiveBatch(view_keys),
                            finetune_network=ProjectingRegressor(model), regulariser=loss,
-                           regulariser_weight=conr_weight, protocol=f"end to end + {loss_entry(method)} regulariser")
+                           regulariser_weight=conr_weight, protocol=protocol(method))
     phase = {"epochs": epochs, "frozen_encoder": bool(linear_probe), "finetune_network": model,
-             "protocol": ("joint pre-train (L1 + ConR), then " if method == "conr" else "pre-train, then ")
-             + ("linear probe" if linear_probe else "fine-tune")}
+             "protocol": protocol(method, linear_probe)}
     if method == "conr":
         return Pretraining(JointProjectorRegressor(model), ConRObjective(loss, conr_weight),
                            ContrastiveBatch(view_keys), **phase)
