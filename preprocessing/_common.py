@@ -1,7 +1,8 @@
 """Pieces the preprocessing modules share: library versions and file digests for fingerprints, NIfTI reading
 with a size check, the manifest -> cache command line (its arguments; its refusals and exit codes are
-:mod:`supremix_med.cli.refusals`, shared with the ``supremix-med`` commands), and the report of the samples a
-dataset-layout reader leaves out of the manifest it builds (``excluded.csv`` in the command's output folder, see
+:mod:`supremix_med.cli.refusals`, shared with the ``supremix-med`` commands), the check of the manifest's labels
+against the plausible range of the bundle a module feeds (:func:`screen_labels`, before anything is
+preprocessed), and the report of the samples a command leaves out (``excluded.csv`` in its output folder, see
 :mod:`supremix_med.data.exclusions`)."""
 
 from __future__ import annotations
@@ -21,14 +22,17 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from supremix_med.bundles import load_config
 from supremix_med.cli.refusals import EXIT_FAILED, EXIT_REFUSED, add_debug_argument, one_line, run_cli
 from supremix_med.data.cache import build_cache
 from supremix_med.data.exclusions import report_exclusions
-from supremix_med.data.manifest import load_manifest
+from supremix_med.data.labels import LABEL_POLICIES, check_labels, check_range
+from supremix_med.data.manifest import read_manifest
 
-__all__ = ["EXIT_FAILED", "EXIT_REFUSED", "add_cache_arguments", "add_debug_argument", "build_cache_from_cli",
-           "cache_parser", "file_sha256", "left_out_rows", "library_versions", "load_cli_manifest", "load_nifti",
-           "one_line", "read_voxels", "report_left_out", "run_cli"]
+__all__ = ["EXIT_FAILED", "EXIT_REFUSED", "add_cache_arguments", "add_debug_argument", "add_label_policy_argument",
+           "build_cache_from_cli", "bundle_label_range", "cache_parser", "file_sha256", "left_out_rows",
+           "library_versions", "load_cli_manifest", "load_nifti", "one_line", "read_voxels", "report_left_out",
+           "run_cli", "screen_labels"]
 
 def library_versions(*packages: str) -> dict[str, str]:
     """``{package: installed version}`` for the given distribution names (``importlib.metadata.version``).
@@ -106,7 +110,8 @@ def cache_parser(prog: str, description: str, alternative: tuple[str, str] | Non
             exactly one of the two is then required.
 
     Returns:
-        The parser (with ``--debug``); the module adds its own options, then :func:`add_cache_arguments`.
+        The parser (with ``--debug`` and ``--label_policy``); the module adds its own options, then
+        :func:`add_cache_arguments`.
     """
     parser = add_debug_argument(argparse.ArgumentParser(prog=prog, description=description))
     source = parser if alternative is None else parser.add_mutually_exclusive_group(required=True)
@@ -115,6 +120,16 @@ def cache_parser(prog: str, description: str, alternative: tuple[str, str] | Non
     if alternative is not None:
         source.add_argument(alternative[0], type=Path, help=alternative[1])
     parser.add_argument("--output", required=True, type=Path, help="cache folder")
+    return add_label_policy_argument(parser)
+
+
+def add_label_policy_argument(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``--label_policy {refuse,drop}`` (default ``refuse``, see :func:`screen_labels`); return ``parser``."""
+    parser.add_argument(
+        "--label_policy", choices=LABEL_POLICIES, default="refuse",
+        help="a label that is missing, not finite or outside the bundle's plausible range: refuse the manifest "
+             "(default) or leave the sample out, listed in excluded.csv in the output folder",
+    )
     return parser
 
 
@@ -127,14 +142,61 @@ def add_cache_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     return parser
 
 
-def load_cli_manifest(path: Path) -> pd.DataFrame:
-    """``load_manifest(path)`` for a command line: its refusals say to mend the manifest (or ``--manifest``)."""
+def load_cli_manifest(path: Path, target: str = "age") -> pd.DataFrame:
+    """``read_manifest(path, target)`` for a command line: its refusals say to mend the manifest (or
+    ``--manifest``); the ``target`` label column is left to :func:`screen_labels` (index: the CSV's data rows)."""
     try:
-        return load_manifest(path)
+        return read_manifest(path, target)
     except FileNotFoundError as error:
         raise FileNotFoundError(f"manifest not found: {path}; check --manifest.") from error
     except ValueError as error:
         raise ValueError(f"{error} Correct the manifest and run again.") from error
+
+
+def bundle_label_range(bundle: str) -> tuple[float, float]:
+    """The plausible ``(low, high)`` of bundle ``bundle``'s label, in its own units (years, months, %): the
+    ``plausible_range`` its ``train.json`` declares, which its training checks the cached labels against too.
+
+    Raises:
+        ValueError: no such bundle, or a malformed range (the message names the bundle).
+    """
+    return check_range(f"bundle {bundle!r}: plausible_range", load_config(bundle)["plausible_range"])
+
+
+def screen_labels(manifest: pd.DataFrame, bundle: str, column: str, policy: str, source: str | os.PathLike,
+                  where: Sequence[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Refuse, or leave out, the manifest rows whose label cannot be trained on, before anything is preprocessed.
+
+    A label is unusable when it is missing, not a number, not finite or outside the ``plausible_range`` of the
+    ``bundle`` the command feeds (:func:`bundle_label_range`; each value is judged by
+    :func:`~supremix_med.data.labels.label_problems`). A manifest without ``column`` (a cache for inference only)
+    is not checked.
+
+    Args:
+        manifest: the samples, with an ``id`` column.
+        bundle: the bundle the command's cache or manifest is for (the module's ``BUNDLE``).
+        column: the label column (e.g. ``age`` in years, ``boneage`` in months, ``ef`` in %).
+        policy: ``--label_policy``: ``"refuse"`` or ``"drop"``.
+        source: the file the rows were read from, named in the messages and the report.
+        where: per row, where it is in ``source`` (e.g. ``"line 5"``); default: its 0-based row position.
+
+    Returns:
+        ``(kept, left_out)``: the usable rows (``column`` as float, index kept), and ``id, reason`` of the rows
+        left out (empty unless ``policy="drop"``), for :func:`report_left_out`.
+
+    Raises:
+        ValueError: with ``"refuse"``, any unusable label: one line naming ``source``, the range, the first
+            rows by id with their problem (then how many more) and ``--label_policy drop``; with ``"drop"``, a
+            manifest in which no label is usable.
+    """
+    if column not in manifest.columns:
+        return manifest, left_out_rows([], "")
+    kept, excluded = check_labels(manifest, column, bundle_label_range(bundle), policy, str(source), where,
+                                  drop_option="--label_policy drop")
+    if kept.empty and len(excluded):
+        raise ValueError(f"{source}: none of the {len(manifest)} samples has a usable {column!r} label (e.g. "
+                         f"{excluded['id'].iloc[0]!r}: {excluded['reason'].iloc[0]}); correct the manifest.")
+    return kept, excluded[["id", "reason"]]
 
 
 def build_cache_from_cli(
@@ -144,29 +206,49 @@ def build_cache_from_cli(
     fingerprint: Callable[..., dict[str, Any]],
     params: dict[str, Any],
     noun: str,
+    *,
+    bundle: str,
+    target: str = "age",
+    source: str | os.PathLike | None = None,
+    left_out: pd.DataFrame | None = None,
     **options: Any,
 ) -> None:
-    """Cache ``manifest`` with ``preprocess(path, **params)`` and print how many ``noun`` the cache holds.
+    """Screen ``manifest``'s labels, cache it with ``preprocess(path, **params)`` and print how many ``noun`` the
+    cache holds.
+
+    The labels are screened first (:func:`screen_labels` with ``args.label_policy``), so an unusable one refuses
+    the run before any sample is preprocessed. With ``--label_policy drop``, or when the command's manifest
+    builder left samples out (``left_out``), ``excluded.csv`` in the cache lists them all once the cache is built
+    (:func:`report_left_out`).
 
     Pipelines with QC pass their ``preprocess_with_qc``: the cache then keeps each sample's QC record
     (``qc.csv``), which training screens with the pipeline's ``QC_LIMITS``.
 
     Args:
-        manifest: the samples (see ``supremix_med.data.manifest``).
-        args: parsed CLI arguments with ``output``, ``workers`` and ``overwrite``.
+        manifest: the samples (see ``supremix_med.data.manifest``); read from ``--manifest`` by
+            :func:`load_cli_manifest` unless a ``source`` is given.
+        args: parsed CLI arguments with ``manifest``, ``output``, ``workers``, ``overwrite`` and ``label_policy``.
         preprocess: the module's ``preprocess(path, **params)`` or ``preprocess_with_qc``.
         fingerprint: the module's ``fingerprint(**params)``.
         params: preprocessing parameters given to both.
         noun: what a sample is, for the summary line ("scans", "clips").
-        **options: further ``build_cache`` keywords (``stratify``, ``dtype``, ``sample_shape``).
+        bundle: the bundle the cache is for (the module's ``BUNDLE``), whose plausible range the labels need.
+        target: the label column, also the one the splits are stratified by.
+        source: the dataset table a manifest builder read (messages then name rows by position and id);
+            default ``args.manifest`` (rows named by CSV line).
+        left_out: ``id, reason`` of the samples the command's manifest builder left out of ``source``.
+        **options: further ``build_cache`` keywords (``dtype``, ``sample_shape``).
 
     Raises:
-        ValueError: the manifest has neither a ``split`` column nor the column the splits are stratified by
-            (``stratify``, default ``age``); see ``build_cache`` for the others.
+        ValueError: an unusable label (``--label_policy refuse``, see :func:`screen_labels`); the manifest has
+            neither a ``split`` column nor the ``target`` column to stratify the splits by; see ``build_cache``
+            for the others.
     """
-    stratify = options.get("stratify", "age")
-    if "split" not in manifest.columns and stratify is not None and stratify not in manifest.columns:
-        raise ValueError(f"{args.manifest or 'the manifest'}: no {stratify!r} column to stratify the train/val/test "
+    lines = [f"line {i + 2}" for i in manifest.index] if source is None else None  # load_cli_manifest's index
+    source = args.manifest if source is None else source
+    manifest, dropped = screen_labels(manifest, bundle, target, args.label_policy, source, lines)
+    if "split" not in manifest.columns and target not in manifest.columns:
+        raise ValueError(f"{args.manifest or 'the manifest'}: no {target!r} column to stratify the train/val/test "
                          f"splits by (columns: {list(manifest.columns)}); add it, or a 'split' column.")
     cached = build_cache(
         manifest,
@@ -175,9 +257,13 @@ def build_cache_from_cli(
         fingerprint=fingerprint(**params),
         workers=args.workers,
         overwrite=args.overwrite,
+        stratify=target,
         **options,
     )
     print(f"{len(cached)} {noun} in the cache at {args.output}")
+    if left_out is not None or args.label_policy == "drop":
+        everything = pd.concat([left_out, dropped], ignore_index=True) if left_out is not None else dropped
+        report_left_out(everything, source, args.output, kept=len(manifest))
 
 
 def left_out_rows(ids: Iterable[str], reason: str) -> pd.DataFrame:
@@ -187,7 +273,8 @@ def left_out_rows(ids: Iterable[str], reason: str) -> pd.DataFrame:
 
 def report_left_out(left_out: pd.DataFrame, source: str | os.PathLike, output_dir: str | os.PathLike,
                     kept: int) -> Path | None:
-    """Record what a command's manifest builder left out in ``<output_dir>/excluded.csv``, and warn in one line.
+    """Record what a command left out (its manifest builder, ``--label_policy drop``) in ``<output_dir>/excluded.csv``,
+    and warn in one line.
 
     The warning counts the samples left out of all the builder found (``kept`` + left out), names a few with
     their reasons and the report's path; the command line prints it as ``<prog>: warning: ...``. The report has

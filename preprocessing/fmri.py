@@ -81,6 +81,7 @@ from preprocessing._common import (
 from supremix_med.data.splits import assign_splits
 
 __all__ = [
+    "BUNDLE",
     "EXTRACTED_SUFFIXES",
     "MAX_VOXELS",
     "PIPELINE",
@@ -96,6 +97,8 @@ __all__ = [
 ]
 
 PIPELINE = "fmri_parcels"
+#: The bundle this module's caches feed: the manifest's ``age`` (years) must lie in its ``plausible_range``.
+BUNDLE = "hcp_aging"
 VERSION = "1.0.0"
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 EXTRACTED_SUFFIXES = (".npy", ".csv", ".txt", ".mat")
@@ -505,7 +508,7 @@ def _build(args: argparse.Namespace) -> None:
               "short_runs": args.short_runs}
     build_cache_from_cli(
         assign_subject_splits(load_cli_manifest(args.manifest)), args, preprocess, fingerprint, params, "runs",
-        dtype="float32",  # extracted series may be raw BOLD units, beyond float16's range
+        bundle=BUNDLE, dtype="float32",  # extracted series may be raw BOLD units, beyond float16's range
     )
 
 

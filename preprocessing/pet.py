@@ -84,6 +84,7 @@ from preprocessing.t1 import (
 )
 
 __all__ = [
+    "BUNDLE",
     "PIPELINE",
     "QC_FIELDS",
     "RUN_PARAMS",
@@ -100,6 +101,8 @@ __all__ = [
 ]
 
 PIPELINE = "pet"
+#: The bundle this module's caches feed: the manifest's ``age`` (years) must lie in its ``plausible_range``.
+BUNDLE = "pet_brainage"
 VERSION = "1.0.0"
 NIFTI_UNITS = ("SUV", "BQML")
 GRIDS = ("mni", "scan")
@@ -639,7 +642,8 @@ def _build(args: argparse.Namespace) -> None:
         "suvr_label": args.suvr_label,
         "nifti_units": args.nifti_units,
     }
-    build_cache_from_cli(load_cli_manifest(args.manifest), args, preprocess_with_qc, fingerprint, params, "scans")
+    build_cache_from_cli(load_cli_manifest(args.manifest), args, preprocess_with_qc, fingerprint, params, "scans",
+                         bundle=BUNDLE)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -106,11 +106,13 @@ from preprocessing._common import (
     run_cli,
 )
 
-__all__ = ["MAX_VOXELS", "NON_BRAIN_LIMIT", "PIPELINE", "QC_FIELDS", "RUN_PARAMS", "VERSION", "T1Params",
+__all__ = ["BUNDLE", "MAX_VOXELS", "NON_BRAIN_LIMIT", "PIPELINE", "QC_FIELDS", "RUN_PARAMS", "VERSION", "T1Params",
            "antialiased_image", "dicom_series", "field_of_view_centre", "fingerprint", "grid_origin", "load_t1", "main",
            "preprocess", "preprocess_with_qc", "read_dicom_series", "resample_to_grid"]
 
 PIPELINE = "t1"
+#: The bundle this module's caches feed: the manifest's ``age`` (years) must lie in its ``plausible_range``.
+BUNDLE = "ukb_brainage"
 VERSION = "2.0.0"  # 2.0.0: brain mask without dilation; z-score statistics from the brain's core only
 REGISTER_MODES = ("auto", "always", "never")
 #: QC record entries reported per scan by inference (``supremix_med.inference``), with a failed scan's value.
@@ -660,7 +662,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _build(args: argparse.Namespace) -> None:
     build_cache_from_cli(load_cli_manifest(args.manifest), args, preprocess_with_qc, fingerprint, {"register": args.register},
-                         "scans")
+                         "scans", bundle=BUNDLE)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

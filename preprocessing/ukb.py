@@ -12,6 +12,9 @@ Other folders are left out. A subject with both layouts is an error: which scan 
 The age table is a CSV with an ``eid`` column and an age column (e.g. ``age`` or UKB's field
 ``21003-2.0``, age at the imaging visit), optionally sex and site columns (e.g. fields ``31-0.0`` and
 ``54-2.0``). Subjects with an image but no age, and subjects of the table without an image, are left out.
+An age that is not finite or outside the plausible range of the bundle the manifest feeds (``BUNDLE``, its
+``plausible_range``) refuses the table, naming the eids, unless ``--label_policy drop`` leaves those subjects
+out too.
 
 Nothing is left out silently: the command line lists every folder and subject left out, with the reason, in
 ``excluded.csv`` beside the manifest (columns ``id, split, reason, source``; ``id`` is the folder name or the
@@ -19,7 +22,7 @@ eid, ``source`` the UK Biobank folder) and warns in one line how many and where 
 
 Command line::
 
-    python -m preprocessing.ukb --ukb_root DIR --age_table CSV --output manifest.csv
+    python -m preprocessing.ukb --ukb_root DIR --age_table CSV --output manifest.csv [--label_policy drop]
 """
 
 from __future__ import annotations
@@ -33,10 +36,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from preprocessing._common import add_debug_argument, left_out_rows, report_left_out, run_cli
+from preprocessing._common import (
+    add_debug_argument,
+    add_label_policy_argument,
+    left_out_rows,
+    report_left_out,
+    run_cli,
+    screen_labels,
+)
+from preprocessing.t1 import BUNDLE  # the manifest is for preprocessing.t1, whose caches feed this bundle
 from supremix_med.io import atomic_write
 
-__all__ = ["IMAGE_RELATIVE_PATH", "build_ukb_manifest", "main"]
+__all__ = ["BUNDLE", "IMAGE_RELATIVE_PATH", "build_ukb_manifest", "main"]
 
 IMAGE_RELATIVE_PATH = Path("T1") / "T1_brain_to_MNI.nii.gz"
 _FOLDER = re.compile(r"^(?P<eid>\d+)(?:_20252_(?P<instance>\d+)_(?P<array>\d+))?$")
@@ -179,14 +190,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--sex_column", default="sex", help="sex column, copied if present (default: sex)")
     parser.add_argument("--site_column", default="site", help="site column, copied if present (default: site)")
     parser.add_argument("--instance", type=int, default=2, help="UKB instance of bulk folders (default: 2)")
-    return add_debug_argument(parser)
+    return add_label_policy_argument(add_debug_argument(parser))
 
 
 def _write_manifest(args: argparse.Namespace) -> None:
-    """Write the manifest, then ``excluded.csv`` beside it (what was left out, see the module docstring)."""
+    """Screen the ages, write the manifest, then ``excluded.csv`` beside it (what was left out, see the module
+    docstring)."""
     manifest, left_out = build_ukb_manifest(
         args.ukb_root, args.age_table, args.age_column, args.sex_column, args.site_column, args.instance
     )
+    manifest, implausible = screen_labels(manifest, BUNDLE, "age", args.label_policy, args.age_table,
+                                          ["subject"] * len(manifest))
+    left_out = pd.concat([left_out, implausible], ignore_index=True)
     atomic_write(args.output, lambda temporary: manifest.to_csv(temporary, index=False))
     report_left_out(left_out, args.ukb_root, args.output.parent, kept=len(manifest))
     print(f"{len(manifest)} subjects written to {args.output}")

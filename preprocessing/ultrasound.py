@@ -86,6 +86,7 @@ from preprocessing._common import (
 )
 
 __all__ = [
+    "BUNDLE",
     "PIPELINE",
     "QC_FIELDS",
     "VERSION",
@@ -104,6 +105,9 @@ __all__ = [
 ]
 
 PIPELINE = "ultrasound"
+#: The bundle this module's caches feed: the manifest's target (``--target``, EF in %) must lie in its
+#: ``plausible_range``.
+BUNDLE = "us_ejection_fraction"
 VERSION = "1.0.0"
 VIDEO_SUFFIXES = (".avi", ".mp4", ".mov", ".mkv", ".webm")
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -504,8 +508,12 @@ def _parser() -> argparse.ArgumentParser:
 def _build(args: argparse.Namespace) -> None:
     params = {"frames": args.frames, "size": args.size, "duration_s": args.duration_s,
               "sector_mask": args.sector_mask}
-    manifest = load_cli_manifest(args.manifest) if args.manifest else build_echonet_manifest(args.echonet_root)
-    build_cache_from_cli(manifest, args, preprocess_with_qc, fingerprint, params, "clips", stratify=args.target)
+    if args.manifest:
+        manifest, source = load_cli_manifest(args.manifest, args.target), None
+    else:
+        manifest, source = build_echonet_manifest(args.echonet_root), args.echonet_root / "FileList.csv"
+    build_cache_from_cli(manifest, args, preprocess_with_qc, fingerprint, params, "clips", bundle=BUNDLE,
+                         target=args.target, source=source)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -73,12 +73,12 @@ from preprocessing._common import (
     left_out_rows,
     library_versions,
     load_cli_manifest,
-    report_left_out,
     run_cli,
 )
 from supremix_med.data.manifest import validate_manifest
 
 __all__ = [
+    "BUNDLE",
     "PIPELINE",
     "QC_FIELDS",
     "VERSION",
@@ -92,6 +92,9 @@ __all__ = [
 ]
 
 PIPELINE = "xray"
+#: The bundle this module's caches feed: the manifest's target (``--target``; bone age in months) must lie in
+#: its ``plausible_range``.
+BUNDLE = "xray_boneage"
 VERSION = "1.0.0"
 NORMALIZATIONS = ("zscore", "unit")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -441,17 +444,17 @@ def _build(args: argparse.Namespace) -> None:
     if (args.rsna_images is None) != (args.rsna_csv is None):
         raise ValueError("--rsna_images and --rsna_csv go together: give both.")
     if args.manifest is not None:
-        manifest, left_out, target = load_cli_manifest(args.manifest), None, args.target or "age"
+        target = args.target or "age"
+        manifest, left_out, source = load_cli_manifest(args.manifest, target), None, None
     else:
         (manifest, left_out), target = build_rsna_manifest(args.rsna_images, args.rsna_csv), args.target or "boneage"
+        source = args.rsna_csv
     if target not in manifest.columns:
         raise ValueError(f"the manifest has no target column {target!r} (columns: {list(manifest.columns)}); "
                          "choose it with --target.")
     params = {"size": args.size, "normalize": args.normalize}
-    build_cache_from_cli(manifest, args, preprocess_with_qc, fingerprint, params, "radiographs", stratify=target,
-                         sample_shape=(1, args.size, args.size))
-    if left_out is not None:
-        report_left_out(left_out, args.rsna_csv, args.output, kept=len(manifest))
+    build_cache_from_cli(manifest, args, preprocess_with_qc, fingerprint, params, "radiographs", bundle=BUNDLE,
+                         target=target, source=source, left_out=left_out, sample_shape=(1, args.size, args.size))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -2,7 +2,8 @@
 
 Rooms, from the bottom up: ``io``; ``losses``, ``metrics``; ``imbalance``; ``networks``; ``data`` (and its
 ``sources``), ``pipelines``; ``engines`` (everything ignite); ``inference``; the tools on top (``compare``, ``demo``,
-``zoo``, ``bundles``). ``preprocessing`` may import ``supremix_med.data`` and ``supremix_med.io``; the library reaches
+``zoo``, ``bundles``). ``preprocessing`` may import ``supremix_med.data``, ``supremix_med.io`` and
+``supremix_med.bundles`` (the plausible label range of the bundle a module feeds); the library reaches
 ``preprocessing`` only through the registry (``supremix_med.pipelines``, by module name, never an import statement).
 """
 
@@ -72,7 +73,8 @@ def test_the_library_never_imports_preprocessing(module):
 
 @pytest.mark.parametrize("module", [m for m in MODULES if m.startswith("preprocessing")])
 def test_preprocessing_uses_only_the_data_layer_of_the_library(module):
-    """Preprocessing reads the data layer and io, and ends like every command line (cli.refusals, stdlib only)."""
+    """Preprocessing reads the data layer, io and the bundle configs (a bundle's plausible label range), and ends
+    like every command line (cli.refusals, stdlib only)."""
     used = {n for n in _imports(module) if n.startswith("supremix_med")}
-    allowed = ("supremix_med.data", "supremix_med.io", "supremix_med.cli.refusals")
+    allowed = ("supremix_med.data", "supremix_med.io", "supremix_med.bundles", "supremix_med.cli.refusals")
     assert all(n.startswith(allowed) for n in used), (module, used)

@@ -1,5 +1,6 @@
 """The command line every preprocessing module shares (preprocessing._common.run_cli): refusals are one line
-naming the file and what to do, with exit status 2; ``--debug`` shows the traceback."""
+naming the file and what to do, with exit status 2; ``--debug`` shows the traceback; a manifest's labels are checked
+against the plausible range of the bundle the module feeds before anything is preprocessed."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from preprocessing import _common, fmri, pet, t1, ukb, ultrasound, xray
+from supremix_med.bundles import bundle_names, load_config
 from supremix_med.data.cache import DiskFullError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,3 +102,48 @@ def test_left_out_samples_are_a_one_line_warning(tmp_path):
     assert len(warning) == 1 and warning[0].startswith(
         "python -m preprocessing.t1: warning: 1 of 2 samples could not be preprocessed and are left out of the cache;")
     assert f"'b': FileNotFoundError: no such file or folder: {tmp_path / 'scans' / 'gone.nii.gz'}" in warning[0]
+
+
+# ------------------------------------------------------------------------------------------------- labels
+def test_unusable_ages_refuse_the_manifest_before_any_scan_is_read(tmp_path, capsys):
+    manifest, cache = tmp_path / "manifest.csv", tmp_path / "cache"
+    ages = {"a": "-5", "b": "999", "c": "inf", "d": "", "e": "-inf", "f": "130", "g": "70"}
+    manifest.write_text("id,path,age\n" + "".join(f"{i},nowhere/{i}.nii.gz,{age}\n" for i, age in ages.items()))
+    error = _refusal(t1.main, ["--manifest", str(manifest), "--output", str(cache)], capsys)
+    assert error.startswith(f"python -m preprocessing.t1: error: {manifest}: 6 unusable 'age' label(s), plausible "
+                            "range [0, 120]: line 2 (id 'a'): -5 is outside the plausible range [0, 120]; line 3 "
+                            "(id 'b'): 999 is outside the plausible range [0, 120]; line 4 (id 'c'): inf is not "
+                            "finite; line 5 (id 'd'): missing; line 6 (id 'e'): -inf is not finite; and 1 more.")
+    assert "or pass --label_policy drop to leave these samples out" in error
+    assert not cache.exists()  # refused before the cache (or any scan) was touched
+
+
+def test_label_policy_drop_caches_the_good_rows_and_lists_the_others(tmp_path, capsys):
+    _tiny_scans(tmp_path / "scans", 2)
+    manifest, cache = tmp_path / "manifest.csv", tmp_path / "cache"
+    manifest.write_text("id,path,age,split\na,scans/s0.nii.gz,70,train\nb,nowhere.nii.gz,-5,train\n"
+                        "c,nowhere.nii.gz,999,val\nd,nowhere.nii.gz,inf,train\ne,nowhere.nii.gz,,test\n"
+                        "f,scans/s1.nii.gz,40,val\n")
+    with pytest.warns(UserWarning) as caught:
+        t1.main(["--manifest", str(manifest), "--output", str(cache), "--register", "never", "--label_policy", "drop"])
+    assert "2 scans in the cache" in capsys.readouterr().out
+    assert len(caught) == 1 and f"{manifest}: left out 4 of 6 sample(s)" in str(caught[0].message)
+    cached = pd.read_csv(cache / "manifest.csv", dtype={"id": str})
+    assert cached["id"].tolist() == ["a", "f"] and cached["age"].tolist() == [70.0, 40.0]
+    report = pd.read_csv(cache / "excluded.csv", dtype=str, keep_default_na=False)
+    assert report.values.tolist() == [
+        ["b", "", "label -5 is outside the plausible range [0, 120]", str(manifest)],
+        ["c", "", "label 999 is outside the plausible range [0, 120]", str(manifest)],
+        ["d", "", "label inf is not finite", str(manifest)],
+        ["e", "", "label missing", str(manifest)],
+    ]
+
+
+@pytest.mark.parametrize("name", [*sorted(CACHE_CLIS), "ukb"])
+def test_each_command_checks_labels_against_the_bundle_it_feeds(name):
+    module = CACHE_CLIS.get(name, ukb)
+    low, high = _common.bundle_label_range(module.BUNDLE)
+    assert 0 <= low < high and module.BUNDLE in bundle_names()
+    pipeline = t1.PIPELINE if module is ukb else module.PIPELINE
+    assert load_config(module.BUNDLE, "inference.json")["pipeline"] == pipeline  # the bundle takes this module's data
+    assert module._parser().get_default("label_policy") == "refuse"

@@ -440,3 +440,24 @@ def test_ukb_cli_writes_manifest_and_the_report_of_what_it_left_out(tmp_path, ca
         ukb.main(arguments)  # a re-run replaces the earlier rows of the same folder
     report = pd.read_csv(out / "excluded.csv", dtype=str)
     assert sorted(report["id"]) == ["1000004_20252_3_0", "1000005", "notes"]
+
+
+def test_ukb_cli_refuses_or_leaves_out_implausible_ages(tmp_path, capsys):
+    _ukb_tree(tmp_path / "ukb")
+    pd.DataFrame({"eid": [1000001, 1000002, 1000003], "age": [60.0, 999.0, float("inf")], "sex": ["F", "M", "F"],
+                  "site": [1, 1, 2]}).to_csv(tmp_path / "age.csv", index=False)
+    out = tmp_path / "out"
+    arguments = ["--ukb_root", str(tmp_path / "ukb"), "--age_table", str(tmp_path / "age.csv"),
+                 "--output", str(out / "manifest.csv")]
+    with pytest.raises(SystemExit) as exit_:
+        ukb.main(arguments)
+    error = capsys.readouterr().err
+    assert exit_.value.code == 2 and not out.exists()
+    assert f"{tmp_path / 'age.csv'}: 2 unusable 'age' label(s), plausible range [0, 120]: subject (id '1000002'): " \
+           "999 is outside the plausible range [0, 120]; subject (id '1000003'): inf is not finite." in error
+    with pytest.warns(UserWarning, match="left out 5 of 6 sample"):
+        ukb.main([*arguments, "--label_policy", "drop"])
+    assert pd.read_csv(out / "manifest.csv", dtype={"id": str})["id"].tolist() == ["1000001"]
+    reasons = pd.read_csv(out / "excluded.csv", dtype=str).set_index("id")["reason"]
+    assert reasons["1000002"] == "label 999 is outside the plausible range [0, 120]"
+    assert reasons["1000003"] == "label inf is not finite"

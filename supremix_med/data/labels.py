@@ -82,6 +82,7 @@ def check_labels(
     label_policy: str = "refuse",
     source: str = "labels",
     where: Sequence[str] | None = None,
+    drop_option: str = "label_policy='drop'",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Refuse or leave out the rows of ``table`` whose ``column`` is not a usable label.
 
@@ -93,6 +94,8 @@ def check_labels(
         label_policy: ``"refuse"`` or ``"drop"`` (see :data:`LABEL_POLICIES`).
         source: what to call the table in the message (its file).
         where: per row, where it is in ``source`` (e.g. ``"line 5"``); default: its 0-based row position.
+        drop_option: how the caller's user asks for ``"drop"``, named in the refusal (a command line's
+            ``"--label_policy drop"``).
 
     Returns:
         ``(kept, excluded)``: the usable rows with ``column`` as float (index kept), and the left-out rows as
@@ -112,7 +115,7 @@ def check_labels(
         more = f"; and {positions.size - _SHOWN} more" if positions.size > _SHOWN else ""
         limits = "" if label_range is None else f", plausible range [{label_range[0]:g}, {label_range[1]:g}]"
         raise ValueError(f"{source}: {positions.size} unusable {column!r} label(s){limits}: {'; '.join(shown)}{more}. "
-                         f"Correct them, or pass label_policy='drop' to leave these samples out (they are then "
+                         f"Correct them, or pass {drop_option} to leave these samples out (they are then "
                          f"listed in excluded.csv).")
     split = table["split"] if "split" in table.columns else pd.Series("", index=table.index)
     excluded = pd.DataFrame({"id": table["id"][bad], "split": split[bad], "reason": "label " + problems[bad]})

@@ -21,7 +21,8 @@ from .exclusions import report_exclusions
 from .labels import check_labels, label_problems
 from .splits import SPLITS
 
-__all__ = ["REQUIRED_COLUMNS", "RESERVED_COLUMNS", "load_manifest", "read_manifest_csv", "validate_manifest"]
+__all__ = ["REQUIRED_COLUMNS", "RESERVED_COLUMNS", "load_manifest", "read_manifest", "read_manifest_csv",
+           "validate_manifest"]
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("id", "path")
 #: columns read verbatim as text: an id such as "NA" or "nan" must not become a missing value.
@@ -49,7 +50,8 @@ def _strip_strings(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def validate_manifest(df: pd.DataFrame, source: str = "manifest", first_line: int | None = None) -> pd.DataFrame:
+def validate_manifest(df: pd.DataFrame, source: str = "manifest", first_line: int | None = None,
+                      target: str | None = None) -> pd.DataFrame:
     """Check a manifest table and return a normalised copy.
 
     The copy has whitespace stripped, ``id`` and ``path`` as strings, ``age`` (if present) as float (empty
@@ -60,10 +62,14 @@ def validate_manifest(df: pd.DataFrame, source: str = "manifest", first_line: in
         source: what to call the manifest in error messages (e.g. its file name).
         first_line: CSV line number of the first row, to report offending rows by line; ``None`` reports
             0-based row positions.
+        target: the label column the caller checks next with :func:`~supremix_med.data.labels.check_labels`
+            (which refuses or leaves out its unusable values, all of them named); when it is ``age``, the age
+            check here is left to that one and ``age`` is kept as read.
 
     Raises:
         ValueError: a required column is missing, a reserved column is present, an id is empty or
-            duplicated, a path is empty, an age is not a finite number, or a split is not one of train/val/test.
+            duplicated, a path is empty, an age is not a finite number (unless ``age`` is the ``target``), or a
+            split is not one of train/val/test.
     """
     df = _strip_strings(df.reset_index(drop=True))
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
@@ -81,7 +87,7 @@ def validate_manifest(df: pd.DataFrame, source: str = "manifest", first_line: in
     duplicated = df["id"].duplicated(keep=False)
     if duplicated.any():
         raise ValueError(f"{source}: ids must be unique; duplicated at {_where(duplicated, df, first_line)}.")
-    if "age" in df.columns:
+    if "age" in df.columns and target != "age":
         problems = label_problems(df["age"])
         bad = (problems != "") & (problems != "missing")
         if bad.any():
@@ -109,9 +115,37 @@ def read_manifest_csv(path: str | Path) -> pd.DataFrame:
     return df
 
 
+def read_manifest(path: str | Path, target: str | None = None) -> pd.DataFrame:
+    """Read and validate a manifest CSV; relative ``path`` entries are resolved against the CSV's folder.
+
+    Args:
+        path: the CSV file (header row, then one row per sample; see the module docstring for columns).
+        target: the label column the caller checks next (see :func:`validate_manifest`); its values are kept
+            as read.
+
+    Returns:
+        the validated manifest (see :func:`validate_manifest`) with absolute ``path`` entries; its index is the
+        0-based data row of the file (CSV line = index + 2).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file is not a readable CSV or fails validation; the message names the file and the
+            offending lines.
+    """
+    path = Path(path).expanduser()
+    try:
+        df = read_manifest_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not a readable manifest CSV ({err}).") from err
+    df = validate_manifest(df, source=str(path), first_line=2, target=target)
+    folder = path.resolve().parent
+    df["path"] = [str(folder / Path(p).expanduser()) for p in df["path"]]
+    return df
+
+
 def load_manifest(path: str | Path, target: str | None = None, label_range: Sequence[float] | None = None,
                   label_policy: str = "refuse", output_dir: str | os.PathLike | None = None) -> pd.DataFrame:
-    """Read and validate a manifest CSV; relative ``path`` entries are resolved against the CSV's folder.
+    """:func:`read_manifest`, then (given a ``target``) the label check of every sample.
 
     Args:
         path: the CSV file (header row, then one row per sample; see the module docstring for columns).
@@ -132,16 +166,10 @@ def load_manifest(path: str | Path, target: str | None = None, label_range: Sequ
         ValueError: the file is not a readable CSV, fails validation, or lacks ``target`` or has unusable
             targets (``label_policy="refuse"``); the message names the file and the offending lines.
     """
-    path = Path(path).expanduser()
-    try:
-        df = read_manifest_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not a readable manifest CSV ({err}).") from err
-    df = validate_manifest(df, source=str(path), first_line=2)
-    folder = path.resolve().parent
-    df["path"] = [str(folder / Path(p).expanduser()) for p in df["path"]]
+    df = read_manifest(path, target)
     if target is None:
         return df
+    path = Path(path).expanduser()
     if target not in df.columns:
         raise ValueError(f"{path}: no target column {target!r}; found columns {list(df.columns)}.")
     kept, excluded = check_labels(df, target, label_range, label_policy, str(path), [f"line {i + 2}" for i in df.index])
