@@ -182,6 +182,9 @@ def test_train_is_the_bundle_runner_with_absolute_paths(tmp_path, monkeypatch, c
     assert json.loads(command[5].replace("'", '"')) == [str(BUNDLES / "ukb_brainage" / f) for f in
                                                          ("train.json", "demo.json")]
     assert command[6:] == ["--dataset_dir", str(tmp_path / "cache"), "--output_dir", "$'x'", "--method", "rnc"]
+    tracked = train_command("airfoil", (), {"tracking": "mlflow", "output_dir": "runs"})
+    assert tracked[6:] == ["--output_dir", str(tmp_path / "runs"),
+                           "--mlflow_uri", "$supremix_med.engines.sqlite_tracking_uri(@output_dir)"]
     uris = train_command("airfoil", (), {"mlflow_uri": "sqlite:///runs/mlflow.db", "tracking_uri": "sqlite:////abs.db"})
     assert uris[6:] == ["--mlflow_uri", f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}",
                         "--tracking_uri", "sqlite:////abs.db"]

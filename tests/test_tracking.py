@@ -39,13 +39,26 @@ def _train(table_dir: Path, output_dir: Path, tracking_uri: str) -> None:
     workflow.finalize()
 
 
-@pytest.fixture(scope="module", params=["sqlite", "file"])
+def _train_from_the_command_line(table_dir: Path, output_dir: Path) -> None:
+    """``supremix-med train airfoil --tracking mlflow``: the front-end's whole-run record in <output_dir>."""
+    from supremix_med.cli import main
+
+    arguments = [a for k, v in TINY.items() for a in (f"--{k}", str(v))]
+    assert main(["train", "airfoil", "--overlay", "demo", "--tracking", "mlflow", "--dataset_dir", str(table_dir),
+                 "--output_dir", str(output_dir), "--method", "supremix", *arguments]) == 0
+
+
+@pytest.fixture(scope="module", params=["sqlite", "file", "command line"])
 def trained(request, table_dir, tmp_path_factory) -> tuple[Path, str]:
-    """(output_dir, tracking URI) of one tiny tracked train.json run per kind of store."""
+    """(output_dir, tracking URI) of one tiny tracked train.json run per kind of store, and one started by
+    ``supremix-med train --tracking mlflow``."""
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
         patch.setenv("MLFLOW_ALLOW_FILE_STORE", "false")  # as a fresh shell has it: the run must opt in itself
-        out = tmp_path_factory.mktemp(request.param) / "run"
+        out = tmp_path_factory.mktemp(request.param.replace(" ", "_")) / "run"
+        if request.param == "command line":
+            _train_from_the_command_line(table_dir, out)
+            return out, sqlite_tracking_uri(out)
         uri = sqlite_tracking_uri(out) if request.param == "sqlite" else (out / "mlruns").as_uri()
         _train(table_dir, out, uri)
     return out, uri

@@ -25,6 +25,8 @@ __all__ = ["main", "parser", "run_passing_signals", "train_command"]
 PROG = "supremix-med train"
 _PATH_KNOBS = ("_dir", "_path", "_file")
 _URI_KNOB = "_uri"
+#: The MLflow store of ``--tracking mlflow``: ``mlruns.db`` in the run's folder, where MONAI's setting puts it.
+_OUTPUT_MLRUNS = "$supremix_med.engines.sqlite_tracking_uri(@output_dir)"
 _SQLITE = "sqlite:///"
 
 EXAMPLES = """\
@@ -32,9 +34,10 @@ examples:
   # brain age from T1 MRI on a preprocessed cache, SupReMix pre-training then fine-tuning
   supremix-med train ukb_brainage --dataset_dir /data/ukb_cache --output_dir runs/ukb
 
-  # the demo settings (small network, few epochs) with another method, tracked in MLflow
+  # the demo settings (small network, few epochs) with another method, tracked in MLflow (both losses,
+  # validation and test metrics, config, artifacts) in runs/rnc/mlruns.db; --mlflow_uri URI picks another store
   supremix-med train ukb_brainage --overlay demo --method rnc --dataset_dir cache/ --output_dir runs/rnc \\
-      --mlflow_uri sqlite:///runs/mlflow.db
+      --tracking mlflow
 
   # print the bundle command without running it
   supremix-med train airfoil --output_dir runs/airfoil --dry_run
@@ -91,9 +94,20 @@ def train_command(bundle: str, overlays: Sequence[str] = (), overrides: dict[str
             raise ValueError(f"--overlay {overlay!r} is neither a config of bundle {bundle!r} ({own.name}) nor a file.")
         files.append(path)
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", repr([str(f) for f in files])]
-    for key, value in (overrides or {}).items():
+    for key, value in _whole_run_tracking(dict(overrides or {})).items():
         command += [f"--{key}", _absolute(key, value)]
     return command
+
+
+def _whole_run_tracking(overrides: dict[str, str]) -> dict[str, str]:
+    """``--tracking mlflow`` means the recipe's whole-run MLflow record (``--mlflow_uri``, default
+    ``<output_dir>/mlruns.db`` as MONAI's own setting), not MONAI's handlers, which see the fine-tuning stage only
+    (:mod:`supremix_med.engines.tracking`); other ``--tracking`` values pass through."""
+    if overrides.get("tracking") != "mlflow":
+        return overrides
+    del overrides["tracking"]
+    overrides.setdefault("mlflow_uri", _OUTPUT_MLRUNS)
+    return overrides
 
 
 def _train(args: argparse.Namespace) -> None:

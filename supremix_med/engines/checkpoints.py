@@ -353,7 +353,7 @@ class PhaseCheckpoint:
         self.objects, self.final = dict(objects or {}), dict(final or {})
         self.engine: Engine | None = None
         self._epoch_start = 0.0
-        self._losses: list[float] = []
+        self._losses: list[torch.Tensor] = []
 
     def attach(self, engine: Engine) -> None:
         """Register with the run's checkpoints and handle the trainer's iteration, epoch and completion events."""
@@ -425,7 +425,8 @@ class PhaseCheckpoint:
     def _iteration_completed(self, engine: Engine) -> None:
         if not self.active:
             return
-        self._losses.append(float(loss_from_output(engine.state.output)))
+        # kept on the device: reading it here would wait for the GPU every step; read once at the epoch's end
+        self._losses.append(torch.as_tensor(loss_from_output(engine.state.output)).detach())
         at_epoch_end = engine.state.iteration % engine.state.epoch_length == 0
         if not at_epoch_end and self.run.preemption.requested():
             self._stop(engine)
@@ -441,8 +442,9 @@ class PhaseCheckpoint:
             if stop:
                 self._stop(engine, saved=True)
         if writes_files():
+            losses = torch.stack(self._losses).float().tolist() if self._losses else []
             self.run.progress.epoch_completed(self.phase, engine, time.monotonic() - self._epoch_start,
-                                              self._losses, self.objects.get("validator"))
+                                              losses, self.objects.get("validator"))
 
     def _stop(self, engine: Engine, saved: bool = False) -> None:
         """Checkpoint (unless ``saved``), mark the run interrupted, and end the trainer's run without completing."""

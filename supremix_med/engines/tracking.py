@@ -251,6 +251,7 @@ class MLflowLogger:
 
     def iteration_completed(self, engine: Engine) -> None:
         loss = self.output_transform(engine.state.output)
+        loss = loss.detach() if hasattr(loss, "detach") else loss
         self.run.log_metrics({self.loss_tag: float(loss)}, engine.state.iteration)
 
     def epoch_completed(self, engine: Engine) -> None:
