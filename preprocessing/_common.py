@@ -1,4 +1,5 @@
-"""Pieces the preprocessing modules share: library versions and file digests for fingerprints, NIfTI reading
+"""Pieces the preprocessing modules share: library versions for fingerprints (file digests are
+:func:`supremix_med.io.file_sha256`), NIfTI reading
 with a size check, the manifest -> cache command line (its arguments; its refusals and exit codes are
 :mod:`supremix_med.cli.refusals`, shared with the ``supremix-med`` commands), the check of the manifest's labels
 against the plausible range of the bundle a module feeds (:func:`screen_labels`, before anything is
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import hashlib
 import os
 import warnings
 import zlib
@@ -30,7 +30,7 @@ from supremix_med.data.labels import LABEL_POLICIES, check_labels, check_range
 from supremix_med.data.manifest import read_manifest
 
 __all__ = ["EXIT_FAILED", "EXIT_REFUSED", "add_cache_arguments", "add_debug_argument", "add_label_policy_argument",
-           "build_cache_from_cli", "bundle_label_range", "cache_parser", "file_sha256", "left_out_rows",
+           "build_cache_from_cli", "bundle_label_range", "cache_parser", "left_out_rows",
            "library_versions", "load_cli_manifest", "load_nifti", "one_line", "read_voxels", "report_left_out",
            "run_cli", "screen_labels"]
 
@@ -41,15 +41,6 @@ def library_versions(*packages: str) -> dict[str, str]:
         importlib.metadata.PackageNotFoundError: a package is not installed.
     """
     return {package: version(package) for package in packages}
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of the file at ``path``, read in 1 MiB blocks (for fingerprints that name an input file)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_nifti(path: str | os.PathLike, max_voxels: int) -> nib.Nifti1Image:

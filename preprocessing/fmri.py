@@ -71,7 +71,6 @@ from preprocessing._common import (
     add_cache_arguments,
     build_cache_from_cli,
     cache_parser,
-    file_sha256,
     library_versions,
     load_cli_manifest,
     load_nifti,
@@ -79,6 +78,7 @@ from preprocessing._common import (
     run_cli,
 )
 from supremix_med.data.splits import assign_splits
+from supremix_med.io import file_sha256
 
 __all__ = [
     "BUNDLE",

@@ -79,11 +79,11 @@ from preprocessing._common import (
     add_cache_arguments,
     build_cache_from_cli,
     cache_parser,
-    file_sha256,
     library_versions,
     load_cli_manifest,
     run_cli,
 )
+from supremix_med.io import file_sha256
 
 __all__ = [
     "BUNDLE",
