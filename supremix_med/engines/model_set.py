@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import json
 import logging
 import os
@@ -120,6 +121,19 @@ def _read_manifest(folder: Path) -> dict[str, Any] | None:
     return manifest
 
 
+def _content_sha256(path: Path) -> str:
+    """:func:`~supremix_med.io.file_sha256` of ``path``, read once per version of the file in a process: an
+    inference run checks its models folder before it opens its own folder and again when it does."""
+    status = path.stat()
+    return _version_sha256(str(path.resolve()), status.st_ino, status.st_size, status.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _version_sha256(path: str, inode: int, size: int, mtime_ns: int) -> str:
+    """The sha256 of one version of a file (inode, size and modification time tell versions apart)."""
+    return file_sha256(path)
+
+
 def _origin(path: Path, manifest: Mapping[str, Any] | None) -> str:
     """Where a file of a models folder comes from, as a refusal names it: ``"run <id>"`` when it names the
     manifest's run (or, without a manifest, its own), else why it is not the file that run published."""
@@ -132,7 +146,7 @@ def _origin(path: Path, manifest: Mapping[str, Any] | None) -> str:
     published = manifest["files"].get(path.name)
     if published is None:
         return f"not in the model set run {run_id} published"
-    if published != file_sha256(path):
+    if published != _content_sha256(path):
         return f"changed since run {run_id} published it"
     return f"run {run_id}"
 
